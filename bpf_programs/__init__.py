@@ -1,0 +1,1 @@
+"""BPF C sources, compiled by bcc at load time; installed as pcpu_bpf.bpf_programs."""

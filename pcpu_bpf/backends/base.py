@@ -1,0 +1,42 @@
+"""The one interface every data source implements (shape of httpx's BaseTransport)."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from pcpu_bpf.snapshot import Snapshot
+
+
+class Backend:
+    """A source of Snapshots: the live kernel through BPF, or the simulator.
+
+    Usage::
+
+        with open_backend("sim", scenario="leak") as backend:
+            before = backend.snapshot()
+            ...
+            after = backend.snapshot()   # counters are cumulative since start
+
+    `snapshot()` is cheap and has no side effects on what is counted: nothing is ever
+    cleared, so Prometheus counters stay monotonic and rates are differences.
+    """
+
+    name: str = "base"
+
+    def snapshot(self) -> Snapshot:
+        """Everything counted since the backend started, plus current kernel stats."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Detach and release; safe to call twice."""
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

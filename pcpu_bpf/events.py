@@ -1,0 +1,89 @@
+"""The five percpu tracepoint events, with the kernel's field names and raw values.
+
+Mirrors include/trace/events/percpu.h (6.18 formats). ``call_site`` is the u64 return
+address the kernel records, not a name: symbolizing happens later (see symbolizer.py).
+Kernels before 5.19 lack ``call_site``, ``bytes_alloc`` and ``gfp_flags``; events from
+such kernels carry ``None`` there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Raw gfp bits as decoded by the 6.18 format (spec section 13.3).
+GFP_DIRECT_RECLAIM = 0x400
+GFP_NOWARN = 0x2000
+GFP_ACCOUNT = 0x400000
+GFP_KERNEL = 0xCC0
+GFP_KERNEL_ACCOUNT = 0x400CC0
+GFP_USER = 0x100CC0
+GFP_ATOMIC = 0x820
+GFP_NOWAIT = 0x2800
+# What bpf_map_alloc_percpu passes: GFP_USER | __GFP_NOWARN | __GFP_ACCOUNT.
+GFP_BPF_MAP = GFP_USER | GFP_NOWARN | GFP_ACCOUNT
+
+
+@dataclass(frozen=True, slots=True)
+class PercpuAlloc:
+    """percpu:percpu_alloc_percpu: one successful allocation."""
+
+    call_site: int | None
+    reserved: bool
+    is_atomic: bool
+    size: int
+    align: int
+    base_addr: int
+    off: int
+    ptr: int
+    bytes_alloc: int | None
+    gfp_flags: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class PercpuFree:
+    """percpu:percpu_free_percpu: one free of a live allocation."""
+
+    base_addr: int
+    off: int
+    ptr: int
+
+
+@dataclass(frozen=True, slots=True)
+class PercpuAllocFail:
+    """percpu:percpu_alloc_percpu_fail: an allocation that reached the kernel's fail path."""
+
+    reserved: bool
+    is_atomic: bool
+    size: int
+    align: int
+
+
+@dataclass(frozen=True, slots=True)
+class PercpuCreateChunk:
+    """percpu:percpu_create_chunk: a new chunk exists."""
+
+    base_addr: int
+
+
+@dataclass(frozen=True, slots=True)
+class PercpuDestroyChunk:
+    """percpu:percpu_destroy_chunk: a chunk was depopulated and released."""
+
+    base_addr: int
+
+
+Event = PercpuAlloc | PercpuFree | PercpuAllocFail | PercpuCreateChunk | PercpuDestroyChunk
+
+# Tracepoint name -> event class, in the order the kernel's header defines them.
+TRACEPOINTS: dict[str, type[Event]] = {
+    "percpu_alloc_percpu": PercpuAlloc,
+    "percpu_free_percpu": PercpuFree,
+    "percpu_alloc_percpu_fail": PercpuAllocFail,
+    "percpu_create_chunk": PercpuCreateChunk,
+    "percpu_destroy_chunk": PercpuDestroyChunk,
+}
+
+# Fields a kernel may lack (added in 5.19); everything else exists since 4.14.
+OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {
+    "percpu_alloc_percpu": ("call_site", "bytes_alloc", "gfp_flags"),
+}

@@ -1,0 +1,52 @@
+"""Machine geometry for the allocator simulator (spec section 3, pcpu_alloc_info)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PAGE_SIZE = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Geometry:
+    """The boot-time numbers the allocator's behaviour depends on.
+
+    The default is this project's reference machine (the spec's config L: a 6.18 kernel
+    with 2 possible CPUs, no modules, memcg kmem accounting on).
+    """
+
+    nr_possible_cpus: int = 2
+    nr_units: int = 2
+    unit_size: int = 1 << 20
+    static_size: int = 185560
+    reserved_size: int = 0
+    dyn_size: int = 31528
+    atom_size: int = 2 << 20
+    alloc_size: int = 2 << 20
+    memcg_kmem: bool = True
+
+    @property
+    def unit_pages(self) -> int:
+        return self.unit_size // PAGE_SIZE
+
+    def bytes_alloc(self, size: int) -> int:
+        """pcpu_obj_full_size(): what the alloc tracepoint reports (spec TV12)."""
+        extra = (size // 4) * 8 if self.memcg_kmem else 0
+        return size * self.nr_possible_cpus + extra
+
+
+CONFIG_L = Geometry()
+"""The live reference machine (spec section 17, config L)."""
+
+CONFIG_S = Geometry(
+    nr_possible_cpus=4,
+    nr_units=4,
+    unit_size=64 << 10,
+    static_size=40000,
+    reserved_size=4096,
+    dyn_size=21440,
+    atom_size=4096,
+    alloc_size=65536,
+    memcg_kmem=True,
+)
+"""A small machine with a reserved chunk (spec section 17, config S)."""
