@@ -1,0 +1,153 @@
+"""The tracking tables, shaped exactly like the BPF maps, and their reading into a Snapshot.
+
+The BPF programs aggregate into maps keyed by the raw call-site *address*; the reference
+aggregator keeps the same tables in Python. Both backends turn their tables into a
+Snapshot through `tables_to_snapshot`, which is where addresses become function names
+(several addresses inside one function fold into one label).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from pcpu_bpf.snapshot import (
+    DROP_REASONS,
+    NR_SIZE_SLOTS,
+    UNKNOWN_SITE,
+    UNTRACKED_SITE,
+    AllocCounts,
+    AllocKey,
+    KernelStats,
+    MapUsage,
+    ProgramStats,
+    SiteCounts,
+    SizeHistogram,
+    Snapshot,
+)
+
+DEFAULT_LIVE_CAPACITY = 262_144
+DEFAULT_SITE_CAPACITY = 4_096
+
+# A site key is (call_site address, atomic, reserved); address 0 = the kernel has no
+# call_site field.
+SiteKey = tuple[int, bool, bool]
+
+
+@dataclass(slots=True)
+class SiteValue:
+    """Counters under one site key (struct site_value in bpf_programs/pcpu_maps.h)."""
+
+    allocations: int = 0
+    requested_bytes: int = 0
+    allocated_bytes: int = 0
+    frees: int = 0
+    freed_bytes: int = 0
+    live_allocations: int = 0
+    live_bytes: int = 0
+
+
+@dataclass(slots=True)
+class LiveEntry:
+    """What the live table remembers of one allocation, keyed by its percpu pointer."""
+
+    call_site: int
+    atomic: bool
+    reserved: bool
+    size: int
+    bytes_alloc: int
+
+
+@dataclass(slots=True)
+class Histogram:
+    """Mutable log2 size histogram (buckets as in snapshot.SIZE_BUCKETS, plus the sum)."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * NR_SIZE_SLOTS)
+    sum: int = 0
+
+    def frozen(self) -> SizeHistogram:
+        return SizeHistogram(tuple(self.counts), self.sum)
+
+
+def failure_index(atomic: bool, reserved: bool) -> int:
+    """Index into the failure counters (same layout as the BPF array)."""
+    return int(atomic) * 2 + int(reserved)
+
+
+@dataclass(slots=True)
+class Tables:
+    """Everything the BPF maps hold, after summing per-CPU values."""
+
+    sites: dict[SiteKey, SiteValue] = field(default_factory=dict)
+    untracked_frees: int = 0
+    sizes: Histogram = field(default_factory=Histogram)
+    failures: list[int] = field(default_factory=lambda: [0] * 4)
+    failed_sizes: Histogram = field(default_factory=Histogram)
+    chunk_creations: int = 0
+    chunk_destructions: int = 0
+    dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
+    live_entries: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotContext:
+    """What a backend adds around its tables when it builds a Snapshot."""
+
+    backend: str
+    kernel: str
+    timestamp: float
+    kernel_stats: KernelStats | None = None
+    fields_available: Mapping[tuple[str, str], bool] | None = None
+    programs: Mapping[str, ProgramStats] | None = None
+    maps: Mapping[str, MapUsage] | None = None
+
+
+def tables_to_snapshot(
+    tables: Tables, symbolize: Callable[[int], str], ctx: SnapshotContext
+) -> Snapshot:
+    """Fold addresses into function names and freeze the tables into a Snapshot."""
+    names: dict[int, str] = {}
+    allocations: dict[AllocKey, AllocCounts] = {}
+    sites: dict[str, SiteCounts] = {}
+    for (addr, atomic, reserved), v in sorted(tables.sites.items()):
+        if addr not in names:
+            names[addr] = UNKNOWN_SITE if addr == 0 else symbolize(addr)
+        name = names[addr]
+        key = AllocKey(name, atomic, reserved)
+        a = allocations.get(key, AllocCounts())
+        allocations[key] = AllocCounts(
+            a.allocations + v.allocations,
+            a.requested_bytes + v.requested_bytes,
+            a.allocated_bytes + v.allocated_bytes,
+        )
+        s = sites.get(name, SiteCounts())
+        sites[name] = SiteCounts(
+            s.frees + v.frees,
+            s.freed_bytes + v.freed_bytes,
+            s.live_allocations + v.live_allocations,
+            s.live_bytes + v.live_bytes,
+        )
+    if tables.untracked_frees:
+        sites[UNTRACKED_SITE] = SiteCounts(frees=tables.untracked_frees)
+    failures = {
+        (atomic, reserved): tables.failures[failure_index(atomic, reserved)]
+        for atomic in (False, True)
+        for reserved in (False, True)
+    }
+    return Snapshot(
+        backend=ctx.backend,
+        kernel=ctx.kernel,
+        timestamp=ctx.timestamp,
+        allocations=allocations,
+        sites=sites,
+        size_histogram=tables.sizes.frozen(),
+        failures=failures,
+        failed_size_histogram=tables.failed_sizes.frozen(),
+        chunk_creations=tables.chunk_creations,
+        chunk_destructions=tables.chunk_destructions,
+        dropped=dict(tables.dropped),
+        kernel_stats=ctx.kernel_stats,
+        fields_available=ctx.fields_available,
+        programs=ctx.programs,
+        maps=ctx.maps,
+    )
