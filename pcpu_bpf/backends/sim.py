@@ -1,0 +1,49 @@
+"""The simulator backend: a scenario on the simulated allocator, advancing with a clock."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from pcpu_bpf.backends.base import Backend
+from pcpu_bpf.sim.simulation import Simulation
+from pcpu_bpf.snapshot import Snapshot
+from pcpu_bpf.tables import DEFAULT_LIVE_CAPACITY, DEFAULT_SITE_CAPACITY
+
+
+class SimBackend(Backend):
+    """Snapshots of a simulated workload that keeps running as the clock moves.
+
+    Each `snapshot()` first runs the workload up to `ops_per_second` x elapsed seconds,
+    so numbers move like a live host's. Timestamps are simulated time (operations done /
+    ops_per_second), so a fake clock, or `advance()`, makes everything deterministic.
+    """
+
+    name = "sim"
+
+    def __init__(
+        self,
+        scenario: str = "steady",
+        seed: int = 0,
+        *,
+        ops_per_second: float = 2000.0,
+        clock: Callable[[], float] = time.monotonic,
+        live_capacity: int = DEFAULT_LIVE_CAPACITY,
+        site_capacity: int = DEFAULT_SITE_CAPACITY,
+    ) -> None:
+        self.simulation = Simulation(
+            scenario, seed, live_capacity=live_capacity, site_capacity=site_capacity
+        )
+        self.ops_per_second = ops_per_second
+        self._clock = clock
+        self._start = clock()
+
+    def advance(self, ops: int) -> None:
+        """Run `ops` workload steps now, independent of the clock."""
+        self.simulation.advance(ops)
+
+    def snapshot(self) -> Snapshot:
+        due = int((self._clock() - self._start) * self.ops_per_second)
+        if due > self.simulation.ops:
+            self.simulation.advance(due - self.simulation.ops)
+        return self.simulation.snapshot(self.simulation.ops / self.ops_per_second)

@@ -1,0 +1,26 @@
+"""The `pcpu-bpf` command group; each subcommand lives in its own module."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from pcpu_bpf import __version__
+
+CONTEXT_SETTINGS = {"auto_envvar_prefix": "PCPU", "help_option_names": ["-h", "--help"]}
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, prog_name="pcpu-bpf")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages to stderr.")
+def main(verbose: bool) -> None:
+    """Profile the Linux kernel's percpu memory allocator."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+# Subcommands register themselves here, one import per module.
+import pcpu_bpf.cli.simulate  # noqa: E402,F401

@@ -1,0 +1,166 @@
+"""`pcpu-bpf simulate`: run a named scenario through the allocator simulator."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import click
+
+from pcpu_bpf.cli import main
+from pcpu_bpf.errors import PcpuError
+from pcpu_bpf.events import GFP_ATOMIC, GFP_KERNEL
+from pcpu_bpf.sim.geometry import CONFIG_L, CONFIG_S, Geometry
+from pcpu_bpf.sim.host import host_geometry
+from pcpu_bpf.sim.scenarios import SCENARIOS
+from pcpu_bpf.sim.simulation import Simulation
+from pcpu_bpf.snapshot import SiteCounts, Snapshot
+from pcpu_bpf.snapshot_json import snapshot_to_dict
+from pcpu_bpf.units import human_bytes
+
+GEOMETRIES = {"default": CONFIG_L, "small": CONFIG_S}
+_REQUEST = re.compile(r"^(?P<size>\d+)(?:/(?P<align>\d+))?(?P<atomic>,atomic)?$")
+
+_ZERO = SiteCounts()
+
+EPILOG = """\b
+Examples:
+  pcpu-bpf simulate                          # the steady scenario, 10000 operations
+  pcpu-bpf simulate -s netns-churn --ops 50000 --seed 3
+  pcpu-bpf simulate -s atomic-pressure --stats   # and the kernel's percpu_stats text
+  pcpu-bpf simulate -s leak --json | jq .sites
+  pcpu-bpf simulate --ops 0 --alloc 8/6      # ask for one allocation, see what happens
+"""
+
+
+@main.command(epilog=EPILOG)
+@click.option(
+    "-s",
+    "--scenario",
+    type=click.Choice(list(SCENARIOS)),
+    default="steady",
+    show_default=True,
+    help="Workload to run.",
+)
+@click.option("--ops", type=click.IntRange(min=0), default=10_000, show_default=True,
+              help="Workload steps (each one allocation or free).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option(
+    "--geometry",
+    type=click.Choice(["default", "small", "host"]),
+    default="default",
+    show_default=True,
+    help="Machine geometry: this project's reference 2-CPU box, a small 4-CPU box with a "
+    "reserved chunk, or the live machine's (from percpu_stats and sysfs).",
+)
+@click.option("--balance", default=None, metavar="POLICY",
+              help="Balance work: manual, eager or every:N (default: the scenario's).")
+@click.option("--alloc", "requests", multiple=True, metavar="SIZE[/ALIGN][,atomic]",
+              help="After the scenario, request one allocation (repeatable).")
+@click.option("--stats", is_flag=True, help="Also print percpu_stats in the kernel's format.")
+@click.option("--json", "as_json", is_flag=True, help="Print the Snapshot as JSON.")
+def simulate(
+    scenario: str,
+    ops: int,
+    seed: int,
+    geometry: str,
+    balance: str | None,
+    requests: tuple[str, ...],
+    stats: bool,
+    as_json: bool,
+) -> None:
+    """Run a scenario through the percpu allocator simulator and summarize it."""
+    parsed = [_parse_request(r) for r in requests]
+    try:
+        geo = _geometry(geometry)
+        sim = Simulation(scenario, seed, geometry=geo, balance=balance)
+        started = time.perf_counter()
+        sim.advance(ops)
+        elapsed = time.perf_counter() - started
+        notes = [_request(sim, *r) for r in parsed]
+        snap = sim.snapshot(timestamp=float(sim.ops))
+    except PcpuError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(snapshot_to_dict(snap), indent=2))
+    else:
+        _summary(sim, snap, geo, elapsed)
+        for note in notes:
+            click.echo(note)
+    if stats:
+        click.echo()
+        click.echo(sim.percpu_stats_text(), nl=False)
+
+
+def _geometry(name: str) -> Geometry:
+    if name != "host":
+        return GEOMETRIES[name]
+    try:
+        geo, assumptions = host_geometry()
+    except OSError as exc:
+        raise PcpuError(
+            f"--geometry host needs the live percpu_stats and sysfs: {exc}"
+        ) from exc
+    for a in assumptions:
+        click.echo(f"geometry host: assuming {a}", err=True)
+    return geo
+
+
+def _parse_request(text: str) -> tuple[int, int, bool]:
+    m = _REQUEST.match(text)
+    if not m:
+        raise click.BadParameter(f"{text!r} is not SIZE[/ALIGN][,atomic]", param_hint="--alloc")
+    return int(m["size"]), int(m["align"] or 8), bool(m["atomic"])
+
+
+def _request(sim: Simulation, size: int, align: int, atomic: bool) -> str:
+    """Make one allocation and say what the kernel would have done."""
+    alloc = sim.allocator
+    before = sim.events
+    ptr = alloc.alloc(size, align, gfp=GFP_ATOMIC if atomic else GFP_KERNEL)
+    what = f"alloc(size={size}, align={align}{', atomic' if atomic else ''})"
+    if ptr is not None:
+        return f"{what}: ptr {ptr:#x}"
+    if sim.events == before:
+        return f"{what}: rejected as the kernel does, no event: {alloc.last_rejection}"
+    return f"{what}: failed (percpu_alloc_percpu_fail emitted)"
+
+
+def _summary(sim: Simulation, snap: Snapshot, geo: Geometry, elapsed: float) -> None:
+    by_site = snap.allocations_by_site()
+    allocs = sum(a.allocations for a in by_site.values())
+    frees = sum(s.frees for s in snap.sites.values())
+    live = sum(s.live_allocations for s in snap.sites.values())
+    live_bytes = sum(s.live_bytes for s in snap.sites.values())
+    rate = sim.events / elapsed if elapsed > 0 else 0.0
+    echo = click.echo
+    echo(f"scenario {sim.scenario.name} (seed {sim.seed}): {sim.scenario.description}")
+    echo(f"{sim.ops} operations, {sim.events} events in {elapsed:.2f} s ({rate:,.0f} events/s)")
+    echo(
+        f"geometry: {geo.nr_possible_cpus} possible CPUs, unit {human_bytes(geo.unit_size)}, "
+        f"memcg kmem {'on' if geo.memcg_kmem else 'off'}"
+    )
+    echo(
+        f"allocations {allocs}  frees {frees}  failures {snap.total_failures}  "
+        f"chunks created {snap.chunk_creations} destroyed {snap.chunk_destructions}"
+    )
+    echo(f"live: {live} allocations, {human_bytes(live_bytes)}")
+    ks = snap.kernel_stats
+    if ks is not None and ks.percpu_stats is not None:
+        g = ks.percpu_stats.globals
+        echo(
+            f"percpu_stats: {g.nr_chunks} chunks (max {g.nr_max_chunks}), "
+            f"nr_cur_alloc {g.nr_cur_alloc}, empty_pop_pages {g.empty_pop_pages}; "
+            f"meminfo Percpu {human_bytes(ks.meminfo_percpu_bytes or 0)}"
+        )
+    echo()
+    echo(f"{'CALL SITE':<32} {'ALLOCS':>8} {'FREES':>8} {'LIVE':>7} {'LIVE BYTES':>11}")
+    rows = sorted(snap.site_names(), key=lambda n: -snap.sites.get(n, _ZERO).live_bytes)
+    for name in rows:
+        s = snap.sites.get(name, _ZERO)
+        a = by_site.get(name)
+        echo(
+            f"{name[:32]:<32} {a.allocations if a else 0:>8} {s.frees:>8} "
+            f"{s.live_allocations:>7} {human_bytes(s.live_bytes):>11}"
+        )

@@ -1,0 +1,56 @@
+"""Derive the simulator's Geometry from the live machine (`--geometry host`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pcpu_bpf.percpu_stats import read_percpu_stats
+from pcpu_bpf.procfs import parse_possible_cpus
+from pcpu_bpf.sim.geometry import Geometry
+
+
+def host_geometry(
+    debugfs_root: str | Path = "/sys/kernel/debug",
+    sys_root: str | Path = "/sys",
+    proc_root: str | Path = "/proc",
+) -> tuple[Geometry, list[str]]:
+    """This machine's geometry, and the assumptions that went into it.
+
+    percpu_stats' "Allocation Info" gives the six pcpu_alloc_info sizes exactly; the
+    possible CPUs come from sysfs. What neither says is assumed and reported.
+    """
+    info = read_percpu_stats(debugfs_root).info
+    possible = parse_possible_cpus((Path(sys_root) / "devices/system/cpu/possible").read_text())
+    assumptions = []
+    # Units come in allocations of alloc_size / unit_size; assume one NUMA group.
+    upa = max(info.alloc_size // info.unit_size, 1)
+    nr_units = -(-possible // upa) * upa
+    assumptions.append(f"one NUMA group: {nr_units} units for {possible} possible CPUs")
+    cmdline = _read(Path(proc_root) / "cmdline")
+    cgroups = _read(Path(proc_root) / "cgroups")
+    memcg = "cgroup.memory=nokmem" not in cmdline and any(
+        line.split()[:1] == ["memory"] for line in cgroups.splitlines()
+    )
+    assumptions.append(
+        "memcg kmem accounting "
+        + ("on (memory controller present, no cgroup.memory=nokmem)" if memcg else "off")
+    )
+    geometry = Geometry(
+        nr_possible_cpus=possible,
+        nr_units=nr_units,
+        unit_size=info.unit_size,
+        static_size=info.static_size,
+        reserved_size=info.reserved_size,
+        dyn_size=info.dyn_size,
+        atom_size=info.atom_size,
+        alloc_size=info.alloc_size,
+        memcg_kmem=memcg,
+    )
+    return geometry, assumptions
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""

@@ -1,0 +1,140 @@
+"""Scenarios through the simulator and the reference aggregator, and `pcpu-bpf simulate`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pcpu_bpf.backends.sim import SimBackend
+from pcpu_bpf.cli import main
+from pcpu_bpf.sim.scenarios import NETNS, SCENARIOS, SYMBOLS
+from pcpu_bpf.sim.simulation import Simulation
+from pcpu_bpf.snapshot_json import snapshot_to_dict
+
+OPS = 3000
+
+
+def run(name: str, seed: int = 0, ops: int = OPS) -> Simulation:
+    sim = Simulation(name, seed)
+    sim.advance(ops)
+    return sim
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_scenario_is_deterministic_and_agrees_with_kernel_stats(name: str) -> None:
+    a, b = run(name), run(name)
+    snap = a.snapshot(1.0)
+    assert snapshot_to_dict(snap) == snapshot_to_dict(b.snapshot(1.0))
+    assert snapshot_to_dict(snap) != snapshot_to_dict(run(name, seed=1).snapshot(1.0))
+    # Tracing started at boot, so every live allocation is tracked: the tables' live
+    # count must equal the allocator's own nr_cur_alloc.
+    assert snap.kernel_stats is not None and snap.kernel_stats.percpu_stats is not None
+    live = sum(s.live_allocations for s in snap.sites.values())
+    assert live == snap.kernel_stats.percpu_stats.globals.nr_cur_alloc
+    assert "untracked" not in snap.sites
+    for site, counts in snap.allocations_by_site().items():
+        s = snap.sites[site]
+        assert counts.allocated_bytes - s.freed_bytes == s.live_bytes
+    assert set(snap.site_names()) <= set(SYMBOLS)
+
+
+def test_leak_has_a_site_that_never_frees() -> None:
+    sim = run("leak")
+    early = sim.snapshot(0.0).sites["leaky_driver_open"]
+    sim.advance(OPS)
+    late = sim.snapshot(1.0).sites["leaky_driver_open"]
+    assert early.frees == late.frees == 0
+    assert late.live_allocations > early.live_allocations > 0
+
+
+def test_netns_churn_uses_the_networking_call_sites() -> None:
+    snap = run("netns-churn").snapshot(1.0)
+    assert {r.site for r in NETNS} <= set(snap.site_names())
+
+
+def test_bpf_maps_allocates_multiples_of_eight_from_one_site() -> None:
+    snap = run("bpf-maps").snapshot(1.0)
+    assert snap.site_names() == ["bpf_map_alloc_percpu"]
+    # bytes_alloc = 4 x size on the 2-CPU memcg geometry
+    counts = snap.allocations_by_site()["bpf_map_alloc_percpu"]
+    assert counts.allocated_bytes == 4 * counts.requested_bytes
+    assert counts.requested_bytes % 8 == 0
+
+
+def test_atomic_pressure_produces_atomic_failures() -> None:
+    snap = run("atomic-pressure").snapshot(1.0)
+    assert snap.failures[(True, False)] > 0
+    assert snap.failures[(False, False)] == 0
+    assert snap.failed_size_histogram.count == snap.total_failures
+
+
+def test_chunk_churn_creates_and_destroys_chunks() -> None:
+    snap = run("chunk-churn", ops=6000).snapshot(1.0)
+    assert snap.chunk_creations > 0
+    assert snap.chunk_destructions > 0
+    stats = snap.kernel_stats.percpu_stats
+    assert stats.globals.nr_chunks == 1 + snap.chunk_creations - snap.chunk_destructions
+
+
+def test_sim_backend_advances_with_its_clock() -> None:
+    now = [0.0]
+    backend = SimBackend("steady", 0, ops_per_second=1000, clock=lambda: now[0])
+    first = backend.snapshot()
+    now[0] = 0.5
+    second = backend.snapshot()
+    assert (first.timestamp, second.timestamp) == (0.0, 0.5)
+    assert backend.simulation.ops == 500
+    assert second.backend == "sim"
+
+
+def test_simulate_prints_a_summary(runner) -> None:
+    result = runner.invoke(main, ["simulate", "-s", "netns-churn", "--ops", "2000"])
+    assert result.exit_code == 0, result.output
+    assert "scenario netns-churn (seed 0)" in result.output
+    assert "ipv4_mib_init_net" in result.output
+
+
+def test_simulate_stats_prints_kernel_format(runner) -> None:
+    result = runner.invoke(main, ["simulate", "--ops", "100", "--stats"])
+    assert result.exit_code == 0, result.output
+    assert "Percpu Memory Statistics\nAllocation Info:\n" in result.output
+    assert "Chunk: <- First Chunk" in result.output
+
+
+def test_simulate_json_is_the_snapshot(runner) -> None:
+    result = runner.invoke(main, ["simulate", "-s", "leak", "--ops", "500", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["backend"] == "sim"
+    assert "leaky_driver_open" in doc["sites"]
+
+
+def test_unknown_scenario_lists_the_known_ones(runner) -> None:
+    result = runner.invoke(main, ["simulate", "-s", "nope"])
+    assert result.exit_code == 2
+    for name in SCENARIOS:
+        assert name in result.output
+
+
+@pytest.mark.parametrize(
+    ("request_", "says"),
+    [
+        ("8/6", "rejected as the kernel does, no event"),
+        ("8/8192", "rejected as the kernel does, no event"),
+        ("32769/4", "rejected as the kernel does, no event"),
+        ("0/8", "rejected as the kernel does, no event"),
+        ("16/8", "ptr 0x"),
+    ],
+)
+def test_simulate_explicit_requests(runner, request_: str, says: str) -> None:
+    result = runner.invoke(main, ["simulate", "--ops", "0", "--alloc", request_])
+    assert result.exit_code == 0, result.output
+    assert says in result.output
+
+
+def test_simulate_bad_request_syntax_is_a_usage_error(runner) -> None:
+    result = runner.invoke(main, ["simulate", "--alloc", "lots"])
+    assert result.exit_code == 2
+    assert "SIZE[/ALIGN][,atomic]" in result.output
+    assert "Traceback" not in result.output
