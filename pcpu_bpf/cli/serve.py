@@ -1,0 +1,168 @@
+"""`pcpu-bpf serve`: the Prometheus exporter daemon (and its --check mode)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from pcpu_bpf.backends import BACKENDS, open_backend
+from pcpu_bpf.cli import main
+from pcpu_bpf.daemon import DEFAULT_LISTEN, configure_logging, parse_listen, serve
+from pcpu_bpf.errors import PcpuError
+from pcpu_bpf.snapshot import Snapshot
+from pcpu_bpf.tables import DEFAULT_LIVE_CAPACITY, DEFAULT_SITE_CAPACITY
+
+log = logging.getLogger(__name__)
+
+# Which options each backend takes; the rest are ignored for it, with a warning.
+_BACKEND_OPTIONS = {
+    "bpf": ("live_capacity", "site_capacity", "bpf_dir"),
+    "sim": ("scenario", "seed", "live_capacity", "site_capacity"),
+}
+
+EPILOG = """\b
+Every option can also come from the environment variable shown with it
+(systemd: /etc/default/pcpu-bpf). -v/--verbose is PCPU_VERBOSE=1.
+
+\b
+Examples:
+  pcpu-bpf serve                              # live kernel on 127.0.0.1:9717
+  pcpu-bpf serve --check                      # attach, report, detach, exit
+  pcpu-bpf serve --backend sim --scenario leak --listen '[::1]:9717'
+  curl -s localhost:9717/metrics | grep ^pcpu_live_bytes
+"""
+
+
+class _OneLineError(click.ClickException):
+    """A bad option value, reported in one line (exit 2, like a usage error)."""
+
+    exit_code = 2
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _opt(name: str, **kwargs: Any) -> Callable[[_F], _F]:
+    envvar = "PCPU_SERVE_" + name.lstrip("-").replace("-", "_").upper()
+    return click.option(name, envvar=envvar, show_envvar=True, **kwargs)
+
+
+@main.command("serve", epilog=EPILOG)
+@_opt(
+    "--backend",
+    default="bpf",
+    show_default=True,
+    metavar="bpf|sim",
+    help="Where data comes from: bpf = the live kernel; sim = the simulator, for demos. "
+    "Never falls back from bpf to sim on its own.",
+)
+@_opt(
+    "--scenario",
+    default="steady",
+    show_default=True,
+    help="Simulated workload (sim only): steady, netns-churn, memcg-churn, bpf-maps, "
+    "leak, atomic-pressure, chunk-churn.",
+)
+@_opt("--seed", type=int, default=0, show_default=True, help="Simulator seed (sim only).")
+@_opt(
+    "--listen",
+    default=DEFAULT_LISTEN,
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Address for /metrics; [::1]:9717 for IPv6, :9717 for all IPv4 interfaces.",
+)
+@_opt(
+    "--check",
+    is_flag=True,
+    help="Attach, print a one-line report of the first snapshot, detach and exit.",
+)
+@_opt(
+    "--live-capacity",
+    type=click.IntRange(min=1),
+    default=None,
+    help=f"Live-allocation table entries [default: {DEFAULT_LIVE_CAPACITY}].",
+)
+@_opt(
+    "--site-capacity",
+    type=click.IntRange(min=1),
+    default=None,
+    help=f"Call-site table entries [default: {DEFAULT_SITE_CAPACITY}].",
+)
+@_opt(
+    "--bpf-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Directory of the BPF C sources (bpf only) [default: the installed package's].",
+)
+def serve_command(backend: str, check: bool, listen: str, **options: Any) -> None:
+    """Export percpu allocator metrics for Prometheus (the pcpu-bpf daemon)."""  # fmt: skip
+    configure_logging()
+    if backend not in BACKENDS:
+        raise _OneLineError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    try:
+        address = parse_listen(listen)
+    except ValueError as exc:
+        raise _OneLineError(str(exc)) from None
+    kwargs = _backend_kwargs(backend, options)
+    log.info("starting backend %s", backend)
+    try:
+        source = open_backend(backend, **kwargs)
+    except PcpuError as exc:
+        raise click.ClickException(f"backend {backend} cannot start: {exc}") from None
+    except Exception as exc:  # a bug below must still be one line; -v shows the traceback
+        log.debug("backend %s failed to start", backend, exc_info=True)
+        raise click.ClickException(f"backend {backend} cannot start: {exc!r}") from None
+    with source:  # closing detaches, also on errors
+        if check:
+            report = check_report(source.snapshot())
+        else:
+            try:
+                serve(source, address)
+            except PcpuError as exc:
+                raise click.ClickException(str(exc)) from None
+    if check:
+        click.echo(report)
+    log.info("detached; exiting")
+
+
+def _backend_kwargs(backend: str, options: dict[str, Any]) -> dict[str, Any]:
+    accepted = _BACKEND_OPTIONS[backend]
+    defaults = {"scenario": "steady", "seed": 0}
+    kwargs = {}
+    for name, value in options.items():
+        if value is None:
+            continue  # unset: the backend's own default
+        if name in accepted:
+            kwargs[name] = value
+        elif value != defaults.get(name):
+            log.warning("--%s does not apply to backend %s; ignored", name.replace("_", "-"),
+                        backend)  # fmt: skip
+    return kwargs
+
+
+def check_report(snap: Snapshot) -> str:
+    """One line: what is attached and the first snapshot's totals."""
+    programs = sorted(snap.programs) if snap.programs is not None else []
+    attached = f"{len(programs)} BPF programs ({', '.join(programs)})" if programs else (
+        "no BPF programs")  # fmt: skip
+    by_site = snap.allocations_by_site()
+    allocs = sum(c.allocations for c in by_site.values())
+    frees = sum(s.frees for s in snap.sites.values())
+    live = sum(s.live_allocations for s in snap.sites.values())
+    live_bytes = sum(s.live_bytes for s in snap.sites.values())
+    parts = [
+        f"ok: backend {snap.backend}, kernel {snap.kernel}, attached {attached}",
+        f"{allocs} allocations, {frees} frees, {live} live ({live_bytes} bytes) "
+        f"at {len(snap.site_names())} call sites, {snap.total_failures} failures",
+    ]
+    ks = snap.kernel_stats
+    if ks is not None and ks.meminfo_percpu_bytes is not None:
+        parts.append(f"meminfo Percpu {ks.meminfo_percpu_bytes} bytes")
+    if ks is not None and ks.percpu_stats is not None:
+        parts.append(f"percpu_stats {ks.percpu_stats.globals.nr_chunks} chunks")
+    if ks is not None and ks.errors:
+        parts.append("unreadable: " + ", ".join(f"{k} ({v})" for k, v in sorted(ks.errors.items())))
+    return "; ".join(parts) + "; detached"
