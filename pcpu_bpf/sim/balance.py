@@ -1,0 +1,111 @@
+"""The percpu balance work (pcpu_balance_workfn, spec 11): free, reclaim, populate.
+
+These functions operate on an ``Allocator``'s lists and counters; they are split out
+only to keep the allocation path and the background work in separate modules.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pcpu_bpf.sim.chunk import BLOCK_BITS, PAGE_SIZE, Chunk, size_to_slot_raw
+
+if TYPE_CHECKING:
+    from pcpu_bpf.sim.allocator import Allocator
+
+PCPU_EMPTY_POP_PAGES_HIGH = 4
+
+
+def balance_workfn(a: Allocator) -> None:
+    """pcpu_balance_workfn(): the four passes in the kernel's order."""
+    balance_free(a, empty_only=False)
+    reclaim_populated(a)
+    balance_populated(a)
+    balance_free(a, empty_only=True)
+
+
+def balance_free(a: Allocator, empty_only: bool) -> None:
+    """pcpu_balance_free(): keep the head of the free slot, destroy the others."""
+    fl = a.lists[a.free_slot]
+    if len(fl) < 2:
+        return
+    keep = fl[0]
+    to_free: list[Chunk] = []
+    for c in tuple(fl):
+        if c is keep:
+            continue
+        if not empty_only or c.nr_empty_pop_pages == 0:
+            fl.remove(c)
+            c.list_slot = None
+            to_free.insert(0, c)  # list_move() inserts at the head: reverse order
+    for c in to_free:
+        for rs, re in c.page_runs(True):
+            c.chunk_depopulated(rs, re)
+        a._destroy_chunk(c)
+
+
+def reclaim_populated(a: Allocator) -> None:
+    """pcpu_reclaim_populated(): depopulate isolated chunks top-down, then sideline them."""
+    counters = a.counters
+    todo = a.lists[a.to_depopulate_slot]
+    while todo:
+        c = todo[0]
+        reintegrate = False
+        end = -1
+        i = c.nr_pages - 1
+        while i >= 0:
+            if c.nr_empty_pop_pages == 0:
+                break
+            if counters.nr_empty_pop_pages < PCPU_EMPTY_POP_PAGES_HIGH:
+                reintegrate = True  # keep pages for atomic allocations
+                break
+            if c.md_blocks[i].contig_hint == BLOCK_BITS and c.populated >> i & 1:
+                if end == -1:
+                    end = i
+                if i > 0:
+                    i -= 1
+                    continue
+                i -= 1  # i == -1: flush the range [0, end]
+            if end == -1:
+                i -= 1
+                continue
+            c.chunk_depopulated(i + 1, end + 1)  # isolated: global count unchanged
+            end = -1
+            i -= 1
+        if reintegrate or c.free_bytes == a.unit_size:
+            a._reintegrate(c)  # head of its slot list
+        else:
+            a._move(c, a.sidelined_slot, False)
+
+
+def balance_populated(a: Allocator) -> None:
+    """pcpu_balance_populated(): keep PCPU_EMPTY_POP_PAGES_HIGH empty populated pages."""
+    counters = a.counters
+    first_slot = size_to_slot_raw(PAGE_SIZE)
+    while True:  # retry_pop:
+        if a.atomic_alloc_failed:
+            nr_to_pop = PCPU_EMPTY_POP_PAGES_HIGH
+            a.atomic_alloc_failed = False
+        else:
+            nr_to_pop = min(max(PCPU_EMPTY_POP_PAGES_HIGH - counters.nr_empty_pop_pages, 0), 4)
+        for slot in range(first_slot, a.free_slot + 1):
+            if not nr_to_pop:
+                break
+            chunk = next((c for c in a.lists[slot] if c.nr_pages > c.nr_populated), None)
+            if chunk is None:
+                continue
+            for rs, re in chunk.page_runs(False):
+                n = min(re - rs, nr_to_pop)
+                if a._populate_ok():
+                    nr_to_pop -= n
+                    chunk.chunk_populated(rs, rs + n)
+                else:
+                    nr_to_pop = 0
+                if not nr_to_pop:
+                    break
+        if not nr_to_pop:
+            return
+        new = a._create_chunk()
+        if new is None:
+            return
+        a._relocate(new, -1)

@@ -1,0 +1,687 @@
+"""One percpu chunk: bitmaps, block metadata and hint upkeep (mm/percpu.c, spec 4-6, 14).
+
+Bitmaps are lists of Python ints, one 1024-bit int per block (= page), so every
+bit search is a few shifts and ``bit_length`` calls instead of a per-bit loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+BLOCK_BITS = 1024  # PCPU_BITMAP_BLOCK_BITS: one block is one page
+MIN_ALLOC_SIZE = 4  # PCPU_MIN_ALLOC_SIZE: one bitmap bit
+PAGE_SIZE = 4096
+_FULL = (1 << BLOCK_BITS) - 1
+
+
+def size_to_slot_raw(size: int) -> int:
+    """__pcpu_size_to_slot(): slot of a free run of ``size`` bytes (spec 2)."""
+    return max(size.bit_length() - 5 + 2, 1)
+
+
+def _ffs(x: int) -> int:
+    """__ffs(): index of the lowest set bit (x != 0)."""
+    return (x & -x).bit_length() - 1
+
+
+def _next_zero_in_block(x: int, start: int) -> int:
+    """find_next_zero_bit() on one block; 1024 when none."""
+    if start >= BLOCK_BITS:
+        return BLOCK_BITS
+    f = ~x >> start  # bits above 1023 of ~x are ones, so this caps at 1024
+    return start + _ffs(f)
+
+
+def _next_set_in_block(x: int, start: int) -> int:
+    """find_next_bit() on one block; 1024 when none."""
+    f = x >> start
+    return start + _ffs(f) if f else BLOCK_BITS
+
+
+def _last_set_in_block(x: int, size: int) -> int:
+    """find_last_bit(): highest set bit below ``size``, or ``size`` when none."""
+    y = x & ((1 << size) - 1)
+    return y.bit_length() - 1 if y else size
+
+
+class BlockMd:
+    """pcpu_block_md: hints of one block, or of a whole chunk (chunk_md); all in bits."""
+
+    __slots__ = (
+        "contig_hint",
+        "contig_hint_start",
+        "scan_hint",
+        "scan_hint_start",
+        "left_free",
+        "right_free",
+        "first_free",
+        "nr_bits",
+    )
+
+    def __init__(self, nr_bits: int) -> None:
+        # pcpu_init_md_block(); the *_start fields start zeroed (kzalloc).
+        self.nr_bits = nr_bits
+        self.contig_hint = nr_bits
+        self.contig_hint_start = 0
+        self.scan_hint = 0
+        self.scan_hint_start = 0
+        self.left_free = nr_bits
+        self.right_free = nr_bits
+        self.first_free = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """All fields by name (for tests and debugging)."""
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __repr__(self) -> str:
+        return (
+            f"BlockMd(contig {self.contig_hint}@{self.contig_hint_start}, "
+            f"scan {self.scan_hint}@{self.scan_hint_start}, left {self.left_free}, "
+            f"right {self.right_free}, first_free {self.first_free})"
+        )
+
+
+def block_update(b: BlockMd, start: int, end: int) -> None:
+    """pcpu_block_update(): record the free run [start, end) in ``b`` (spec 6.1)."""
+    contig = end - start
+    if start < b.first_free:
+        b.first_free = start
+    if start == 0:
+        b.left_free = contig
+    if end == b.nr_bits:
+        b.right_free = contig
+    ch = b.contig_hint
+    if contig > ch:
+        if start > b.contig_hint_start:
+            if ch > b.scan_hint:  # old contig becomes the scan hint
+                b.scan_hint_start = b.contig_hint_start
+                b.scan_hint = ch
+            elif start < b.scan_hint_start:
+                b.scan_hint = 0
+        else:
+            b.scan_hint = 0
+        b.contig_hint_start = start
+        b.contig_hint = contig
+    elif contig == ch:
+        chs = b.contig_hint_start
+        if chs and (not start or _ffs(start) > _ffs(chs)):
+            b.contig_hint_start = start  # better-aligned start wins ties
+            if start < b.scan_hint_start and ch > b.scan_hint:
+                b.scan_hint = 0
+        elif start > b.scan_hint_start or ch > b.scan_hint:
+            b.scan_hint_start = start
+            b.scan_hint = contig
+    elif start < b.contig_hint_start and (
+        contig > b.scan_hint or (contig == b.scan_hint and start > b.scan_hint_start)
+    ):
+        b.scan_hint_start = start
+        b.scan_hint = contig
+
+
+def _overlap(a: int, b: int, x: int, y: int) -> bool:
+    """pcpu_region_overlap(); an empty [a, a) overlaps any [x, y) with x < a < y."""
+    return a < y and x < b
+
+
+def _next_hint(b: BlockMd, alloc_bits: int) -> int:
+    """pcpu_next_hint(): skip a scan run known to be too small (spec 6.8)."""
+    if b.scan_hint and b.contig_hint_start > b.scan_hint_start and alloc_bits > b.scan_hint:
+        return b.scan_hint_start + b.scan_hint
+    return b.first_free
+
+
+class GlobalCounters:
+    """The allocator-wide counters a chunk updates (pcpu_nr_empty_pop_pages, pcpu_nr_populated)."""
+
+    __slots__ = ("nr_empty_pop_pages", "nr_populated")
+
+    def __init__(self) -> None:
+        self.nr_empty_pop_pages = 0
+        self.nr_populated = 0
+
+
+class Chunk:
+    """struct pcpu_chunk: bookkeeping of one chunk (spec 4.2)."""
+
+    __slots__ = (
+        "base_addr",
+        "nr_pages",
+        "map_bits",
+        "amap",
+        "bmap",
+        "md_blocks",
+        "chunk_md",
+        "free_bytes",
+        "start_offset",
+        "end_offset",
+        "immutable",
+        "isolated",
+        "is_reserved",
+        "populated",
+        "nr_populated",
+        "nr_empty_pop_pages",
+        "nr_alloc",
+        "max_alloc_size",
+        "list_slot",
+        "counters",
+    )
+
+    def __init__(self, nr_pages: int, base_addr: int, counters: GlobalCounters) -> None:
+        """pcpu_alloc_chunk(): an empty, unpopulated chunk on no list."""
+        self.base_addr = base_addr
+        self.nr_pages = nr_pages
+        self.map_bits = nr_pages * BLOCK_BITS
+        self.amap = [0] * nr_pages  # alloc_map, one int per block
+        self.bmap = [0] * (nr_pages + 1)  # bound_map has map_bits + 1 bits
+        self.md_blocks = [BlockMd(BLOCK_BITS) for _ in range(nr_pages)]
+        self.chunk_md = BlockMd(self.map_bits)
+        self.free_bytes = nr_pages * PAGE_SIZE
+        self.start_offset = 0
+        self.end_offset = 0
+        self.immutable = False
+        self.isolated = False
+        self.is_reserved = False
+        self.populated = 0  # bitmask of populated pages
+        self.nr_populated = 0
+        self.nr_empty_pop_pages = 0
+        self.nr_alloc = 0
+        self.max_alloc_size = 0
+        self.list_slot: int | None = None  # the list it is on; not derivable (spec 5.1)
+        self.counters = counters
+
+    # ---- read-only views for tests -------------------------------------------------
+
+    def populated_pages(self) -> list[int]:
+        """Indexes of the populated pages, ascending."""
+        p = self.populated
+        return [i for i in range(self.nr_pages) if p >> i & 1]
+
+    def test_alloc_bit(self, bit: int) -> bool:
+        """test_bit(bit, alloc_map)."""
+        return bool(self.amap[bit >> 10] >> (bit & 1023) & 1)
+
+    def test_bound_bit(self, bit: int) -> bool:
+        """test_bit(bit, bound_map)."""
+        return bool(self.bmap[bit >> 10] >> (bit & 1023) & 1)
+
+    # ---- chunk-wide bit helpers ----------------------------------------------------
+
+    def _next_zero(self, start: int, size: int) -> int:
+        """find_next_zero_bit(alloc_map, size, start)."""
+        amap = self.amap
+        k = start >> 10
+        nb = (size + 1023) >> 10
+        if k < nb:
+            r = _next_zero_in_block(amap[k], start & 1023)
+            if r < BLOCK_BITS:
+                return min((k << 10) + r, size)
+            k += 1
+            while k < nb:
+                x = amap[k]
+                if x != _FULL:
+                    return min((k << 10) + _ffs(~x), size)
+                k += 1
+        return size
+
+    @staticmethod
+    def _next_set(blocks: list[int], start: int, size: int) -> int:
+        """find_next_bit(map, size, start) on a block list."""
+        k = start >> 10
+        nb = (size + 1023) >> 10
+        if k < nb:
+            f = blocks[k] >> (start & 1023)
+            if f:
+                return min(start + _ffs(f), size)
+            k += 1
+            while k < nb:
+                x = blocks[k]
+                if x:
+                    return min((k << 10) + _ffs(x), size)
+                k += 1
+        return size
+
+    def _last_set(self, size: int) -> int:
+        """find_last_bit(alloc_map, size): highest set bit below size, else size."""
+        amap = self.amap
+        k = (size - 1) >> 10
+        if k < 0:
+            return size
+        y = amap[k] & ((1 << (size - (k << 10))) - 1)
+        while True:
+            if y:
+                return (k << 10) + y.bit_length() - 1
+            k -= 1
+            if k < 0:
+                return size
+            y = amap[k]
+
+    @staticmethod
+    def _set_range(blocks: list[int], start: int, n: int) -> None:
+        end = start + n
+        while start < end:
+            k = start >> 10
+            lo = start & 1023
+            hi = min(end - (k << 10), BLOCK_BITS)
+            blocks[k] |= ((1 << (hi - lo)) - 1) << lo
+            start = (k << 10) + hi
+
+    @staticmethod
+    def _clear_range(blocks: list[int], start: int, n: int) -> None:
+        end = start + n
+        while start < end:
+            k = start >> 10
+            lo = start & 1023
+            hi = min(end - (k << 10), BLOCK_BITS)
+            blocks[k] &= ~(((1 << (hi - lo)) - 1) << lo)
+            start = (k << 10) + hi
+
+    def _window(self, lo_block: int, end: int) -> int:
+        """alloc_map bits [lo_block*1024, end) as one int."""
+        amap = self.amap
+        w = 0
+        for k in range((end - 1) >> 10, lo_block - 1, -1):
+            w = (w << BLOCK_BITS) | amap[k]
+        return w & ((1 << (end - (lo_block << 10))) - 1)
+
+    # ---- empty-page accounting ---------------------------------------------------
+
+    def update_empty_pages(self, n: int) -> None:
+        """pcpu_update_empty_pages(): the reserved and isolated chunks are not global."""
+        self.nr_empty_pop_pages += n
+        if not self.is_reserved and not self.isolated:
+            self.counters.nr_empty_pop_pages += n
+
+    def chunk_populated(self, s: int, e: int) -> None:
+        """pcpu_chunk_populated(): pages [s, e) are backed and counted as empty."""
+        self.populated |= ((1 << (e - s)) - 1) << s
+        self.nr_populated += e - s
+        self.counters.nr_populated += e - s
+        self.update_empty_pages(e - s)
+
+    def chunk_depopulated(self, s: int, e: int) -> None:
+        """pcpu_chunk_depopulated(): pages [s, e) lose their backing."""
+        self.populated &= ~(((1 << (e - s)) - 1) << s)
+        self.nr_populated -= e - s
+        self.counters.nr_populated -= e - s
+        self.update_empty_pages(-(e - s))
+
+    def page_runs(self, populated: bool, s: int = 0, e: int | None = None) -> list[tuple[int, int]]:
+        """Maximal runs [rs, re) of (un)populated pages within [s, e), ascending."""
+        if e is None:
+            e = self.nr_pages
+        p = self.populated if populated else ~self.populated
+        p = (p >> s) & ((1 << (e - s)) - 1)
+        runs: list[tuple[int, int]] = []
+        base = s
+        while p:
+            lo = _ffs(p)
+            t = p >> lo
+            n = (t ^ (t + 1)).bit_length() - 1  # trailing ones
+            runs.append((base + lo, base + lo + n))
+            p = t >> n
+            base += lo + n
+        return runs
+
+    # ---- block / chunk hint maintenance (spec 6) -----------------------------------
+
+    def slot(self, free_slot: int, unit_size: int) -> int:
+        """pcpu_chunk_slot()."""
+        ch = self.chunk_md.contig_hint
+        if self.free_bytes < MIN_ALLOC_SIZE or ch == 0:
+            return 0
+        size = ch * MIN_ALLOC_SIZE
+        return free_slot if size == unit_size else size_to_slot_raw(size)
+
+    def block_refresh_hint(self, k: int) -> None:
+        """pcpu_block_refresh_hint(): rescan block k after the promoted scan hint (6.2)."""
+        b = self.md_blocks[k]
+        if b.scan_hint:
+            start = b.scan_hint_start + b.scan_hint
+            b.contig_hint_start = b.scan_hint_start
+            b.contig_hint = b.scan_hint
+            b.scan_hint = 0
+        else:
+            start = b.first_free
+            b.contig_hint = 0  # contig_hint_start left stale on purpose
+        b.right_free = 0
+        f = ((~self.amap[k] & _FULL) >> start) << start  # free bits at or after start
+        while f:
+            rs = _ffs(f)
+            t = f >> rs
+            re = rs + (t ^ (t + 1)).bit_length() - 1
+            block_update(b, rs, re)
+            f = (f >> re) << re
+
+    def _md_free_step(self, bit_off: int) -> tuple[int, int]:
+        """pcpu_next_md_free_region() (spec 6.3)."""
+        md = self.md_blocks
+        nb = self.nr_pages
+        i = bit_off >> 10
+        block_off = bit_off & 1023
+        bits = 0
+        while i < nb:
+            b = md[i]
+            if bits:  # a run carried across a block edge
+                bits += b.left_free
+                if b.left_free == BLOCK_BITS:
+                    i += 1
+                    continue
+                return bit_off, bits
+            bits = b.contig_hint
+            chs = b.contig_hint_start
+            if bits and chs >= block_off and bits + chs < BLOCK_BITS:
+                return (i << 10) + chs, bits
+            block_off = 0
+            bits = b.right_free
+            bit_off = ((i + 1) << 10) - bits
+            i += 1
+        return bit_off, bits
+
+    def chunk_refresh_hint(self, full_scan: bool) -> None:
+        """pcpu_chunk_refresh_hint(): rebuild chunk_md from the block hints (spec 6.4)."""
+        m = self.chunk_md
+        if not full_scan and m.scan_hint:
+            off = m.scan_hint_start + m.scan_hint
+            m.contig_hint_start = m.scan_hint_start
+            m.contig_hint = m.scan_hint
+            m.scan_hint = 0
+        else:
+            off = m.first_free
+            m.contig_hint = 0  # scan_hint is NOT cleared on a full scan
+        map_bits = self.map_bits
+        o, n = self._md_free_step(off)
+        while o < map_bits:
+            block_update(m, o, o + n)
+            o, n = self._md_free_step(o + n + 1)
+
+    def hint_alloc(self, bit_off: int, bits: int) -> None:
+        """pcpu_block_update_hint_alloc(): after setting [bit_off, bit_off+bits) (6.6)."""
+        md = self.md_blocks
+        amap = self.amap
+        last = bit_off + bits - 1
+        s_idx = bit_off >> 10
+        e_idx = last >> 10
+        s_off = bit_off & 1023
+        e_off = (last & 1023) + 1
+        sb = md[s_idx]
+        nr_empty = 0
+        # counts every previously free block, populated or not (spec 6.6)
+        if sb.contig_hint == BLOCK_BITS:
+            nr_empty += 1
+        if s_off == sb.first_free:
+            sb.first_free = _next_zero_in_block(amap[s_idx], s_off + bits)
+        if _overlap(sb.scan_hint_start, sb.scan_hint_start + sb.scan_hint, s_off, s_off + bits):
+            sb.scan_hint = 0
+        if _overlap(
+            sb.contig_hint_start, sb.contig_hint_start + sb.contig_hint, s_off, s_off + bits
+        ):
+            if not s_off:
+                sb.left_free = 0
+            self.block_refresh_hint(s_idx)
+        else:
+            if s_off < sb.left_free:
+                sb.left_free = s_off
+            if s_idx == e_idx:
+                sb.right_free = min(sb.right_free, BLOCK_BITS - e_off)
+            else:
+                sb.right_free = 0
+
+        if s_idx != e_idx:
+            eb = md[e_idx]
+            if eb.contig_hint == BLOCK_BITS:
+                nr_empty += 1
+            eb.first_free = _next_zero_in_block(amap[e_idx], e_off)
+            mid_end = e_idx
+            if e_off == BLOCK_BITS:
+                mid_end = e_idx + 1  # eb fully covered: reset like a middle block
+            else:
+                if e_off > eb.scan_hint_start:
+                    eb.scan_hint = 0
+                eb.left_free = 0
+                if e_off > eb.contig_hint_start:
+                    self.block_refresh_hint(e_idx)
+                else:
+                    eb.right_free = min(eb.right_free, BLOCK_BITS - e_off)
+            nr_empty += e_idx - s_idx - 1
+            for k in range(s_idx + 1, mid_end):
+                b = md[k]
+                b.scan_hint = b.contig_hint = 0
+                b.left_free = b.right_free = 0
+
+        if nr_empty:
+            self.update_empty_pages(-nr_empty)
+
+        m = self.chunk_md
+        end = bit_off + bits
+        if _overlap(m.scan_hint_start, m.scan_hint_start + m.scan_hint, bit_off, end):
+            m.scan_hint = 0
+        if _overlap(m.contig_hint_start, m.contig_hint_start + m.contig_hint, bit_off, end):
+            self.chunk_refresh_hint(False)
+
+    def hint_free(self, bit_off: int, bits: int) -> None:
+        """pcpu_block_update_hint_free(): after clearing [bit_off, bit_off+bits) (6.7)."""
+        md = self.md_blocks
+        amap = self.amap
+        last = bit_off + bits - 1
+        s_idx = bit_off >> 10
+        e_idx = last >> 10
+        s_off = bit_off & 1023
+        e_off = (last & 1023) + 1
+        sb = md[s_idx]
+        eb = md[e_idx]
+        nr_empty = 0
+        if s_off == sb.contig_hint + sb.contig_hint_start:
+            start = sb.contig_hint_start
+        else:
+            lb = _last_set_in_block(amap[s_idx], s_off)
+            start = 0 if lb == s_off else lb + 1
+        if e_off == eb.contig_hint_start:
+            end = eb.contig_hint_start + eb.contig_hint
+        else:
+            end = _next_set_in_block(amap[e_idx], e_off)
+        sb_end = end if s_idx == e_idx else BLOCK_BITS
+        if not start and sb_end == BLOCK_BITS:
+            nr_empty += 1
+        block_update(sb, start, sb_end)
+        if s_idx != e_idx:
+            if end == BLOCK_BITS:
+                nr_empty += 1
+            block_update(eb, 0, end)
+            nr_empty += e_idx - s_idx - 1
+            for k in range(s_idx + 1, e_idx):
+                b = md[k]  # scan_hint_start is left stale, as in the kernel
+                b.first_free = 0
+                b.scan_hint = 0
+                b.contig_hint_start = 0
+                b.contig_hint = BLOCK_BITS
+                b.left_free = BLOCK_BITS
+                b.right_free = BLOCK_BITS
+        if nr_empty:
+            self.update_empty_pages(nr_empty)
+        if end - start >= BLOCK_BITS or s_idx != e_idx:
+            self.chunk_refresh_hint(True)
+        else:
+            # KERNEL QUIRK (spec 6.7): chunk-relative start with a block-relative end.
+            block_update(self.chunk_md, (s_idx << 10) + start, end)
+
+    # ---- searching (spec 6.8, 6.9) ------------------------------------------------
+
+    def _next_fit_region(self, alloc_bits: int, align: int, bit_off: int) -> tuple[int, int]:
+        """pcpu_next_fit_region()."""
+        md = self.md_blocks
+        nb = self.nr_pages
+        i = bit_off >> 10
+        block_off = bit_off & 1023
+        bits = 0
+        amask = -align
+        while i < nb:
+            b = md[i]
+            if bits:  # run carried from the previous block's end
+                bits += b.left_free
+                if bits >= alloc_bits:
+                    return bit_off, bits
+                if b.left_free == BLOCK_BITS:
+                    i += 1
+                    continue
+            chs = b.contig_hint_start
+            pad = ((chs + align - 1) & amask) - chs
+            if b.contig_hint and chs >= block_off and b.contig_hint >= pad + alloc_bits:
+                st = _next_hint(b, alloc_bits)
+                return (i << 10) + st, pad + alloc_bits + chs - st
+            block_off = 0
+            o = (BLOCK_BITS - b.right_free + align - 1) & amask
+            bits = BLOCK_BITS - o
+            bit_off = (i << 10) + o
+            if bits >= alloc_bits:
+                return bit_off, bits
+            i += 1
+        return self.map_bits, bits
+
+    def _is_populated(self, bit_off: int, bits: int) -> int:
+        """pcpu_is_populated(): -1 when populated, else the next bit offset to try."""
+        p0 = bit_off >> 10
+        p1 = (bit_off + bits + 1023) >> 10
+        hole = ~self.populated >> p0 & ((1 << (p1 - p0)) - 1)
+        if not hole:
+            return -1
+        z = p0 + _ffs(hole)
+        rest = self.populated >> (z + 1) & ((1 << max(p1 - z - 1, 0)) - 1)
+        e = z + 1 + _ffs(rest) if rest else p1
+        return e << 10
+
+    def find_block_fit(self, alloc_bits: int, align: int, pop_only: bool) -> int:
+        """pcpu_find_block_fit(): a bit offset to start alloc_area from, or -1."""
+        m = self.chunk_md
+        chs = m.contig_hint_start
+        # trusts the (possibly stale) chunk hint
+        if ((chs + align - 1) & -align) - chs + alloc_bits > m.contig_hint:
+            return -1
+        map_bits = self.map_bits
+        off, bits = self._next_fit_region(alloc_bits, align, _next_hint(m, alloc_bits))
+        while off < map_bits:
+            if not pop_only:
+                break
+            nxt = self._is_populated(off, bits)
+            if nxt < 0:
+                break
+            off, bits = self._next_fit_region(alloc_bits, align, nxt)
+        return -1 if off >= map_bits else off
+
+    def _block_update_scan(self, area_off: int, area_bits: int) -> None:
+        """pcpu_block_update_scan(): record the largest run the first fit skipped."""
+        s_off = area_off & 1023
+        e_off = s_off + area_bits
+        if e_off > BLOCK_BITS:
+            return
+        k = area_off >> 10
+        lb = _last_set_in_block(self.amap[k], s_off)
+        s_off = 0 if lb == s_off else lb + 1  # extend left over alignment padding
+        block_update(self.md_blocks[k], s_off, e_off)
+
+    def alloc_area(self, alloc_bits: int, align: int, start: int) -> int:
+        """pcpu_alloc_area() minus the relocate: byte offset, or -1 with no side effect."""
+        end = min(start + alloc_bits + BLOCK_BITS, self.map_bits)
+        # pcpu_find_zero_area() on a window int covering [base, end)
+        base = start & ~1023
+        w = self._window(start >> 10, end)
+        size = end - base
+        nw = ~w  # ones above ``size`` are fine: every test below is bounded by size
+        mask = align - 1
+        s = start - base
+        largest_off = largest_bits = 0
+        while True:
+            f = nw >> s
+            idx = s + _ffs(f) if s < size else size  # f != 0 always (infinite ones)
+            idx = (idx + mask) & ~mask
+            e = idx + alloc_bits
+            if e > size:
+                return -1
+            hit = (w >> idx) & ((1 << alloc_bits) - 1)
+            if hit:
+                i = idx + _ffs(hit)
+                run = i - idx
+                abs_idx = base + idx
+                if run > largest_bits or (
+                    run == largest_bits
+                    and largest_off
+                    and (not abs_idx or _ffs(abs_idx) > _ffs(largest_off))
+                ):
+                    largest_off, largest_bits = abs_idx, run
+                s = i + 1
+                continue
+            break
+        off = base + idx
+        if largest_bits:
+            self._block_update_scan(largest_off, largest_bits)
+        self._set_range(self.amap, off, alloc_bits)
+        bmap = self.bmap
+        self._clear_range(bmap, off + 1, alloc_bits - 1)
+        bmap[off >> 10] |= 1 << (off & 1023)
+        e = off + alloc_bits
+        bmap[e >> 10] |= 1 << (e & 1023)
+        self.free_bytes -= alloc_bits * MIN_ALLOC_SIZE
+        m = self.chunk_md
+        if off == m.first_free:
+            m.first_free = self._next_zero(e, self.map_bits)
+        self.hint_alloc(off, alloc_bits)
+        return off * MIN_ALLOC_SIZE
+
+    def free_area(self, byte_off: int) -> int:
+        """pcpu_free_area() minus stats and relocate: returns the freed bytes (6.10)."""
+        b0 = byte_off >> 2
+        # the size comes only from the boundary map, as in the kernel
+        b1 = self._next_set(self.bmap, b0 + 1, self.map_bits)
+        self._clear_range(self.amap, b0, b1 - b0)
+        self.free_bytes += (b1 - b0) * MIN_ALLOC_SIZE
+        m = self.chunk_md
+        if b0 < m.first_free:
+            m.first_free = b0
+        self.hint_free(b0, b1 - b0)
+        return (b1 - b0) * MIN_ALLOC_SIZE
+
+    def hide(self, start: int, n: int, bounds: tuple[int, int]) -> None:
+        """Mark [start, start+n) allocated as a boot chunk's hidden area (spec 3.2)."""
+        self._set_range(self.amap, start, n)
+        for bit in bounds:
+            self.bmap[bit >> 10] |= 1 << (bit & 1023)
+        if start == 0:
+            self.chunk_md.first_free = n
+        self.hint_alloc(start, n)
+
+    # ---- percpu_stats fragment walk (spec 14.3) ----------------------------------
+
+    def frag_stats(self) -> tuple[int, int, int, int, int]:
+        """chunk_map_stats(): (sum_frag, max_frag, cur_min, cur_med, cur_max)."""
+        limit = self.map_bits - self.end_offset // MIN_ALLOC_SIZE - 1  # the kernel's extra -1
+        la = self._last_set(limit)
+        last_alloc = la + 1 if self.test_alloc_bit(la) else 0
+        pieces: list[int] = []
+        s = self.start_offset // MIN_ALLOC_SIZE
+        while s < last_alloc:
+            if self.test_alloc_bit(s):
+                e = self._next_set(self.bmap, s + 1, last_alloc)
+                pieces.append((e - s) * MIN_ALLOC_SIZE)
+            else:
+                e = self._next_set(self.amap, s + 1, last_alloc)
+                pieces.append(-(e - s) * MIN_ALLOC_SIZE)
+            s = e
+        if not pieces:
+            return 0, 0, 0, 0, 0
+        pieces.sort()
+        neg = [p for p in pieces if p < 0]
+        i = len(neg)
+        return (
+            -sum(neg),
+            max((-p for p in neg), default=0),
+            pieces[i],
+            pieces[(i + len(pieces) - 1) // 2],
+            pieces[-1],
+        )
+
+    def free_runs(self) -> Iterator[tuple[int, int]]:
+        """True free runs (start, length) in bits, from the bitmap (for invariant checks)."""
+        s = self._next_zero(0, self.map_bits)
+        while s < self.map_bits:
+            e = self._next_set(self.amap, s, self.map_bits)
+            yield s, e - s
+            s = self._next_zero(e, self.map_bits)
