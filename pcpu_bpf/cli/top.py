@@ -1,0 +1,298 @@
+"""pcpu-top: percpu allocations by call site, one table per interval (bcc's slabratetop)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TextIO
+
+import click
+from click.core import ParameterSource
+
+from pcpu_bpf import __version__
+from pcpu_bpf.backends import Backend, open_backend
+from pcpu_bpf.errors import BackendUnavailable, PcpuError, ProgramLoadError, ScenarioError
+from pcpu_bpf.metrics_client import DEFAULT_URL, MetricsSource
+from pcpu_bpf.top_render import (
+    DEFAULT_SORT,
+    SORT_KEYS,
+    build_view,
+    render_json,
+    render_text,
+)
+
+BANNER = "Tracing percpu allocations... Hit Ctrl-C to end."
+# Home the cursor and clear the screen: the live view redraws in place like top(1).
+CLEAR = "\x1b[H\x1b[2J"
+DEFAULT_SCENARIO = "steady"
+DEFAULT_LIMIT = 20  # bcc's slabratetop -r default
+
+EXAMPLES = f"""\b
+Columns:
+  CALL SITE   kernel function that asked for percpu memory ("untracked":
+              frees of memory allocated before tracing began)
+  ALLOCS/s    allocations per second in the interval
+  FREES/s     frees per second in the interval
+  LIVE        allocations still live (made since tracing began)
+  LIVE BYTES  memory they use (bytes_alloc: size x CPUs, + memcg pointers)
+  AVG         mean requested size of the site's allocations
+  FAIL/s      failures per second; the kernel's fail event names no call
+              site, so failures get rows of their own by class:
+              [failed], [failed atomic], [failed reserved], ...
+
+\b
+Examples:
+  pcpu-top                # one table after 1 second, then exit
+  pcpu-top 5 3            # three tables, 5 seconds apart
+  pcpu-top --live         # redraw every second until Ctrl-C
+  pcpu-top -s allocs -r 5 # the 5 busiest call sites
+  pcpu-top -s fails       # failure classes first
+  pcpu-top --json 1 10    # ten JSON documents, one per line
+  pcpu-top --backend sim --scenario leak 1 2
+  pcpu-top --from {DEFAULT_URL}
+"""
+
+
+def _clock_text() -> str:
+    return time.strftime("%H:%M:%S")
+
+
+def _terminal_lines() -> int | None:
+    if not sys.stdout.isatty():
+        return None
+    return shutil.get_terminal_size().lines
+
+
+@dataclass
+class TopDeps:
+    """pcpu-top's contact with the world; tests pass their own through ``obj=``."""
+
+    open_backend: Callable[..., Backend] = open_backend
+    sleep: Callable[[float], None] = time.sleep
+    monotonic: Callable[[], float] = time.monotonic
+    clock_text: Callable[[], str] = _clock_text
+    terminal_lines: Callable[[], int | None] = _terminal_lines
+
+
+@dataclass(frozen=True)
+class TopOptions:
+    """What to show and how often."""
+
+    interval: float = 1.0
+    count: int | None = 1  # None: until Ctrl-C
+    live: bool = False
+    sort: str = DEFAULT_SORT
+    limit: int = DEFAULT_LIMIT
+    as_json: bool = False
+    source: str = ""  # names the data source on the first header line
+
+
+def run_top(
+    backend: Backend,
+    out: TextIO,
+    opts: TopOptions,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock_text: Callable[[], str] = _clock_text,
+    terminal_lines: Callable[[], int | None] = lambda: None,
+    banner: str | None = BANNER,
+) -> None:
+    """Print ``opts.count`` tables (or JSON documents) of ``backend``, one per interval."""
+    if banner and not opts.as_json:
+        out.write(banner + "\n")
+        out.flush()
+    before = backend.snapshot()
+    shown = 0
+    while opts.count is None or shown < opts.count:
+        sleep(opts.interval)
+        after = backend.snapshot()
+        view = build_view(before, after)
+        if opts.as_json:
+            out.write(
+                render_json(
+                    view, sort=opts.sort, limit=opts.limit, source=opts.source, time=clock_text()
+                )
+                + "\n"
+            )
+        else:
+            text = render_text(
+                view,
+                sort=opts.sort,
+                limit=opts.limit,
+                source=opts.source,
+                clock=clock_text(),
+                max_lines=terminal_lines() if opts.live else None,
+            )
+            out.write((CLEAR if opts.live else "\n") + text)
+        out.flush()
+        before = after
+        shown += 1
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _open_sim(deps: TopDeps, scenario: str) -> Backend:
+    try:
+        return deps.open_backend("sim", scenario=scenario)
+    except ScenarioError as exc:
+        raise click.BadParameter(_first_line(exc), param_hint="'--scenario'") from exc
+
+
+def _open(deps: TopDeps, backend: str, scenario: str | None) -> tuple[Backend, str]:
+    """Open the chosen backend; return it with the name the header shows."""
+    sim_name = f"sim ({scenario or DEFAULT_SCENARIO})"
+    if backend == "sim":
+        return _open_sim(deps, scenario or DEFAULT_SCENARIO), sim_name
+    try:
+        return deps.open_backend("bpf"), "bpf"
+    except (BackendUnavailable, ProgramLoadError) as exc:
+        what = "BPF unavailable" if isinstance(exc, BackendUnavailable) else "BPF load failed"
+        if backend == "bpf":
+            hint = "" if "doctor" in str(exc) else "; run `pcpu-bpf doctor` for the fix"
+            raise click.ClickException(f"{what}: {_first_line(exc)}{hint}") from exc
+        # auto: say once, on stderr, why the numbers are simulated.
+        click.echo(
+            f"pcpu-top: {what} ({_first_line(exc)}); "
+            f"showing the simulator (scenario {scenario or DEFAULT_SCENARIO})",
+            err=True,
+        )
+        return _open_sim(deps, scenario or DEFAULT_SCENARIO), sim_name
+
+
+def _explicit(ctx: click.Context, name: str) -> bool:
+    return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+
+
+def _quiet_broken_pipe() -> None:
+    # `pcpu-top --json 1 100 | head -1`: the reader left; exit quietly, and keep the
+    # interpreter from failing again when it flushes stdout at exit.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+@click.command(
+    epilog=EXAMPLES,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 79},
+)
+@click.version_option(__version__, prog_name="pcpu-top")
+@click.argument(
+    "interval", type=click.FloatRange(min=0, min_open=True), default=1.0, required=False
+)
+@click.argument("count", type=click.IntRange(min=1), required=False)
+@click.option("--live", is_flag=True, help="Redraw in place every INTERVAL until Ctrl-C.")
+@click.option(
+    "-s",
+    "--sort",
+    type=click.Choice(SORT_KEYS),
+    default=DEFAULT_SORT,
+    metavar="KEY",
+    help="Order rows by live-bytes (default), allocs (/s), frees (/s), bytes (allocated/s) "
+    "or fails (/s).",
+)
+@click.option(
+    "-r",
+    "--limit",
+    type=click.IntRange(min=0),
+    default=DEFAULT_LIMIT,
+    show_default=True,
+    metavar="N",
+    help="Show at most N rows (0: all).",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON document per interval, one a line."
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "bpf", "sim"]),
+    default="auto",
+    show_default=True,
+    help="Trace the live kernel (bpf) or run the simulator (sim); auto: bpf when it can run.",
+)
+@click.option(
+    "--scenario",
+    metavar="NAME",
+    help="Simulator workload: steady (default), netns-churn, memcg-churn, bpf-maps, leak, "
+    "atomic-pressure, chunk-churn.",
+)
+@click.option(
+    "--from",
+    "from_url",
+    metavar="URL",
+    help="Read a running `pcpu-bpf serve` instead of tracing (e.g. 127.0.0.1:9717); "
+    "live numbers then cover everything since the daemon started.",
+)
+@click.pass_context
+def main(
+    ctx: click.Context,
+    interval: float,
+    count: int | None,
+    live: bool,
+    sort: str,
+    limit: int,
+    as_json: bool,
+    backend: str,
+    scenario: str | None,
+    from_url: str | None,
+) -> None:
+    """Percpu memory allocations by kernel call site, one table per INTERVAL.
+
+    Prints one table after INTERVAL seconds (default 1) and exits, or COUNT tables.
+    The header shows the kernel's totals (meminfo Percpu, chunks and live allocations
+    from percpu_stats) and the traced live allocations and rates. Rates are the
+    difference of two snapshots over the interval; nothing is cleared.
+    """
+    deps = ctx.obj if isinstance(ctx.obj, TopDeps) else TopDeps()
+    if live and as_json:
+        raise click.UsageError("--live redraws a terminal; --json writes lines: choose one")
+    if from_url is not None and (_explicit(ctx, "backend") or scenario is not None):
+        raise click.UsageError("--from reads a daemon; it takes no --backend or --scenario")
+    if scenario is not None and backend == "bpf":
+        raise click.UsageError("--scenario applies to the sim backend only")
+    out = sys.stdout
+    try:
+        banner = BANNER
+        source: Backend
+        if from_url is not None:
+            remote = MetricsSource(from_url, clock=deps.monotonic)
+            source, name = remote, f"{remote.url} (since daemon start)"
+            banner = f"Reading {remote.url}... Hit Ctrl-C to end."
+        else:
+            source, name = _open(deps, backend, scenario)
+        opts = TopOptions(
+            interval=interval,
+            count=count if count is not None else (None if live else 1),
+            live=live,
+            sort=sort,
+            limit=limit,
+            as_json=as_json,
+            source=name,
+        )
+        with source:
+            run_top(
+                source,
+                out,
+                opts,
+                sleep=deps.sleep,
+                clock_text=deps.clock_text,
+                terminal_lines=deps.terminal_lines,
+                banner=banner,
+            )
+    except KeyboardInterrupt:
+        # Ctrl-C is how a person ends the live view: not an error, no traceback.
+        if live:
+            out.write("\n")
+        out.flush()
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+    except PcpuError as exc:
+        raise click.ClickException(_first_line(exc)) from exc

@@ -1,0 +1,315 @@
+"""pcpu-top's pure formatting: units, truncation, rows, sorting, the table and JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pcpu_bpf.percpu_stats import parse_percpu_stats
+from pcpu_bpf.snapshot import AllocCounts, AllocKey, KernelStats, SiteCounts, Snapshot
+from pcpu_bpf.top_render import (
+    SITE_WIDTH,
+    SORT_KEYS,
+    WIDTH,
+    Row,
+    build_view,
+    failure_label,
+    fit,
+    human_bytes,
+    human_int,
+    human_rate,
+    render_json,
+    render_text,
+    sort_rows,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+BOOT_STATS = parse_percpu_stats((FIXTURES / "percpu_stats/boot.txt").read_text())
+
+
+def snap(
+    ts: float,
+    allocs: dict[tuple[str, bool, bool], tuple[int, int, int]] | None = None,
+    sites: dict[str, tuple[int, int, int, int]] | None = None,
+    failures: dict[tuple[bool, bool], int] | None = None,
+    *,
+    kernel_stats: KernelStats | None = None,
+    dropped: dict[str, int] | None = None,
+    chunks: tuple[int, int] = (0, 0),
+) -> Snapshot:
+    """A hand-made Snapshot: allocs = key -> (n, requested, allocated), sites = key ->
+    (frees, freed bytes, live, live bytes)."""
+    return Snapshot(
+        backend="test",
+        kernel="6.18.0-test",
+        timestamp=ts,
+        allocations={AllocKey(*k): AllocCounts(*v) for k, v in (allocs or {}).items()},
+        sites={k: SiteCounts(*v) for k, v in (sites or {}).items()},
+        failures=failures or {},
+        kernel_stats=kernel_stats,
+        dropped=dropped or {"live_table_full": 0, "site_table_full": 0},
+        chunk_creations=chunks[0],
+        chunk_destructions=chunks[1],
+    )
+
+
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [
+        (0, "0 B"),
+        (16, "16 B"),
+        (1023, "1023 B"),
+        (1023.6, "1.0 KiB"),  # rounding would print "1024 B"
+        (1024, "1.0 KiB"),
+        (1536, "1.5 KiB"),
+        (10 * 1024 - 1, "10 KiB"),  # 9.999 KiB: no "10.0"
+        (9.94 * 1024, "9.9 KiB"),
+        (174 * 1024 + 100, "174 KiB"),
+        (1024 * 1024 - 1, "1.0 MiB"),  # not "1024 KiB"
+        (5 * 2**30, "5.0 GiB"),
+        (123 * 2**40, "123 TiB"),
+        (3 * 2**50, "3.0 PiB"),
+        (5000 * 2**50, "5000 PiB"),  # the last unit keeps growing
+    ],
+)
+def test_human_bytes(n: float, text: str) -> None:
+    assert human_bytes(n) == text
+    assert len(text) <= 10
+
+
+@pytest.mark.parametrize(
+    ("x", "text"),
+    [
+        (0, "0"),
+        (0.04, "0.0"),
+        (0.5, "0.5"),
+        (42, "42.0"),
+        (99.96, "100"),
+        (1234.4, "1234"),
+        (99_999.4, "99999"),
+        (123_456, "123456"),
+        (12_345_678, "12.3M"),
+        (10**12, "1.0T"),
+    ],
+)
+def test_human_rate(x: float, text: str) -> None:
+    assert human_rate(x) == text
+
+
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [
+        (0, "0"),
+        (7, "7"),
+        (262_144, "262144"),
+        (999_999, "999999"),
+        (1_250_000, "1.2M"),
+        (99_960_000, "100M"),
+        (999_600_000, "1.0G"),
+        (345 * 10**9, "345G"),
+        (7 * 10**12, "7.0T"),
+        (10**19, "10000P"),
+    ],
+)
+def test_human_int(n: int, text: str) -> None:
+    assert human_int(n) == text
+    assert len(text) <= 6 or n >= 10**18
+
+
+@pytest.mark.parametrize(
+    ("text", "width", "out"),
+    [
+        ("mm_init", 29, "mm_init"),
+        ("alloc_mem_cgroup_per_node_info", 29, "alloc_mem_cgro..per_node_info"),
+        ("abcdefghij", 6, "ab..ij"),
+        ("abcdefghij", 4, "abcd"),
+        ("0xffffffff8123abcd", 18, "0xffffffff8123abcd"),
+    ],
+)
+def test_fit_keeps_both_ends(text: str, width: int, out: str) -> None:
+    assert fit(text, width) == out
+    assert len(out) <= width
+
+
+@pytest.mark.parametrize(
+    ("atomic", "reserved", "label"),
+    [
+        (False, False, "[failed]"),
+        (True, False, "[failed atomic]"),
+        (False, True, "[failed reserved]"),
+        (True, True, "[failed atomic,reserved]"),
+    ],
+)
+def test_failure_label(atomic: bool, reserved: bool, label: str) -> None:
+    assert failure_label(atomic, reserved) == label
+
+
+BEFORE = snap(
+    10.0,
+    allocs={("mm_init", False, False): (100, 1600, 6400), ("old_site", False, False): (5, 40, 80)},
+    sites={"mm_init": (90, 5760, 10, 640), "old_site": (5, 80, 0, 0)},
+    failures={(True, False): 3},
+)
+AFTER = snap(
+    12.0,
+    allocs={
+        ("mm_init", False, False): (120, 1920, 7680),
+        ("mm_init", True, False): (4, 64, 256),
+        ("old_site", False, False): (5, 40, 80),
+        ("new_site", False, True): (2, 2000, 8000),
+    },
+    sites={
+        "mm_init": (100, 6400, 24, 1536),
+        "old_site": (5, 80, 0, 0),
+        "new_site": (0, 0, 2, 8000),
+        "untracked": (6, 0, 0, 0),
+    },
+    failures={(True, False): 7, (False, False): 0, (False, True): 1},
+    kernel_stats=KernelStats(BOOT_STATS, 1_409_024),
+    chunks=(1, 0),
+)
+
+
+def test_build_view_rates_over_the_interval() -> None:
+    view = build_view(BEFORE, AFTER)
+    rows = {r.label: r for r in view.rows}
+    # old_site: nothing live, nothing happened in the interval -> not shown.
+    assert set(rows) == {
+        "mm_init",
+        "new_site",
+        "untracked",
+        "[failed atomic]",
+        "[failed reserved]",
+    }
+    mm = rows["mm_init"]
+    assert mm.allocs_per_s == pytest.approx(12.0)  # (124 - 100) / 2 s, atomic summed in
+    assert mm.frees_per_s == pytest.approx(5.0)
+    assert mm.alloc_bytes_per_s == pytest.approx((7680 + 256 - 6400) / 2)
+    assert (mm.live_allocations, mm.live_bytes) == (24, 1536)
+    assert mm.avg_size == pytest.approx((1920 + 64) / 124)
+    assert mm.fails_per_s is None
+    assert rows["untracked"].frees_per_s == pytest.approx(3.0)
+    assert rows["untracked"].avg_size is None
+    assert rows["[failed atomic]"].fails_per_s == pytest.approx(2.0)
+    assert rows["[failed atomic]"].failures == 7
+    assert rows["[failed reserved]"].fail_class == (False, True)
+    t = view.totals
+    assert t.elapsed == pytest.approx(2.0)
+    assert t.allocs_per_s == pytest.approx((131 - 105) / 2)
+    assert t.frees_per_s == pytest.approx((111 - 95) / 2)
+    assert t.fails_per_s == pytest.approx(2.5)
+    assert (t.live_allocations, t.live_bytes) == (26, 9536)
+    assert (t.meminfo_percpu_bytes, t.chunks, t.kernel_live_allocations) == (1_409_024, 2, 1972)
+    assert (t.chunk_creations, t.chunk_destructions, t.failures) == (1, 0, 8)
+
+
+def test_build_view_without_elapsed_time_has_zero_rates() -> None:
+    view = build_view(AFTER, AFTER)
+    assert view.totals.allocs_per_s == 0.0
+    assert all(r.allocs_per_s in (0.0, None) for r in view.rows)
+
+
+FA, FR = "[failed atomic]", "[failed reserved]"
+
+
+@pytest.mark.parametrize(
+    ("sort", "order"),
+    [
+        ("live-bytes", ["new_site", "mm_init", "untracked", FA, FR]),
+        ("allocs", ["mm_init", "new_site", "untracked", FA, FR]),
+        ("frees", ["mm_init", "untracked", "new_site", FA, FR]),
+        ("bytes", ["new_site", "mm_init", "untracked", FA, FR]),
+        ("fails", [FA, FR, "new_site", "mm_init", "untracked"]),
+    ],
+)
+def test_sort_rows(sort: str, order: list[str]) -> None:
+    assert [r.label for r in sort_rows(build_view(BEFORE, AFTER).rows, sort)] == order
+
+
+def test_sort_rows_rejects_unknown_key() -> None:
+    with pytest.raises(ValueError, match="live-bytes"):
+        sort_rows([], "size")
+
+
+def test_sort_keys_are_designs() -> None:
+    assert SORT_KEYS == ("live-bytes", "allocs", "frees", "bytes", "fails")
+
+
+def test_render_text_layout() -> None:
+    text = render_text(build_view(BEFORE, AFTER), source="sim (leak)", clock="12:00:00")
+    lines = text.splitlines()
+    assert lines[0] == "12:00:00  sim (leak)  interval 2.00s  kernel 6.18.0-test"
+    assert lines[1] == "Percpu 1.3 MiB (meminfo)  chunks 2 (+1 -0)  kernel live allocs 1972"
+    assert lines[2] == "traced live 26 (9.3 KiB)  allocs/s 13.0  frees/s 8.0  fails/s 2.5 (8 total)"
+    assert lines[3] == ""
+    assert lines[4].split() == [
+        "CALL", "SITE", "ALLOCS/s", "FREES/s", "LIVE", "LIVE", "BYTES", "AVG", "FAIL/s",
+    ]  # fmt: skip
+    assert lines[5].split() == ["new_site", "1.0", "0", "2", "7.8", "KiB", "1000", "B", "-"]
+    assert lines[6].split() == ["mm_init", "12.0", "5.0", "24", "1.5", "KiB", "16", "B", "-"]
+    assert lines[7].split() == ["untracked", "0", "3.0", "0", "0", "B", "-", "-"]
+    assert lines[8].split() == ["[failed", "atomic]", "-", "-", "-", "-", "-", "2.0"]
+    assert all(len(line) <= WIDTH for line in lines)
+    # Columns line up under their headers (right-aligned).
+    assert {len(line) for line in lines[4:]} == {WIDTH}
+
+
+def test_render_text_missing_kernel_stats_and_drops() -> None:
+    after = snap(1.0, dropped={"live_table_full": 12, "site_table_full": 0})
+    lines = render_text(build_view(snap(0.0), after), clock="t").splitlines()
+    assert lines[1] == "Percpu n/a (meminfo)  chunks n/a (+0 -0)  kernel live allocs n/a"
+    assert lines[3] == "DROPPED (tracking table full): 12 live_table_full"
+
+
+def test_render_text_huge_values_stay_under_80_columns() -> None:
+    name = "a_very_long_kernel_function_name_that_goes_on_and_on"
+    before = snap(0.0)
+    after = snap(
+        0.001,
+        allocs={(name, True, True): (10**9, 10**12, 10**15)},
+        sites={name: (10**9 - 5, 10**15, 10**7, 10**15)},
+        failures={(True, True): 10**9},
+        kernel_stats=KernelStats(BOOT_STATS, 10**14),
+        dropped={"live_table_full": 10**9, "site_table_full": 10**9},
+        chunks=(10**6, 10**6),
+    )
+    text = render_text(build_view(before, after), source="x" * 100, clock="12:00:00")
+    assert all(len(line) <= WIDTH for line in text.splitlines()), text
+    assert fit(name, SITE_WIDTH) in text
+
+
+@pytest.mark.parametrize(("limit", "rows"), [(0, 5), (1, 1), (3, 3), (99, 5)])
+def test_render_text_limit(limit: int, rows: int) -> None:
+    lines = render_text(build_view(BEFORE, AFTER), limit=limit).splitlines()
+    assert len(lines) == 5 + rows
+
+
+@pytest.mark.parametrize(("max_lines", "rows"), [(24, 5), (7, 2), (5, 0), (1, 0)])
+def test_render_text_fits_terminal_height(max_lines: int, rows: int) -> None:
+    lines = render_text(build_view(BEFORE, AFTER), max_lines=max_lines).splitlines()
+    assert len(lines) == 5 + rows
+
+
+def test_render_json_document() -> None:
+    line = render_json(build_view(BEFORE, AFTER), sort="allocs", limit=2, time="12:00:00")
+    assert "\n" not in line
+    doc = json.loads(line)
+    assert doc["interval_seconds"] == 2.0
+    assert doc["totals"]["live_bytes"] == 9536
+    assert doc["totals"]["meminfo_percpu_bytes"] == 1_409_024
+    assert doc["totals"]["failures_total"] == 8
+    assert [s["call_site"] for s in doc["sites"]] == ["mm_init", "new_site"]
+    assert doc["sites"][0]["allocations_per_second"] == 12.0
+    assert doc["failures"] == [
+        {"atomic": False, "reserved": True, "failures_per_second": 0.5, "failures_total": 1},
+        {"atomic": True, "reserved": False, "failures_per_second": 2.0, "failures_total": 7},
+    ]
+
+
+def test_row_defaults_render_as_dashes() -> None:
+    view = build_view(snap(0.0), snap(1.0))
+    assert view.rows == ()
+    assert render_text(view, clock="t").endswith("FAIL/s\n")
+    assert Row("x").live_bytes is None
