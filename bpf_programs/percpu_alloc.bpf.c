@@ -1,0 +1,85 @@
+/* percpu:percpu_alloc_percpu -> sizes, sites, live, live_count, drops.
+ * Order of operations mirrors pcpu_bpf/aggregation.py Aggregator._alloc. */
+#include <uapi/linux/errno.h>
+#include "pcpu_maps.h"
+
+/* bcc rewrites map.lookup() only in functions, not macros; each array slot has one
+ * writer program and programs never nest on their own CPU, so plain += is safe. */
+static __always_inline void add_size(u32 idx, u64 n)
+{
+    u64 *v = sizes.lookup(&idx);
+
+    if (v)
+        *v += n;
+}
+
+static __always_inline void add_drop(u32 reason)
+{
+    u64 *v = drops.lookup(&reason);
+
+    if (v)
+        *v += 1;
+}
+
+int on_alloc(struct bpf_raw_tracepoint_args *ctx)
+{
+    struct site_key key = {};
+    struct site_value zero = {}, *site;
+    struct live_entry entry = {};
+    u64 ptr = ctx->args[ARG_ALLOC_PTR];
+    u64 size = ctx->args[ARG_ALLOC_SIZE];
+    u32 idx = 0;
+    s64 *nr_live;
+    u64 used;
+    int err;
+
+#ifdef ARG_ALLOC_CALL_SITE
+    key.call_site = ctx->args[ARG_ALLOC_CALL_SITE];
+#endif
+#ifdef ARG_ALLOC_BYTES_ALLOC
+    used = ctx->args[ARG_ALLOC_BYTES_ALLOC];
+#else
+    used = size * NR_POSSIBLE_CPUS;
+#endif
+    key.atomic = (u8)ctx->args[ARG_ALLOC_IS_ATOMIC] != 0;
+    key.reserved = (u8)ctx->args[ARG_ALLOC_RESERVED] != 0;
+
+    add_size(size_slot(size), 1);
+    add_size(SIZE_SUM_SLOT, size);
+
+    site = sites.lookup(&key);
+    if (!site) {
+        sites.insert(&key, &zero);
+        site = sites.lookup(&key);
+        if (!site) {
+            add_drop(DROP_SITE_TABLE_FULL);
+            return 0;
+        }
+    }
+    site->allocations += 1;
+    site->requested_bytes += size;
+    site->allocated_bytes += used;
+
+    entry.call_site = key.call_site;
+    entry.size = size;
+    entry.bytes_alloc = used;
+    entry.atomic = key.atomic;
+    entry.reserved = key.reserved;
+    err = live.insert(&ptr, &entry);
+    if (err == -EEXIST) {
+        /* A free we never saw (a recursion miss): replace, as the aggregator does. */
+        err = live.update(&ptr, &entry);
+    } else if (!err) {
+        nr_live = live_count.lookup(&idx);
+        if (nr_live)
+            __sync_fetch_and_add(nr_live, 1);
+    }
+    if (err) {
+        add_drop(DROP_LIVE_TABLE_FULL);
+        return 0;
+    }
+    /* The free program changes these too, possibly from an interrupt on this CPU. */
+    __sync_fetch_and_add(&site->live_allocations, 1);
+    __sync_fetch_and_add(&site->live_bytes, used);
+    return 0;
+}

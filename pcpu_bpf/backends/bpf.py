@@ -1,0 +1,187 @@
+"""The live-kernel backend: raw tracepoint programs aggregate in BPF maps; snapshots read them.
+
+Startup checks the kernel contract once (tracefs, the five tracepoints and their fields,
+kernel headers, bcc), compiles with -D defines for this kernel, loads, then attaches; any
+failure is one PcpuError naming the fix. A missing optional field degrades what is counted
+and is logged once. ``attach=False`` loads without attaching, for BPF_PROG_TEST_RUN.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from pcpu_bpf import bpfsys
+from pcpu_bpf.backends.base import Backend
+from pcpu_bpf.bpf_loader import (
+    PROGRAMS,
+    LoadedPrograms,
+    build_cflags,
+    compile_env_check,
+    default_bpf_dir,
+)
+from pcpu_bpf.bpf_maps import read_tables
+from pcpu_bpf.errors import BackendUnavailable
+from pcpu_bpf.procfs import kernel_release, read_possible_cpus
+from pcpu_bpf.snapshot import KernelStats, MapUsage, ProgramStats, Snapshot
+from pcpu_bpf.tables import (
+    DEFAULT_LIVE_CAPACITY,
+    DEFAULT_SITE_CAPACITY,
+    SnapshotContext,
+    tables_to_snapshot,
+)
+from pcpu_bpf.tracefs import read_layout
+
+log = logging.getLogger(__name__)
+
+BCC_FIX = (
+    "bcc is not importable from this Python: install python3-bpfcc (apt) and use a venv "
+    "made with --system-site-packages (PyPI's 'bcc' is an unrelated package)"
+)
+BPF_STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
+
+
+class _Resolver(Protocol):
+    def resolve(self, addr: int) -> str: ...
+
+
+Symbolize = Callable[[int], str]
+
+
+def bpf_stats_enabled(path: Path = BPF_STATS_SYSCTL) -> bool:
+    """Does the kernel count run_cnt/run_time_ns (sysctl kernel.bpf_stats_enabled)?"""
+    try:
+        return path.read_text().strip() != "0"
+    except OSError:
+        return False
+
+
+class BpfBackend(Backend):
+    """Percpu allocator profile from the live kernel, aggregated in BPF maps."""
+
+    name = "bpf"
+
+    def __init__(
+        self,
+        *,
+        live_capacity: int = DEFAULT_LIVE_CAPACITY,
+        site_capacity: int = DEFAULT_SITE_CAPACITY,
+        bpf_dir: str | Path | None = None,
+        tracefs_root: str | Path | None = None,
+        symbolizer: Symbolize | _Resolver | None = None,
+        kernel_stats: Callable[[], KernelStats] | None = None,
+        attach: bool = True,
+    ) -> None:
+        try:
+            import bcc
+        except ImportError as exc:
+            raise BackendUnavailable(f"{BCC_FIX} ({exc})") from exc
+        for what, value in (("live_capacity", live_capacity), ("site_capacity", site_capacity)):
+            if value < 1:
+                raise BackendUnavailable(f"{what} must be at least 1, got {value}")
+        layout = read_layout(tracefs_root)
+        layout.check_required()
+        self._fields_available = layout.fields_available()
+        missing = layout.missing_optional()
+        if missing:
+            log.warning(
+                "this kernel's tracepoints lack %s: call sites read 'unknown' without "
+                "call_site, bytes are size x possible CPUs without bytes_alloc",
+                ", ".join(f"{ev}.{f}" for ev, f in missing),
+            )
+        self._release = kernel_release()
+        compile_env_check(self._release)
+        self.possible_cpus = read_possible_cpus()
+        self.live_capacity = live_capacity
+        self.site_capacity = site_capacity
+        directory = Path(bpf_dir) if bpf_dir is not None else default_bpf_dir()
+        cflags = build_cflags(
+            layout,
+            bpf_dir=directory,
+            live_capacity=live_capacity,
+            site_capacity=site_capacity,
+            nr_possible_cpus=self.possible_cpus,
+        )
+        self._symbolize = _symbolizer(symbolizer)
+        self._kernel_stats = kernel_stats or _default_kernel_stats()
+        self._programs: LoadedPrograms | None = LoadedPrograms(
+            bcc, bpf_dir=directory, cflags=cflags
+        )
+        if attach:
+            try:
+                self._programs.attach()
+            except Exception:
+                self.close()
+                raise
+
+    @property
+    def program_fds(self) -> dict[str, int]:
+        """Program function name -> fd (for BPF_PROG_TEST_RUN and prog info)."""
+        return dict(self._live().fds)
+
+    def _live(self) -> LoadedPrograms:
+        if self._programs is None:
+            raise BackendUnavailable("the bpf backend is closed")
+        return self._programs
+
+    def snapshot(self) -> Snapshot:
+        """Read every map (summing per-CPU values) into a Snapshot; nothing is cleared."""
+        programs = self._live()
+        tables = read_tables(programs.table)
+        ctx = SnapshotContext(
+            backend=self.name,
+            kernel=self._release,
+            timestamp=time.monotonic(),
+            kernel_stats=self._kernel_stats(),
+            fields_available=self._fields_available,
+            programs=self._program_stats(programs),
+            maps={
+                "live": MapUsage(tables.live_entries, self.live_capacity),
+                "sites": MapUsage(len(tables.sites), self.site_capacity),
+            },
+        )
+        return tables_to_snapshot(tables, self._symbolize, ctx)
+
+    def _program_stats(self, programs: LoadedPrograms) -> dict[str, ProgramStats]:
+        # run_cnt and run_time_ns only move while bpf_stats are on; then they mean nothing.
+        stats_on = bpf_stats_enabled()
+        out = {}
+        for p in PROGRAMS:
+            info = bpfsys.prog_info(programs.fds[p.function])
+            out[p.function] = ProgramStats(
+                runs=info.run_cnt if stats_on else None,
+                run_time_ns=info.run_time_ns if stats_on else None,
+                recursion_misses=info.recursion_misses,
+            )
+        return out
+
+    def close(self) -> None:
+        """Detach and free programs and maps; idempotent."""
+        programs, self._programs = self._programs, None
+        if programs is not None:
+            programs.close()
+
+
+def _symbolizer(given: Symbolize | _Resolver | None) -> Symbolize:
+    if given is None:
+        from pcpu_bpf.symbolizer import Symbolizer
+
+        try:
+            resolver = Symbolizer.from_file("/proc/kallsyms")
+        except OSError as exc:
+            raise BackendUnavailable(f"cannot read /proc/kallsyms: {exc}") from exc
+        if resolver.is_restricted:
+            log.warning("/proc/kallsyms shows no addresses (needs CAP_SYSLOG): call sites are hex")
+        return resolver.resolve
+    if callable(given):
+        return given
+    return given.resolve
+
+
+def _default_kernel_stats() -> Callable[[], KernelStats]:
+    from pcpu_bpf.kernel_stats import read_kernel_stats
+
+    return read_kernel_stats

@@ -1,0 +1,78 @@
+"""Read the programs' maps (bpf_programs/pcpu_maps.h) into a `Tables`, summing per-CPU values.
+
+Reading never clears or deletes anything: counters stay cumulative. Per-CPU values are
+u64s; the live counters of a site can be negative on one CPU (freed where another CPU
+allocated), so they are summed modulo 2**64 and read back as signed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from pcpu_bpf.snapshot import DROP_REASONS, NR_SIZE_SLOTS
+from pcpu_bpf.tables import Histogram, SiteKey, SiteValue, Tables
+
+log = logging.getLogger(__name__)
+
+_MASK = (1 << 64) - 1
+_U64_FIELDS = ("allocations", "requested_bytes", "allocated_bytes", "frees", "freed_bytes")
+_S64_FIELDS = ("live_allocations", "live_bytes")
+
+# Slots of the small per-CPU arrays (the #defines in pcpu_maps.h).
+CHUNK_CREATED, CHUNK_DESTROYED = 0, 1
+
+
+def _u64(total: int) -> int:
+    return total & _MASK
+
+
+def _s64(total: int) -> int:
+    total &= _MASK
+    return total - (1 << 64) if total >> 63 else total
+
+
+def read_array(table: Any) -> list[int]:
+    """A per-CPU array of u64 as one summed value per index."""
+    return [_u64(sum(int(v) for v in table.getvalue(table.Key(i)))) for i in range(len(table))]
+
+
+def _site_items(table: Any) -> Iterable[tuple[Any, Any]]:
+    # One syscall for the whole table where the kernel supports it (5.6+), else key by key.
+    try:
+        return list(table.items_lookup_batch())
+    except Exception as exc:  # bcc raises bare Exception
+        log.debug("batch lookup unavailable (%s); iterating keys", exc)
+        return list(table.items())
+
+
+def read_sites(table: Any) -> dict[SiteKey, SiteValue]:
+    """The per-CPU site table: (call_site, atomic, reserved) -> summed SiteValue."""
+    out: dict[SiteKey, SiteValue] = {}
+    for key, per_cpu in _site_items(table):
+        fields = {f: _u64(sum(getattr(v, f) for v in per_cpu)) for f in _U64_FIELDS}
+        fields |= {f: _s64(sum(getattr(v, f) for v in per_cpu)) for f in _S64_FIELDS}
+        out[(int(key.call_site), bool(key.atomic), bool(key.reserved))] = SiteValue(**fields)
+    return out
+
+
+def _histogram(values: list[int]) -> Histogram:
+    return Histogram(counts=values[:NR_SIZE_SLOTS], sum=values[NR_SIZE_SLOTS])
+
+
+def read_tables(table: Callable[[str], Any]) -> Tables:
+    """Every map, by name through ``table``, into one `Tables`."""
+    chunks = read_array(table("chunks"))
+    drops = read_array(table("drops"))
+    return Tables(
+        sites=read_sites(table("sites")),
+        untracked_frees=read_array(table("untracked"))[0],
+        sizes=_histogram(read_array(table("sizes"))),
+        failures=read_array(table("failures")),
+        failed_sizes=_histogram(read_array(table("failed_sizes"))),
+        chunk_creations=chunks[CHUNK_CREATED],
+        chunk_destructions=chunks[CHUNK_DESTROYED],
+        dropped=dict(zip(DROP_REASONS, drops, strict=True)),
+        live_entries=_s64(read_array(table("live_count"))[0]),
+    )
