@@ -113,7 +113,8 @@ class LoadedPrograms:
                         raise ProgramLoadError(f"BPF source {path} not found: check --bpf-dir")
                     self._modules[source] = bcc.BPF(src_file=str(path).encode(), cflags=cflags)
                 for p in PROGRAMS:
-                    fn = self._modules[p.source].load_func(p.function, bcc.BPF.RAW_TRACEPOINT)
+                    module = self._modules[p.source]
+                    fn = module.load_func(p.function.encode(), bcc.BPF.RAW_TRACEPOINT)
                     self.fds[p.function] = int(fn.fd)
             except ProgramLoadError:
                 self.close()
@@ -124,14 +125,16 @@ class LoadedPrograms:
 
     def table(self, name: str) -> Any:
         """A bcc table object of the shared maps (owned by the maps module)."""
-        return self._modules[MAPS_SOURCE].get_table(name)
+        return self._modules[MAPS_SOURCE].get_table(name.encode())
 
     def attach(self) -> None:
         """Attach every program to its raw tracepoint; on failure, detach what was attached."""
         try:
             for p in PROGRAMS:
                 module = self._modules[p.source]
-                module.attach_raw_tracepoint(tp=p.tracepoint.encode(), fn_name=p.function.encode())
+                module.attach_raw_tracepoint(
+                    tp=p.tracepoint.encode(), fn_name=p.function.encode()
+                )
                 self._attached.append((module, p.tracepoint))
         except Exception as exc:
             self.detach()

@@ -31,6 +31,7 @@ from pcpu_bpf.tables import (
     DEFAULT_LIVE_CAPACITY,
     DEFAULT_SITE_CAPACITY,
     SnapshotContext,
+    Tables,
     tables_to_snapshot,
 )
 from pcpu_bpf.tracefs import read_layout
@@ -126,6 +127,10 @@ class BpfBackend(Backend):
         if self._programs is None:
             raise BackendUnavailable("the bpf backend is closed")
         return self._programs
+
+    def read_tables(self) -> Tables:
+        """The maps as raw tables (addresses, not names), per-CPU values summed."""
+        return read_tables(self._live().table)
 
     def snapshot(self) -> Snapshot:
         """Read every map (summing per-CPU values) into a Snapshot; nothing is cleared."""

@@ -1,0 +1,189 @@
+"""The BPF programs and the reference aggregator agree on identical event streams.
+
+The programs are loaded without attaching, each event runs through its program with
+BPF_PROG_TEST_RUN (arguments in TP_PROTO order, derived from a tracefs fixture), spread
+over the possible CPUs so per-CPU values really are summed, negative live counts
+included. The same events go to pcpu_bpf.aggregation.Aggregator; the tables and the
+Snapshots must be equal. Capacities are small so both tables overflow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Iterator
+
+import pytest
+from bpf_env import FIXTURES, require_bpf
+
+from pcpu_bpf import bpfsys
+from pcpu_bpf.aggregation import Aggregator
+from pcpu_bpf.bpf_loader import PROGRAMS
+from pcpu_bpf.events import (
+    GFP_ATOMIC,
+    GFP_KERNEL,
+    Event,
+    PercpuAlloc,
+    PercpuAllocFail,
+    PercpuCreateChunk,
+    PercpuDestroyChunk,
+    PercpuFree,
+)
+from pcpu_bpf.sim.allocator import Allocator
+from pcpu_bpf.sim.geometry import CONFIG_S
+from pcpu_bpf.snapshot import Snapshot
+from pcpu_bpf.tables import SnapshotContext
+from pcpu_bpf.tracefs import read_layout
+
+pytestmark = pytest.mark.privileged
+
+LIVE_CAPACITY = 64
+SITE_CAPACITY = 16
+SITES = [0xFFFFFFFF81000000 + i * 0x1234 for i in range(40)]  # 40 sites > 16 slots
+SIZES = [4, 8, 12, 16, 24, 40, 64, 100, 256, 1000, 3000, 4096, 8192, 32768]
+PROGRAM_OF = {p.tracepoint: p.function for p in PROGRAMS}
+EVENT_NAME = {
+    PercpuAlloc: "percpu_alloc_percpu",
+    PercpuFree: "percpu_free_percpu",
+    PercpuAllocFail: "percpu_alloc_percpu_fail",
+    PercpuCreateChunk: "percpu_create_chunk",
+    PercpuDestroyChunk: "percpu_destroy_chunk",
+}
+
+
+def fake_symbolize(addr: int) -> str:
+    """Several addresses fold into one name, as offsets inside one function do."""
+    return f"fn{addr % 7}"
+
+
+def sim_stream(seed: int, ops: int = 3000, warmup: int = 300) -> list[Event]:
+    """A simulator run; events of the warm-up are dropped, so their frees are untracked."""
+    events: list[Event] = []
+    alloc = Allocator(CONFIG_S, balance="every:50", sink=events.append)
+    rng = random.Random(seed)
+    live: list[int] = []
+    start = 0
+    for i in range(warmup + ops):
+        if i == warmup:
+            start = len(events)
+        if live and rng.random() < 0.42:
+            alloc.free(live.pop(rng.randrange(len(live))))
+            continue
+        if rng.random() < 0.03:
+            alloc.fail_next_populate()
+        if rng.random() < 0.01:
+            alloc.fail_next_chunk_create()
+        ptr = alloc.alloc(
+            rng.choice(SIZES),
+            rng.choice([4, 8, 64]),
+            reserved=rng.random() < 0.05,
+            gfp=GFP_ATOMIC if rng.random() < 0.1 else GFP_KERNEL,
+            call_site=rng.choice(SITES),
+        )
+        if ptr is not None:
+            live.append(ptr)
+    return events[start:]
+
+
+def edge_events() -> list[Event]:
+    """What the simulator never emits: every failure kind, sizes off the bucket range."""
+    out: list[Event] = [
+        PercpuAllocFail(reserved=r, is_atomic=a, size=s, align=8)
+        for r in (False, True)
+        for a in (False, True)
+        for s in (0, 4, 5, 32768, 32769, 1 << 40)
+    ]
+    for i, size in enumerate((0, 1, 4, 5, 8, 9, 65536, 1 << 33)):
+        out.append(
+            PercpuAlloc(SITES[0], False, True, size, 8, 0, 0, 0x9000 + 8 * i, size * 3, 0)
+        )
+    out.append(PercpuFree(0, 0, 0x9000))
+    out.append(PercpuFree(0, 0, 0xDEAD0))  # never allocated: untracked
+    return out
+
+
+def without_new_fields(ev: Event) -> Event:
+    """The event as a kernel before 5.19 reports it."""
+    if isinstance(ev, PercpuAlloc):
+        return dataclasses.replace(ev, call_site=None, bytes_alloc=None, gfp_flags=None)
+    return ev
+
+
+def run_in_bpf(backend, layout, events: list[Event]) -> None:
+    fds = backend.program_fds
+    ncpu = backend.possible_cpus
+    for i, ev in enumerate(events):
+        name = EVENT_NAME[type(ev)]
+        args = [int(getattr(ev, f)) for f in layout.fields[name]]
+        assert bpfsys.test_run_raw_tp(fds[PROGRAM_OF[name]], args, cpu=i % ncpu) == 0
+
+
+def normalized(s: Snapshot) -> Snapshot:
+    return dataclasses.replace(
+        s, timestamp=0.0, kernel_stats=None, programs=None, maps=None, fields_available=None
+    )
+
+
+@pytest.fixture(params=["6.18", "5.15"])
+def kernel(request: pytest.FixtureRequest) -> Iterator[tuple[str, object, object]]:
+    require_bpf()
+    from pcpu_bpf.backends.bpf import BpfBackend
+
+    root = FIXTURES / request.param
+    backend = BpfBackend(
+        live_capacity=LIVE_CAPACITY,
+        site_capacity=SITE_CAPACITY,
+        tracefs_root=root,
+        symbolizer=fake_symbolize,
+        kernel_stats=lambda: None,
+        attach=False,
+    )
+    try:
+        yield request.param, backend, read_layout(root)
+    finally:
+        backend.close()
+
+
+def test_stream_exercises_everything() -> None:
+    events = sim_stream(seed=1)
+    kinds = {type(e) for e in events}
+    assert kinds == set(EVENT_NAME), kinds
+    assert sum(isinstance(e, PercpuAlloc) for e in events) > LIVE_CAPACITY * 4
+    assert len({e.call_site for e in events if isinstance(e, PercpuAlloc)}) > SITE_CAPACITY
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_bpf_equals_reference_aggregator(kernel, seed: int) -> None:
+    version, backend, layout = kernel
+    events = sim_stream(seed) + edge_events()
+    if version == "5.15":
+        events = [without_new_fields(e) for e in events]
+    agg = Aggregator(
+        fake_symbolize,
+        possible_cpus=backend.possible_cpus,
+        live_capacity=LIVE_CAPACITY,
+        site_capacity=SITE_CAPACITY,
+    )
+    agg.apply_all(events)
+    run_in_bpf(backend, layout, events)
+
+    tables = backend.read_tables()
+    assert tables == agg.tables
+    assert tables.dropped["live_table_full"] > 0
+    # Without call_site every allocation is "unknown": at most 4 site keys, no site drops.
+    assert (tables.dropped["site_table_full"] > 0) == (version == "6.18")
+    assert tables.untracked_frees > 0
+    assert sum(tables.failures) > 4
+
+    snap = backend.snapshot()
+    ctx = SnapshotContext(backend="bpf", kernel=snap.kernel, timestamp=0.0)
+    assert normalized(snap) == normalized(agg.snapshot(ctx))
+    assert snap.maps is not None
+    assert snap.maps["live"].entries == agg.tables.live_entries == LIVE_CAPACITY
+    assert snap.maps["sites"].entries == len(agg.tables.sites)
+    assert snap.programs is not None
+    assert all(p.recursion_misses == 0 for p in snap.programs.values())
+    if version == "5.15":
+        assert {k.call_site for k in snap.allocations} == {"unknown"}
+        assert snap.fields_available is not None
+        assert not snap.fields_available[("percpu_alloc_percpu", "bytes_alloc")]
