@@ -1,0 +1,128 @@
+"""Run `pcpu-bpf serve` as a subprocess for tests, and read what it serves."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+PCPU_BPF = str(Path(sys.executable).with_name("pcpu-bpf"))
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def parse(text: str) -> Samples:
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def bpf_skip_reason() -> str | None:
+    """Why the bpf backend cannot run here, or None when it can."""
+    if os.geteuid() != 0:
+        return "needs root for BPF"
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return "bcc not importable (apt install python3-bpfcc)"
+    try:
+        import pcpu_bpf.backends.bpf  # noqa: F401
+    except ImportError:
+        return "pcpu_bpf.backends.bpf not there yet"
+    return None
+
+
+def prog_ids(pid: int) -> set[int]:
+    """Ids of the BPF programs a process holds open (from /proc/PID/fdinfo)."""
+    ids = set()
+    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
+        try:
+            text = info.read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("prog_id:"):
+                ids.add(int(line.split()[1]))
+    return ids
+
+
+class Daemon:
+    """A `pcpu-bpf serve` subprocess on a free loopback port."""
+
+    def __init__(
+        self,
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        host: str = "127.0.0.1",
+        stderr: int | None = subprocess.PIPE,
+    ) -> None:
+        self.port = free_port(host)
+        hostport = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        self.url = f"http://{hostport}/metrics"
+        self.proc = subprocess.Popen(
+            [PCPU_BPF, "serve", "--listen", hostport, *args],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env={**os.environ, **(env or {})},
+            text=True,
+        )
+        self._closed = False
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                err = self.close()
+                raise AssertionError(f"daemon exited {self.proc.returncode}: {err}")
+            try:
+                self.scrape()
+                return
+            except (urllib.error.URLError, ConnectionError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def scrape(self) -> str:
+        with urllib.request.urlopen(self.url, timeout=10) as response:
+            body: bytes = response.read()
+        return body.decode()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> tuple[int, float, str]:
+        """Send ``sig``; return (exit code, seconds until exit, stderr)."""
+        start = time.monotonic()
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+        elapsed = time.monotonic() - start
+        return self.proc.returncode, elapsed, self.close()
+
+    def close(self) -> str:
+        """Kill if still running, reap, close the pipes; stderr (once)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        if self._closed:
+            return ""
+        self._closed = True
+        _, err = self.proc.communicate()
+        return err or ""

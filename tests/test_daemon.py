@@ -1,0 +1,249 @@
+"""`pcpu-bpf serve` as a process: serving, signals, errors, --check, sd_notify, journald."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from daemon_helpers import PCPU_BPF, Daemon, bpf_skip_reason, free_port, parse, prog_ids
+
+from pcpu_bpf.daemon import ListenAddress, parse_listen, sd_notify, watchdog_interval
+
+
+@pytest.fixture
+def sim_daemon() -> Iterator[Daemon]:
+    daemon = Daemon("--backend", "sim", "--scenario", "netns-churn")
+    try:
+        daemon.wait_ready()
+        yield daemon
+    finally:
+        daemon.close()
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PCPU_BPF, *args], capture_output=True, text=True, timeout=60,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def error_lines(stderr: str) -> list[str]:
+    assert "Traceback" not in stderr
+    return [line for line in stderr.splitlines() if line.startswith("Error:")]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:9717", ListenAddress("127.0.0.1", 9717)),
+        ("[::1]:9717", ListenAddress("::1", 9717)),
+        (":9717", ListenAddress("0.0.0.0", 9717)),
+        ("localhost:0", ListenAddress("localhost", 0)),
+    ],
+)
+def test_parse_listen(text: str, expected: ListenAddress) -> None:
+    assert parse_listen(text) == expected
+
+
+@pytest.mark.parametrize("text", ["9717", "host:", "::1:9717", "h:99999", "h:+1", "h:٣"])
+def test_parse_listen_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_listen(text)
+
+
+def test_watchdog_interval() -> None:
+    assert watchdog_interval({"WATCHDOG_USEC": "30000000"}) == 15.0
+    assert watchdog_interval({}) is None
+    assert watchdog_interval({"WATCHDOG_USEC": "1000", "WATCHDOG_PID": "1"}) is None
+    pid = str(os.getpid())
+    assert watchdog_interval({"WATCHDOG_USEC": "1000", "WATCHDOG_PID": pid}) == 0.0005
+
+
+def test_sd_notify_without_socket_is_a_no_op() -> None:
+    assert sd_notify("READY=1", {}) is False
+    assert sd_notify("READY=1", {"NOTIFY_SOCKET": "/nonexistent/sock"}) is False
+
+
+def test_serves_metrics_that_move(sim_daemon: Daemon) -> None:
+    first = parse(sim_daemon.scrape())
+    assert first[("pcpu_exporter_info", frozenset({
+        ("version", "0.1.0"), ("backend", "sim"), ("kernel", "simulated-6.18")}))] == 1  # fmt: skip
+    assert ("process_resident_memory_bytes", frozenset()) in first
+    time.sleep(0.3)
+    second = parse(sim_daemon.scrape())
+
+    def total(samples: dict) -> float:
+        return sum(v for (n, _), v in samples.items() if n == "pcpu_allocations_total")
+
+    assert total(second) > total(first) > 0
+
+
+def test_landing_page_and_404(sim_daemon: Daemon) -> None:
+    import urllib.error
+    import urllib.request
+
+    root = sim_daemon.url.removesuffix("metrics")
+    with urllib.request.urlopen(root, timeout=5) as response:
+        assert b'href="/metrics"' in response.read()
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(root + "nope", timeout=5)
+    assert info.value.code == 404
+    info.value.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_exits_zero_within_a_second(sim_daemon: Daemon, sig: int) -> None:
+    code, elapsed, err = sim_daemon.stop(sig)
+    assert code == 0, err
+    assert elapsed < 1.0
+    assert f"{signal.Signals(sig).name} received" in err
+
+
+def test_busy_port_is_a_one_line_error() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run("serve", "--backend", "sim", "--listen", f"127.0.0.1:{port}")
+    assert result.returncode == 1
+    assert error_lines(result.stderr) == [
+        f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--backend", "nope"], 2, "Error: unknown backend 'nope'; choose one of: bpf, sim"),
+        (["--listen", "nowhere"], 2,
+         "Error: listen address 'nowhere' is not HOST:PORT (e.g. 127.0.0.1:9717)"),
+        (["--backend", "sim", "--listen", "no.such.host.invalid:1"], 1, None),
+        (["--backend", "sim", "--scenario", "nope"], 1, None),
+    ],
+)  # fmt: skip
+def test_bad_configuration_is_one_line(args: list[str], code: int, message: str | None) -> None:
+    result = run("serve", *args)
+    assert result.returncode == code
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1
+    if message is not None:
+        assert lines == [message]
+
+
+def test_environment_variables_configure_serve() -> None:
+    port = free_port()
+    result = run(
+        "serve", "--check",
+        env={"PCPU_SERVE_BACKEND": "sim", "PCPU_SERVE_LISTEN": f"127.0.0.1:{port}"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok: backend sim")
+
+
+def test_check_reports_one_line_and_exits() -> None:
+    result = run("serve", "--backend", "sim", "--scenario", "leak", "--check")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("\n") == 1
+    assert result.stdout.startswith("ok: backend sim, kernel simulated-6.18, attached no BPF")
+    assert result.stdout.rstrip().endswith("; detached")
+
+
+def test_ipv6_loopback() -> None:
+    if not socket.has_ipv6 or not Path("/proc/net/if_inet6").exists():
+        pytest.skip("no IPv6 on this machine")
+    daemon = Daemon("--backend", "sim", host="::1")
+    try:
+        daemon.wait_ready()
+        assert "pcpu_exporter_info" in daemon.scrape()
+        assert daemon.stop()[0] == 0
+    finally:
+        daemon.close()
+
+
+@pytest.mark.parametrize("abstract", [False, True])
+def test_notify_socket_gets_ready_watchdog_stopping(tmp_path: Path, abstract: bool) -> None:
+    name = f"@pcpu-test-{os.getpid()}-{time.monotonic_ns()}" if abstract else str(
+        tmp_path / "notify")  # fmt: skip
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name[1:] if abstract else name)
+        sock.settimeout(30)
+        env = {"NOTIFY_SOCKET": name, "WATCHDOG_USEC": "200000"}
+        daemon = Daemon("--backend", "sim", env=env)
+        try:
+            messages: list[str] = []
+            while "READY=1" not in messages:
+                messages += sock.recv(4096).decode().split("\n")
+            # READY=1 comes only once the server listens: a scrape works right away.
+            assert "pcpu_exporter_info" in daemon.scrape()
+            assert any(m.startswith("STATUS=binding") for m in messages)
+            pings = 0
+            while pings < 2:
+                pings += sock.recv(4096) == b"WATCHDOG=1"
+            code, _, err = daemon.stop()
+            assert code == 0, err
+            rest = []
+            sock.settimeout(1)
+            while True:
+                try:
+                    rest += sock.recv(4096).decode().split("\n")
+                except TimeoutError:
+                    break
+            assert "STOPPING=1" in rest
+        finally:
+            daemon.close()
+
+
+def test_journald_stream_gets_priorities_and_no_timestamps() -> None:
+    read_fd, write_fd = os.pipe()
+    st = os.fstat(write_fd)
+    env = {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+    daemon = Daemon("--backend", "sim", env=env, stderr=write_fd)
+    os.close(write_fd)
+    try:
+        daemon.wait_ready()
+        code, _, _ = daemon.stop()
+        assert code == 0
+    finally:
+        daemon.close()
+    with os.fdopen(read_fd) as pipe:
+        lines = pipe.read().splitlines()
+    assert "<6>pcpu_bpf.daemon: SIGTERM received" in lines
+    assert all(line.startswith("<") for line in lines)
+
+
+@pytest.mark.privileged
+def test_bpf_backend_sigterm_detaches(tmp_path: Path) -> None:
+    reason = bpf_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    daemon = Daemon("--backend", "bpf")
+    try:
+        daemon.wait_ready()
+        ids = prog_ids(daemon.proc.pid)
+        assert len(ids) >= 5
+        code, elapsed, err = daemon.stop()
+        assert code == 0, err
+        assert elapsed < 1.0
+    finally:
+        daemon.close()
+    shown = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True,
+                           check=True).stdout  # fmt: skip
+    left = {int(line.split(":")[0]) for line in shown.splitlines() if line[:1].isdigit()}
+    assert not ids & left, f"programs still loaded after exit: {sorted(ids & left)}"
+
+
+@pytest.mark.privileged
+def test_bpf_check_attaches_and_detaches() -> None:
+    reason = bpf_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    result = run("serve", "--check")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok: backend bpf")
+    assert "attached 5 BPF programs" in result.stdout
