@@ -149,6 +149,8 @@ class Chunk:
         "map_bits",
         "amap",
         "bmap",
+        "full_mask",
+        "empty_mask",
         "md_blocks",
         "chunk_md",
         "free_bytes",
@@ -173,6 +175,10 @@ class Chunk:
         self.map_bits = nr_pages * BLOCK_BITS
         self.amap = [0] * nr_pages  # alloc_map, one int per block
         self.bmap = [0] * (nr_pages + 1)  # bound_map has map_bits + 1 bits
+        # block k is entirely allocated / entirely free: lets searches skip such
+        # blocks in one step, with exactly the kernel's outcome (see the users)
+        self.full_mask = 0
+        self.empty_mask = (1 << nr_pages) - 1
         self.md_blocks = [BlockMd(BLOCK_BITS) for _ in range(nr_pages)]
         self.chunk_md = BlockMd(self.map_bits)
         self.free_bytes = nr_pages * PAGE_SIZE
@@ -208,20 +214,17 @@ class Chunk:
 
     def _next_zero(self, start: int, size: int) -> int:
         """find_next_zero_bit(alloc_map, size, start)."""
-        amap = self.amap
         k = start >> 10
         nb = (size + 1023) >> 10
-        if k < nb:
-            r = _next_zero_in_block(amap[k], start & 1023)
-            if r < BLOCK_BITS:
-                return min((k << 10) + r, size)
-            k += 1
-            while k < nb:
-                x = amap[k]
-                if x != _FULL:
-                    return min((k << 10) + _ffs(~x), size)
-                k += 1
-        return size
+        if k >= nb:
+            return size
+        r = _next_zero_in_block(self.amap[k], start & 1023)
+        if r < BLOCK_BITS:
+            return min((k << 10) + r, size)
+        k += 1 + _ffs(~self.full_mask >> (k + 1))  # next block that is not full
+        if k >= nb:
+            return size
+        return min((k << 10) + _ffs(~self.amap[k]), size)
 
     @staticmethod
     def _next_set(blocks: list[int], start: int, size: int) -> int:
@@ -255,25 +258,49 @@ class Chunk:
                 return size
             y = amap[k]
 
-    @staticmethod
-    def _set_range(blocks: list[int], start: int, n: int) -> None:
+    def _amap_set(self, start: int, n: int) -> None:
+        """bitmap_set(alloc_map, start, n), keeping the block masks."""
+        amap = self.amap
         end = start + n
         while start < end:
             k = start >> 10
             lo = start & 1023
             hi = min(end - (k << 10), BLOCK_BITS)
-            blocks[k] |= ((1 << (hi - lo)) - 1) << lo
+            x = amap[k] | (((1 << (hi - lo)) - 1) << lo)
+            amap[k] = x
+            self.empty_mask &= ~(1 << k)
+            if x == _FULL:
+                self.full_mask |= 1 << k
             start = (k << 10) + hi
 
-    @staticmethod
-    def _clear_range(blocks: list[int], start: int, n: int) -> None:
+    def _amap_clear(self, start: int, n: int) -> None:
+        """bitmap_clear(alloc_map, start, n), keeping the block masks."""
+        amap = self.amap
         end = start + n
         while start < end:
             k = start >> 10
             lo = start & 1023
             hi = min(end - (k << 10), BLOCK_BITS)
-            blocks[k] &= ~(((1 << (hi - lo)) - 1) << lo)
+            x = amap[k] & ~(((1 << (hi - lo)) - 1) << lo)
+            amap[k] = x
+            self.full_mask &= ~(1 << k)
+            if not x:
+                self.empty_mask |= 1 << k
             start = (k << 10) + hi
+
+    def _bound_alloc(self, off: int, bits: int) -> None:
+        """bound_map: 1 at the first bit and just past the end, 0 strictly inside."""
+        bmap = self.bmap
+        start = off + 1
+        end = off + bits
+        while start < end:
+            k = start >> 10
+            lo = start & 1023
+            hi = min(end - (k << 10), BLOCK_BITS)
+            bmap[k] &= ~(((1 << (hi - lo)) - 1) << lo)
+            start = (k << 10) + hi
+        bmap[off >> 10] |= 1 << (off & 1023)
+        bmap[end >> 10] |= 1 << (end & 1023)
 
     def _window(self, lo_block: int, end: int) -> int:
         """alloc_map bits [lo_block*1024, end) as one int."""
@@ -352,33 +379,14 @@ class Chunk:
             block_update(b, rs, re)
             f = (f >> re) << re
 
-    def _md_free_step(self, bit_off: int) -> tuple[int, int]:
-        """pcpu_next_md_free_region() (spec 6.3)."""
-        md = self.md_blocks
-        nb = self.nr_pages
-        i = bit_off >> 10
-        block_off = bit_off & 1023
-        bits = 0
-        while i < nb:
-            b = md[i]
-            if bits:  # a run carried across a block edge
-                bits += b.left_free
-                if b.left_free == BLOCK_BITS:
-                    i += 1
-                    continue
-                return bit_off, bits
-            bits = b.contig_hint
-            chs = b.contig_hint_start
-            if bits and chs >= block_off and bits + chs < BLOCK_BITS:
-                return (i << 10) + chs, bits
-            block_off = 0
-            bits = b.right_free
-            bit_off = ((i + 1) << 10) - bits
-            i += 1
-        return bit_off, bits
-
     def chunk_refresh_hint(self, full_scan: bool) -> None:
-        """pcpu_chunk_refresh_hint(): rebuild chunk_md from the block hints (spec 6.4)."""
+        """pcpu_chunk_refresh_hint(): rebuild chunk_md from the block hints (spec 6.3, 6.4).
+
+        One pass over the blocks that makes exactly the block_update() calls of the
+        kernel's pcpu_for_each_md_free_region() loop: per block, its contig-hint run if
+        interior and not yet passed, then the run touching its end, merged across
+        entirely free blocks (skipped in one step: left_free == 1024 there).
+        """
         m = self.chunk_md
         if not full_scan and m.scan_hint:
             off = m.scan_hint_start + m.scan_hint
@@ -388,11 +396,46 @@ class Chunk:
         else:
             off = m.first_free
             m.contig_hint = 0  # scan_hint is NOT cleared on a full scan
-        map_bits = self.map_bits
-        o, n = self._md_free_step(off)
-        while o < map_bits:
-            block_update(m, o, o + n)
-            o, n = self._md_free_step(o + n + 1)
+        md = self.md_blocks
+        nb = self.nr_pages
+        full = self.full_mask
+        i = off >> 10
+        block_off = off & 1023
+        while i < nb:
+            if full >> i & 1:  # contig 0, right_free 0: contributes nothing
+                i += 1 + _ffs(~full >> (i + 1))
+                block_off = 0
+                continue
+            b = md[i]
+            ch = b.contig_hint
+            chs = b.contig_hint_start
+            if ch and chs >= block_off and ch + chs < BLOCK_BITS:
+                o = (i << 10) + chs
+                block_update(m, o, o + ch)
+                nxt = o + ch + 1
+                i = nxt >> 10
+                block_off = nxt & 1023
+                continue
+            rf = b.right_free
+            i += 1
+            block_off = 0
+            if not rf:
+                continue
+            # a run touching the block end, carried over entirely free blocks
+            o = (i << 10) - rf
+            bits = rf
+            if i < nb:
+                j = i + _ffs(~self.empty_mask >> i)  # first block that is not empty
+                if j > nb:
+                    j = nb
+                bits += (j - i) << 10
+                i = j
+                if i < nb:
+                    bits += md[i].left_free
+            block_update(m, o, o + bits)
+            nxt = o + bits + 1
+            i = nxt >> 10
+            block_off = nxt & 1023
 
     def hint_alloc(self, bit_off: int, bits: int) -> None:
         """pcpu_block_update_hint_alloc(): after setting [bit_off, bit_off+bits) (6.6)."""
@@ -410,11 +453,11 @@ class Chunk:
             nr_empty += 1
         if s_off == sb.first_free:
             sb.first_free = _next_zero_in_block(amap[s_idx], s_off + bits)
-        if _overlap(sb.scan_hint_start, sb.scan_hint_start + sb.scan_hint, s_off, s_off + bits):
+        s_end = s_off + bits
+        # pcpu_region_overlap(), inlined
+        if sb.scan_hint_start < s_end and s_off < sb.scan_hint_start + sb.scan_hint:
             sb.scan_hint = 0
-        if _overlap(
-            sb.contig_hint_start, sb.contig_hint_start + sb.contig_hint, s_off, s_off + bits
-        ):
+        if sb.contig_hint_start < s_end and s_off < sb.contig_hint_start + sb.contig_hint:
             if not s_off:
                 sb.left_free = 0
             self.block_refresh_hint(s_idx)
@@ -453,9 +496,9 @@ class Chunk:
 
         m = self.chunk_md
         end = bit_off + bits
-        if _overlap(m.scan_hint_start, m.scan_hint_start + m.scan_hint, bit_off, end):
+        if m.scan_hint_start < end and bit_off < m.scan_hint_start + m.scan_hint:
             m.scan_hint = 0
-        if _overlap(m.contig_hint_start, m.contig_hint_start + m.contig_hint, bit_off, end):
+        if m.contig_hint_start < end and bit_off < m.contig_hint_start + m.contig_hint:
             self.chunk_refresh_hint(False)
 
     def hint_free(self, bit_off: int, bits: int) -> None:
@@ -514,6 +557,7 @@ class Chunk:
         block_off = bit_off & 1023
         bits = 0
         amask = -align
+        full = self.full_mask
         while i < nb:
             b = md[i]
             if bits:  # run carried from the previous block's end
@@ -523,6 +567,10 @@ class Chunk:
                 if b.left_free == BLOCK_BITS:
                     i += 1
                     continue
+            elif full >> i & 1:  # a full block neither fits nor starts a carry
+                i += 1 + _ffs(~full >> (i + 1))
+                block_off = 0
+                continue
             chs = b.contig_hint_start
             pad = ((chs + align - 1) & amask) - chs
             if b.contig_hint and chs >= block_off and b.contig_hint >= pad + alloc_bits:
@@ -580,45 +628,62 @@ class Chunk:
 
     def alloc_area(self, alloc_bits: int, align: int, start: int) -> int:
         """pcpu_alloc_area() minus the relocate: byte offset, or -1 with no side effect."""
-        end = min(start + alloc_bits + BLOCK_BITS, self.map_bits)
-        # pcpu_find_zero_area() on a window int covering [base, end)
-        base = start & ~1023
-        w = self._window(start >> 10, end)
+        end = start + alloc_bits + BLOCK_BITS  # bounded search window
+        if end > self.map_bits:
+            end = self.map_bits
+        amap = self.amap
+        k0 = start >> 10
+        base = k0 << 10
+        # the window [base, end) as one int; bits past ``end`` can only push a
+        # candidate past the window, where it fails anyway
+        w = amap[k0]
+        for k in range(k0 + 1, ((end - 1) >> 10) + 1):
+            w |= amap[k] << ((k - k0) << 10)
         size = end - base
-        nw = ~w  # ones above ``size`` are fine: every test below is bounded by size
+        nw = ~w
         mask = align - 1
+        nmask = ~mask
+        run_mask = (1 << alloc_bits) - 1
         s = start - base
         largest_off = largest_bits = 0
+        # pcpu_find_zero_area(): first fit, remembering the largest run skipped
         while True:
-            f = nw >> s
-            idx = s + _ffs(f) if s < size else size  # f != 0 always (infinite ones)
-            idx = (idx + mask) & ~mask
-            e = idx + alloc_bits
-            if e > size:
+            if s >= size:
                 return -1
-            hit = (w >> idx) & ((1 << alloc_bits) - 1)
-            if hit:
-                i = idx + _ffs(hit)
-                run = i - idx
-                abs_idx = base + idx
+            f = nw >> s
+            idx = (s + (f & -f).bit_length() - 1 + mask) & nmask
+            if idx + alloc_bits > size:
+                return -1
+            hit = (w >> idx) & run_mask
+            if not hit:
+                break
+            run = (hit & -hit).bit_length() - 1
+            if run >= largest_bits and run:
+                a_idx = base + idx
                 if run > largest_bits or (
-                    run == largest_bits
-                    and largest_off
-                    and (not abs_idx or _ffs(abs_idx) > _ffs(largest_off))
+                    largest_off and (not a_idx or _ffs(a_idx) > _ffs(largest_off))
                 ):
-                    largest_off, largest_bits = abs_idx, run
-                s = i + 1
-                continue
-            break
+                    largest_off = a_idx
+                    largest_bits = run
+            s = idx + run + 1
         off = base + idx
         if largest_bits:
             self._block_update_scan(largest_off, largest_bits)
-        self._set_range(self.amap, off, alloc_bits)
-        bmap = self.bmap
-        self._clear_range(bmap, off + 1, alloc_bits - 1)
-        bmap[off >> 10] |= 1 << (off & 1023)
         e = off + alloc_bits
-        bmap[e >> 10] |= 1 << (e & 1023)
+        k = off >> 10
+        lo = off & 1023
+        if (e - 1) >> 10 == k:  # one block: the common case, inlined
+            x = amap[k] | (run_mask << lo)
+            amap[k] = x
+            self.empty_mask &= ~(1 << k)
+            if x == _FULL:
+                self.full_mask |= 1 << k
+            bmap = self.bmap
+            bmap[k] = (bmap[k] & ~((run_mask >> 1) << (lo + 1))) | (1 << lo)
+            bmap[e >> 10] |= 1 << (e & 1023)
+        else:
+            self._amap_set(off, alloc_bits)
+            self._bound_alloc(off, alloc_bits)
         self.free_bytes -= alloc_bits * MIN_ALLOC_SIZE
         m = self.chunk_md
         if off == m.first_free:
@@ -631,7 +696,7 @@ class Chunk:
         b0 = byte_off >> 2
         # the size comes only from the boundary map, as in the kernel
         b1 = self._next_set(self.bmap, b0 + 1, self.map_bits)
-        self._clear_range(self.amap, b0, b1 - b0)
+        self._amap_clear(b0, b1 - b0)
         self.free_bytes += (b1 - b0) * MIN_ALLOC_SIZE
         m = self.chunk_md
         if b0 < m.first_free:
@@ -641,7 +706,7 @@ class Chunk:
 
     def hide(self, start: int, n: int, bounds: tuple[int, int]) -> None:
         """Mark [start, start+n) allocated as a boot chunk's hidden area (spec 3.2)."""
-        self._set_range(self.amap, start, n)
+        self._amap_set(start, n)
         for bit in bounds:
             self.bmap[bit >> 10] |= 1 << (bit & 1023)
         if start == 0:
