@@ -60,15 +60,15 @@ struct site_value {
 #define PCPU_MAP(type, key, leaf, name, n) BPF_TABLE("extern", key, leaf, name, n)
 #endif
 
-PCPU_MAP("hash", u64, struct live_entry, live, LIVE_CAPACITY);
-PCPU_MAP("percpu_hash", struct site_key, struct site_value, sites, SITE_CAPACITY);
-PCPU_MAP("percpu_array", u32, u64, sizes, NR_SIZE_SLOTS + 1);
-PCPU_MAP("percpu_array", u32, u64, failures, 4);
-PCPU_MAP("percpu_array", u32, u64, failed_sizes, NR_SIZE_SLOTS + 1);
-PCPU_MAP("percpu_array", u32, u64, chunks, 2);
-PCPU_MAP("percpu_array", u32, u64, drops, 2);
-PCPU_MAP("percpu_array", u32, u64, untracked, 1);
-PCPU_MAP("percpu_array", u32, s64, live_count, 1);
+PCPU_MAP("hash", u64, struct live_entry, pcpu_live, LIVE_CAPACITY);
+PCPU_MAP("percpu_hash", struct site_key, struct site_value, pcpu_sites, SITE_CAPACITY);
+PCPU_MAP("percpu_array", u32, u64, pcpu_sizes, NR_SIZE_SLOTS + 1);
+PCPU_MAP("percpu_array", u32, u64, pcpu_failures, 4);
+PCPU_MAP("percpu_array", u32, u64, pcpu_fail_sizes, NR_SIZE_SLOTS + 1);
+PCPU_MAP("percpu_array", u32, u64, pcpu_chunks, 2);
+PCPU_MAP("percpu_array", u32, u64, pcpu_drops, 2);
+PCPU_MAP("percpu_array", u32, u64, pcpu_untracked, 1);
+PCPU_MAP("percpu_array", u32, s64, pcpu_live_count, 1);
 
 /* snapshot.size_slot(): bit_length(size - 1) - 2, clamped to [0, NR_SIZE_SLOTS - 1]. */
 static __always_inline u32 size_slot(u64 size)

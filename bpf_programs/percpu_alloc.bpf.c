@@ -7,7 +7,7 @@
  * writer program and programs never nest on their own CPU, so plain += is safe. */
 static __always_inline void add_size(u32 idx, u64 n)
 {
-    u64 *v = sizes.lookup(&idx);
+    u64 *v = pcpu_sizes.lookup(&idx);
 
     if (v)
         *v += n;
@@ -15,7 +15,7 @@ static __always_inline void add_size(u32 idx, u64 n)
 
 static __always_inline void add_drop(u32 reason)
 {
-    u64 *v = drops.lookup(&reason);
+    u64 *v = pcpu_drops.lookup(&reason);
 
     if (v)
         *v += 1;
@@ -47,10 +47,10 @@ int on_alloc(struct bpf_raw_tracepoint_args *ctx)
     add_size(size_slot(size), 1);
     add_size(SIZE_SUM_SLOT, size);
 
-    site = sites.lookup(&key);
+    site = pcpu_sites.lookup(&key);
     if (!site) {
-        sites.insert(&key, &zero);
-        site = sites.lookup(&key);
+        pcpu_sites.insert(&key, &zero);
+        site = pcpu_sites.lookup(&key);
         if (!site) {
             add_drop(DROP_SITE_TABLE_FULL);
             return 0;
@@ -65,12 +65,12 @@ int on_alloc(struct bpf_raw_tracepoint_args *ctx)
     entry.bytes_alloc = used;
     entry.atomic = key.atomic;
     entry.reserved = key.reserved;
-    err = live.insert(&ptr, &entry);
+    err = pcpu_live.insert(&ptr, &entry);
     if (err == -EEXIST) {
         /* A free we never saw (a recursion miss): replace, as the aggregator does. */
-        err = live.update(&ptr, &entry);
+        err = pcpu_live.update(&ptr, &entry);
     } else if (!err) {
-        nr_live = live_count.lookup(&idx);
+        nr_live = pcpu_live_count.lookup(&idx);
         if (nr_live)
             __sync_fetch_and_add(nr_live, 1);
     }

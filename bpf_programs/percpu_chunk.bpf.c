@@ -4,7 +4,7 @@
 int on_create_chunk(struct bpf_raw_tracepoint_args *ctx)
 {
     u32 idx = CHUNK_CREATED;
-    u64 *n = chunks.lookup(&idx);
+    u64 *n = pcpu_chunks.lookup(&idx);
 
     if (n)
         *n += 1;
@@ -14,7 +14,7 @@ int on_create_chunk(struct bpf_raw_tracepoint_args *ctx)
 int on_destroy_chunk(struct bpf_raw_tracepoint_args *ctx)
 {
     u32 idx = CHUNK_DESTROYED;
-    u64 *n = chunks.lookup(&idx);
+    u64 *n = pcpu_chunks.lookup(&idx);
 
     if (n)
         *n += 1;

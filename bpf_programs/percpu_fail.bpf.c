@@ -3,7 +3,7 @@
 
 static __always_inline void add_failed_size(u32 idx, u64 n)
 {
-    u64 *v = failed_sizes.lookup(&idx);
+    u64 *v = pcpu_fail_sizes.lookup(&idx);
 
     if (v)
         *v += n;
@@ -15,7 +15,7 @@ int on_alloc_fail(struct bpf_raw_tracepoint_args *ctx)
     u32 atomic = (u8)ctx->args[ARG_FAIL_IS_ATOMIC] != 0;
     u32 reserved = (u8)ctx->args[ARG_FAIL_RESERVED] != 0;
     u32 idx = atomic * 2 + reserved;
-    u64 *n = failures.lookup(&idx);
+    u64 *n = pcpu_failures.lookup(&idx);
 
     if (n)
         *n += 1;

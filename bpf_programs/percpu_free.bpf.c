@@ -12,23 +12,23 @@ int on_free(struct bpf_raw_tracepoint_args *ctx)
     s64 *nr_live;
     u64 *nr_untracked;
 
-    found = live.lookup(&ptr);
+    found = pcpu_live.lookup(&ptr);
     if (!found) {
-        nr_untracked = untracked.lookup(&idx);
+        nr_untracked = pcpu_untracked.lookup(&idx);
         if (nr_untracked)
             *nr_untracked += 1;
         return 0;
     }
     entry = *found;
-    live.delete(&ptr);
-    nr_live = live_count.lookup(&idx);
+    pcpu_live.delete(&ptr);
+    nr_live = pcpu_live_count.lookup(&idx);
     if (nr_live)
         __sync_fetch_and_sub(nr_live, 1);
 
     key.call_site = entry.call_site;
     key.atomic = entry.atomic;
     key.reserved = entry.reserved;
-    site = sites.lookup(&key);
+    site = pcpu_sites.lookup(&key);
     if (!site)
         return 0;
     site->frees += 1;

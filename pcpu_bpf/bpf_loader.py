@@ -17,6 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from pcpu_bpf import bpfsys
 from pcpu_bpf.errors import BackendUnavailable, ProgramLoadError
 from pcpu_bpf.tracefs import TracepointLayout
 
@@ -54,8 +55,24 @@ _DEFINE_PREFIX = {
     "percpu_destroy_chunk": "ARG_DESTROY_CHUNK_",
 }
 
-# bcc resolves extern tables through one process-wide registry: compile one set at a time.
+# The maps of pcpu_maps.h, as bcc names them.
+MAP_NAMES: tuple[str, ...] = (
+    "pcpu_live",
+    "pcpu_sites",
+    "pcpu_sizes",
+    "pcpu_failures",
+    "pcpu_fail_sizes",
+    "pcpu_chunks",
+    "pcpu_drops",
+    "pcpu_untracked",
+    "pcpu_live_count",
+)
+
+# bcc resolves extern tables by name through one process-wide registry, where the first
+# shared table of a name wins: a second set loaded alongside would bind its programs to
+# the first set's maps. So one set per process, checked under a lock.
 _compile_lock = threading.Lock()
+_loaded: list[LoadedPrograms] = []
 
 
 def default_bpf_dir() -> Path:
@@ -106,6 +123,11 @@ class LoadedPrograms:
         self._attached: list[tuple[Any, str]] = []
         self.fds: dict[str, int] = {}
         with _compile_lock:
+            if _loaded:
+                raise ProgramLoadError(
+                    "the pcpu-bpf programs are already loaded in this process (bcc shares "
+                    "their maps by name): close the other BpfBackend first"
+                )
             try:
                 for source in [MAPS_SOURCE, *dict.fromkeys(p.source for p in PROGRAMS)]:
                     path = bpf_dir / source
@@ -116,12 +138,25 @@ class LoadedPrograms:
                     module = self._modules[p.source]
                     fn = module.load_func(p.function.encode(), bcc.BPF.RAW_TRACEPOINT)
                     self.fds[p.function] = int(fn.fd)
+                self._check_bindings()
             except ProgramLoadError:
                 self.close()
                 raise
             except Exception as exc:  # bcc raises bare Exception with its message
                 self.close()
                 raise _wrap(exc, "loading the BPF programs failed") from exc
+            _loaded.append(self)
+
+    def _check_bindings(self) -> None:
+        # Every program must use exactly the maps this set created (see _loaded).
+        own = {bpfsys.map_id(self.table(name).map_fd) for name in MAP_NAMES}
+        for function, fd in self.fds.items():
+            foreign = set(bpfsys.prog_map_ids(fd)) - own
+            if foreign:
+                raise ProgramLoadError(
+                    f"program {function} is bound to maps {sorted(foreign)} of another bcc "
+                    "module in this process: close it first"
+                )
 
     def table(self, name: str) -> Any:
         """A bcc table object of the shared maps (owned by the maps module)."""
@@ -150,6 +185,8 @@ class LoadedPrograms:
         """Detach and release programs and maps; idempotent."""
         self.detach()
         self.fds.clear()
+        if self in _loaded:
+            _loaded.remove(self)
         # Program modules first: they hold extern references to the maps module's tables.
         for source in reversed(list(self._modules)):
             self._modules.pop(source).cleanup()

@@ -63,16 +63,16 @@ def _histogram(values: list[int]) -> Histogram:
 
 def read_tables(table: Callable[[str], Any]) -> Tables:
     """Every map, by name through ``table``, into one `Tables`."""
-    chunks = read_array(table("chunks"))
-    drops = read_array(table("drops"))
+    chunks = read_array(table("pcpu_chunks"))
+    drops = read_array(table("pcpu_drops"))
     return Tables(
-        sites=read_sites(table("sites")),
-        untracked_frees=read_array(table("untracked"))[0],
-        sizes=_histogram(read_array(table("sizes"))),
-        failures=read_array(table("failures")),
-        failed_sizes=_histogram(read_array(table("failed_sizes"))),
+        sites=read_sites(table("pcpu_sites")),
+        untracked_frees=read_array(table("pcpu_untracked"))[0],
+        sizes=_histogram(read_array(table("pcpu_sizes"))),
+        failures=read_array(table("pcpu_failures")),
+        failed_sizes=_histogram(read_array(table("pcpu_fail_sizes"))),
         chunk_creations=chunks[CHUNK_CREATED],
         chunk_destructions=chunks[CHUNK_DESTROYED],
         dropped=dict(zip(DROP_REASONS, drops, strict=True)),
-        live_entries=_s64(read_array(table("live_count"))[0]),
+        live_entries=_s64(read_array(table("pcpu_live_count"))[0]),
     )

@@ -1,0 +1,267 @@
+"""The bpf backend on the live kernel: exact counts from a workload only the test causes.
+
+Per-CPU array maps with value size V and N entries make exactly N percpu allocations of
+V bytes from bpf_map_alloc_percpu (DESIGN.md, "Facts about these machines"). Other
+processes allocate too, so exact assertions are kept to that call site and to sizes
+nothing else requests in the window (1000, 3000); a private tracefs instance records
+what bytes_alloc the kernel itself reports for those events.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from bpf_env import TRACEFS, require_bpf
+
+from pcpu_bpf import bpfsys
+from pcpu_bpf.errors import BackendUnavailable
+from pcpu_bpf.percpu_stats import read_percpu_stats
+from pcpu_bpf.snapshot import AllocKey, SiteCounts, Snapshot, size_slot
+
+pytestmark = pytest.mark.privileged
+
+SITE = "bpf_map_alloc_percpu"
+KEY = AllocKey(SITE, atomic=False, reserved=False)
+
+
+@pytest.fixture
+def backend() -> Iterator[object]:
+    # One per test: bcc allows one loaded set of the programs per process (bpf_loader.py).
+    require_bpf()
+    from pcpu_bpf.backends.bpf import BpfBackend
+
+    b = BpfBackend()
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+def site(s: Snapshot) -> SiteCounts:
+    return s.sites.get(SITE, SiteCounts())
+
+
+def allocs(s: Snapshot) -> int:
+    a = s.allocations.get(KEY)
+    return a.allocations if a else 0
+
+
+def poll(
+    snapshot: Callable[[], Snapshot], done: Callable[[Snapshot], bool], timeout: float = 8.0
+) -> Snapshot:
+    """Snapshots until ``done``; the kernel frees a closed map's memory from a kworker."""
+    deadline = time.monotonic() + timeout
+    while True:
+        s = snapshot()
+        if done(s) or time.monotonic() > deadline:
+            return s
+        time.sleep(0.1)
+
+
+@contextmanager
+def kernel_reported_bytes(size: int) -> Iterator[list[int]]:
+    """bytes_alloc of every percpu_alloc_percpu of ``size``, via a private tracefs instance."""
+    inst = TRACEFS / "instances" / f"pcpu_bpf_test_{size}"
+    inst.mkdir()
+    event = inst / "events/percpu/percpu_alloc_percpu"
+    out: list[int] = []
+    try:
+        (event / "filter").write_text(f"size == {size}")
+        (event / "enable").write_text("1")
+        yield out
+        (event / "enable").write_text("0")
+        text = (inst / "trace").read_text()
+        out += [int(v) for v in re.findall(r"bytes_alloc=(\d+)", text)]
+    finally:
+        inst.rmdir()
+
+
+@pytest.mark.parametrize(("value_size", "entries"), [(1000, 37), (3000, 23)])
+def test_exact_counts_for_per_cpu_maps(backend, value_size: int, entries: int) -> None:
+    slot = size_slot(value_size)
+    with kernel_reported_bytes(value_size) as reported:
+        before = backend.snapshot()
+        fd = bpfsys.create_percpu_array(value_size, entries)
+        mid = backend.snapshot()
+    assert len(reported) == entries and len(set(reported)) == 1, reported
+    used = reported[0]
+
+    a0 = before.allocations.get(KEY)
+    a1 = mid.allocations[KEY]
+    assert a1.allocations - (a0.allocations if a0 else 0) == entries
+    assert a1.requested_bytes - (a0.requested_bytes if a0 else 0) == entries * value_size
+    assert a1.allocated_bytes - (a0.allocated_bytes if a0 else 0) == entries * used
+    assert site(mid).live_allocations - site(before).live_allocations == entries
+    assert site(mid).live_bytes - site(before).live_bytes == entries * used
+    assert mid.size_histogram.counts[slot] - before.size_histogram.counts[slot] == entries
+
+    bpfsys.close(fd)
+    after = poll(backend.snapshot, lambda s: site(s).frees - site(mid).frees >= entries)
+    assert site(after).frees - site(mid).frees == entries
+    assert site(after).freed_bytes - site(mid).freed_bytes == entries * used
+    assert site(after).live_bytes == site(before).live_bytes
+    assert site(after).live_allocations == site(before).live_allocations
+    assert after.allocations[KEY] == a1  # frees never touch the allocation counters
+
+
+def test_snapshot_optional_parts(backend) -> None:
+    fd = bpfsys.create_percpu_array(8, 10)
+    s = backend.snapshot()
+    bpfsys.close(fd)
+    assert s.backend == "bpf"
+    assert s.fields_available is not None and all(s.fields_available.values())
+    assert s.programs is not None and set(s.programs) == {
+        "on_alloc", "on_free", "on_alloc_fail", "on_create_chunk", "on_destroy_chunk"
+    }
+    assert s.maps is not None
+    assert s.maps["live"].capacity == 262_144 and s.maps["sites"].capacity == 4096
+    assert 10 <= s.maps["live"].entries < s.maps["live"].capacity
+    assert s.kernel_stats is not None and s.kernel_stats.percpu_stats is not None
+
+
+def test_run_stats_follow_the_sysctl(backend) -> None:
+    sysctl = Path("/proc/sys/kernel/bpf_stats_enabled")
+    old = sysctl.read_text().strip()
+    try:
+        sysctl.write_text("0")
+        assert backend.snapshot().programs["on_alloc"].run_time_ns is None
+        sysctl.write_text("1")
+        fd = bpfsys.create_percpu_array(8, 5)
+        bpfsys.close(fd)
+        stats = backend.snapshot().programs["on_alloc"]
+        assert stats.runs is not None and stats.runs >= 5
+        assert stats.run_time_ns is not None and stats.run_time_ns > 0
+    finally:
+        sysctl.write_text(old)
+
+
+def test_chunks_created_then_destroyed(backend) -> None:
+    # More 32 KiB entries than all free space of the existing chunks plus two units: the
+    # allocator must create at least two chunks only our map fills, and once the map is
+    # freed, balance work destroys fully free chunks beyond one spare.
+    stats0 = read_percpu_stats()
+    free = sum(c.free_bytes for c in stats0.chunks)
+    entries = (free + 2 * stats0.info.unit_size) // 32768 + 1
+    before = backend.snapshot()
+    fd = bpfsys.create_percpu_array(32768, entries)
+    mid = backend.snapshot()
+    stats1 = read_percpu_stats()
+    created = mid.chunk_creations - before.chunk_creations
+    assert created >= 2
+    assert created >= stats1.globals.nr_chunks - stats0.globals.nr_chunks
+    bpfsys.close(fd)
+    after = poll(
+        backend.snapshot,
+        lambda s: s.chunk_destructions - mid.chunk_destructions >= created - 1,
+        timeout=15.0,
+    )
+    destroyed = after.chunk_destructions - mid.chunk_destructions
+    assert destroyed >= 1
+    assert destroyed >= stats1.globals.nr_chunks - read_percpu_stats().globals.nr_chunks
+
+
+def test_full_live_table_drops_and_keeps_counts() -> None:
+    require_bpf()
+    from pcpu_bpf.backends.bpf import BpfBackend
+
+    entries, value_size = 300, 1000
+    slot = size_slot(value_size)
+    with BpfBackend(live_capacity=32) as small:
+        before = small.snapshot()
+        fd = bpfsys.create_percpu_array(value_size, entries)
+        mid = small.snapshot()
+        tracked = site(mid).live_allocations - site(before).live_allocations
+        dropped = mid.dropped["live_table_full"] - before.dropped["live_table_full"]
+        assert mid.maps["live"].entries == 32
+        assert 0 <= tracked <= 32
+        assert tracked + dropped == entries  # each allocation is tracked or counted dropped
+        assert allocs(mid) - allocs(before) == entries
+        assert mid.size_histogram.counts[slot] - before.size_histogram.counts[slot] == entries
+        bpfsys.close(fd)
+        after = poll(
+            small.snapshot,
+            lambda s: s.sites.get("untracked", SiteCounts()).frees
+            - mid.sites.get("untracked", SiteCounts()).frees
+            >= dropped,
+        )
+        # Frees of dropped allocations are untracked; the tracked ones come back exactly.
+        assert site(after).frees - site(mid).frees == tracked
+        assert site(after).live_allocations == site(before).live_allocations
+        assert after.allocations[KEY] == mid.allocations[KEY]
+        assert after.dropped["live_table_full"] >= mid.dropped["live_table_full"]
+
+
+def test_agrees_with_percpu_stats_over_a_quiet_window(backend) -> None:
+    """Event counts vs nr_alloc/nr_dealloc deltas of debugfs percpu_stats.
+
+    The two cannot be read at one instant, so each end is bracketed by a percpu_stats
+    read before and after the snapshot; the counted delta must lie between the inner and
+    the outer bracket, widened by SLACK: the kernel counts nr_alloc when it reserves the
+    area (pcpu_alloc_area) but fires the tracepoint only after populating pages, which
+    may sleep, so a few allocations can be in flight across a snapshot.
+    """
+    slack = 4
+
+    def read() -> tuple[int, int, Snapshot, int, int]:
+        g0 = read_percpu_stats().globals
+        s = backend.snapshot()
+        g1 = read_percpu_stats().globals
+        return g0.nr_alloc, g0.nr_dealloc, s, g1.nr_alloc, g1.nr_dealloc
+
+    def counted(s: Snapshot) -> tuple[int, int]:
+        frees = sum(c.frees for c in s.sites.values())  # includes "untracked"
+        return s.size_histogram.count, frees
+
+    a_alloc0, a_free0, s_a, a_alloc1, a_free1 = read()
+    fd = bpfsys.create_percpu_array(1000, 50)
+    bpfsys.close(fd)
+    time.sleep(1.5)
+    b_alloc0, b_free0, s_b, b_alloc1, b_free1 = read()
+
+    allocs = counted(s_b)[0] - counted(s_a)[0]
+    frees = counted(s_b)[1] - counted(s_a)[1]
+    assert allocs >= 50
+    assert b_alloc0 - a_alloc1 - slack <= allocs <= b_alloc1 - a_alloc0 + slack
+    assert b_free0 - a_free1 - slack <= frees <= b_free1 - a_free0 + slack
+
+
+def test_missing_tracefs_is_a_clear_error(tmp_path: Path) -> None:
+    require_bpf()
+    from pcpu_bpf.backends.bpf import BpfBackend
+
+    with pytest.raises(BackendUnavailable, match="mount -t tracefs"):
+        BpfBackend(tracefs_root=tmp_path, attach=False)
+
+
+def test_missing_tracepoint_is_a_clear_error(tmp_path: Path) -> None:
+    require_bpf()
+    from pcpu_bpf.backends.bpf import BpfBackend
+
+    (tmp_path / "events/percpu").mkdir(parents=True)
+    with pytest.raises(BackendUnavailable, match="percpu:percpu_alloc_percpu not found"):
+        BpfBackend(tracefs_root=tmp_path, attach=False)
+
+
+def test_second_backend_in_one_process_is_refused(backend) -> None:
+    from pcpu_bpf.backends.bpf import BpfBackend
+    from pcpu_bpf.errors import ProgramLoadError
+
+    with pytest.raises(ProgramLoadError, match="already loaded"):
+        BpfBackend(attach=False, kernel_stats=lambda: None)
+    backend.snapshot()  # the first one is untouched
+
+
+def test_close_is_idempotent_and_snapshot_after_close_fails() -> None:
+    require_bpf()
+    from pcpu_bpf.backends.bpf import BpfBackend
+
+    b = BpfBackend(attach=False, kernel_stats=lambda: None)
+    b.close()
+    b.close()
+    with pytest.raises(BackendUnavailable, match="closed"):
+        b.snapshot()

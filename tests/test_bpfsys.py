@@ -1,0 +1,60 @@
+"""The ctypes bpf(2) wrappers: layouts checked against bpftool, errors as OSError."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+from bpf_env import require_bpf
+
+from pcpu_bpf import bpfsys
+
+
+@pytest.mark.parametrize("n", [0, bpfsys.MAX_RAW_TP_ARGS + 1])
+def test_test_run_rejects_bad_arity(n: int) -> None:
+    with pytest.raises(ValueError, match="arguments"):
+        bpfsys.test_run_raw_tp(-1, [0] * n)
+
+
+@pytest.mark.privileged
+def test_create_and_close_percpu_array() -> None:
+    require_bpf()
+    fd = bpfsys.create_percpu_array(1000, 3, "pcpu_test")
+    assert fd > 2
+    assert bpfsys.map_id(fd) > 0
+    bpfsys.close(fd)
+
+
+@pytest.mark.privileged
+def test_bad_map_is_an_oserror() -> None:
+    require_bpf()
+    with pytest.raises(OSError, match=r"bpf\(BPF_MAP_CREATE\)"):
+        bpfsys.create_percpu_array(1 << 20, 1)  # larger than a percpu unit allows
+
+
+@pytest.mark.privileged
+def test_prog_info_matches_bpftool() -> None:
+    require_bpf()
+    if shutil.which("bpftool") is None:
+        pytest.skip("bpftool not installed (apt install bpftool)")
+    from pcpu_bpf.backends.bpf import BpfBackend
+
+    with BpfBackend(attach=False, kernel_stats=lambda: None) as b:
+        fd = b.program_fds["on_create_chunk"]
+        for _ in range(3):
+            assert bpfsys.test_run_raw_tp(fd, [0xFFFF0000]) == 0
+        info = bpfsys.prog_info(fd)
+        out = subprocess.run(
+            ["bpftool", "--json", "prog", "show", "id", str(info.id)],
+            check=True, capture_output=True, text=True,
+        ).stdout
+        tool = json.loads(out)
+        assert tool["id"] == info.id
+        assert tool["name"] == info.name == "on_create_chunk"
+        assert tool.get("run_cnt", 0) == info.run_cnt
+        assert tool.get("run_time_ns", 0) == info.run_time_ns
+        assert tool.get("recursion_misses", 0) == info.recursion_misses
+        assert sorted(tool["map_ids"]) == sorted(bpfsys.prog_map_ids(fd))
+        assert b.snapshot().chunk_creations == 3
