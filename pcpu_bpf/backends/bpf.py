@@ -73,7 +73,7 @@ class BpfBackend(Backend):
         bpf_dir: str | Path | None = None,
         tracefs_root: str | Path | None = None,
         symbolizer: Symbolize | _Resolver | None = None,
-        kernel_stats: Callable[[], KernelStats] | None = None,
+        kernel_stats: Callable[[], KernelStats | None] | None = None,
         attach: bool = True,
     ) -> None:
         try:
@@ -186,7 +186,7 @@ def _symbolizer(given: Symbolize | _Resolver | None) -> Symbolize:
     return given.resolve
 
 
-def _default_kernel_stats() -> Callable[[], KernelStats]:
+def _default_kernel_stats() -> Callable[[], KernelStats | None]:
     from pcpu_bpf.kernel_stats import read_kernel_stats
 
     return read_kernel_stats
