@@ -105,6 +105,7 @@ class Allocator:
         self.to_depopulate_slot = self.free_slot + 1
         self.nr_slots = self.to_depopulate_slot + 1
         self.lists: list[list[Chunk]] = [[] for _ in range(self.nr_slots)]
+        self._nonempty = 0  # bit s set iff lists[s] is not empty (search skips the rest)
         self.counters = GlobalCounters()
         self.atomic_alloc_failed = False
         self._balance_pending = False
@@ -227,23 +228,32 @@ class Allocator:
 
     # ---- list operations (spec 5.1) ---------------------------------------------------
 
+    def _unlink(self, c: Chunk) -> None:
+        """list_del(): take the chunk off its list."""
+        if c.list_slot is not None:
+            lst = self.lists[c.list_slot]
+            lst.remove(c)
+            if not lst:
+                self._nonempty &= ~(1 << c.list_slot)
+            c.list_slot = None
+
     def _move(self, c: Chunk, slot: int, front: bool) -> None:
         """__pcpu_chunk_move(): the reserved chunk is on no list."""
         if c.is_reserved:
             return
-        if c.list_slot is not None:
-            self.lists[c.list_slot].remove(c)
+        self._unlink(c)
         if front:
             self.lists[slot].insert(0, c)
         else:
             self.lists[slot].append(c)
+        self._nonempty |= 1 << slot
         c.list_slot = slot
 
     def _relocate(self, c: Chunk, oslot: int) -> None:
         """pcpu_chunk_relocate(): emptier -> head, fuller -> tail, same slot -> stay put."""
-        nslot = c.slot(self.free_slot, self.unit_size)
         if c.isolated:
             return
+        nslot = c.slot(self.free_slot, self.unit_size)
         if oslot != nslot:
             self._move(c, nslot, oslot < nslot)
 
@@ -353,12 +363,16 @@ class Allocator:
         lists = self.lists
         first_slot = self.size_to_slot(size)
         free_slot = self.free_slot
+        span = (1 << (free_slot + 1 - first_slot)) - 1
         while True:  # restart:
-            for slot in range(first_slot, free_slot + 1):
-                lst = lists[slot]
-                if not lst:
-                    continue
-                for c in tuple(lst):
+            # slots first_slot..free_slot that have chunks; only slots < first_slot
+            # (slot 0) change during the scan, so a snapshot of the mask is exact
+            todo = (self._nonempty >> first_slot) & span
+            while todo:
+                low = todo & -todo
+                todo ^= low
+                slot = first_slot + low.bit_length() - 1
+                for c in tuple(lists[slot]):
                     off = c.find_block_fit(bits, bit_align, is_atomic)
                     if off < 0:
                         if slot < PCPU_SLOT_FAIL_THRESHOLD:
@@ -424,17 +438,18 @@ class Allocator:
         if self.counters.nr_empty_pop_pages < PCPU_EMPTY_POP_PAGES_LOW:
             self._schedule_balance()
         if not is_atomic:
-            p0 = off // PAGE_SIZE
-            p1 = -(-(off + size) // PAGE_SIZE)
-            if (c.populated >> p0) & ((1 << (p1 - p0)) - 1) != (1 << (p1 - p0)) - 1:
+            p0 = off >> 12
+            p1 = (off + size + PAGE_SIZE - 1) >> 12
+            want = (1 << (p1 - p0)) - 1
+            if (c.populated >> p0) & want != want:
                 for rs, re in c.page_runs(False, p0, p1):
                     if not self._populate_ok():
                         self._free_area(c, off)  # counts a dealloc, no free event
                         self._fail(reserved, is_atomic, size, align)
                         return None
                     c.chunk_populated(rs, re)
-        addr = c.base_addr + off
-        ptr = (addr + self.per_cpu_delta) & _U64
+        base = c.base_addr
+        ptr = (base + off + self.per_cpu_delta) & _U64
         self._emit(
             PercpuAlloc(
                 call_site,
@@ -442,7 +457,7 @@ class Allocator:
                 is_atomic,
                 size,
                 align,
-                c.base_addr,
+                base,
                 off,
                 ptr,
                 size * self._bytes_alloc_mult,
@@ -486,12 +501,9 @@ class Allocator:
         c = self._chunk_of(addr)
         off = addr - c.base_addr if c is not None else -1
         bit = off >> 2
-        if (
-            c is None
-            or off & 3
-            or not c.test_alloc_bit(bit)
-            or not c.test_bound_bit(bit)  # never set strictly inside a live area
-        ):
+        # a live area starts on a set alloc bit that is also a boundary bit (never
+        # set strictly inside a live area)
+        if c is None or off & 3 or not (c.amap[bit >> 10] & c.bmap[bit >> 10]) >> (bit & 1023) & 1:
             raise ValueError(f"free_percpu: {ptr:#x} is not a live percpu allocation")
         self._free_area(c, off)
         need_balance = False

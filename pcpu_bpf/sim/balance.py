@@ -35,8 +35,7 @@ def balance_free(a: Allocator, empty_only: bool) -> None:
         if c is keep:
             continue
         if not empty_only or c.nr_empty_pop_pages == 0:
-            fl.remove(c)
-            c.list_slot = None
+            a._unlink(c)
             to_free.insert(0, c)  # list_move() inserts at the head: reverse order
     for c in to_free:
         for rs, re in c.page_runs(True):

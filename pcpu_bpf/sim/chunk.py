@@ -104,7 +104,7 @@ def block_update(b: BlockMd, start: int, end: int) -> None:
         b.contig_hint = contig
     elif contig == ch:
         chs = b.contig_hint_start
-        if chs and (not start or _ffs(start) > _ffs(chs)):
+        if chs and (not start or (start & -start) > (chs & -chs)):  # __ffs() compare
             b.contig_hint_start = start  # better-aligned start wins ties
             if start < b.scan_hint_start and ch > b.scan_hint:
                 b.scan_hint = 0
@@ -357,7 +357,10 @@ class Chunk:
         if self.free_bytes < MIN_ALLOC_SIZE or ch == 0:
             return 0
         size = ch * MIN_ALLOC_SIZE
-        return free_slot if size == unit_size else size_to_slot_raw(size)
+        if size == unit_size:
+            return free_slot
+        slot = size.bit_length() - 3  # __pcpu_size_to_slot(), inlined
+        return slot if slot > 1 else 1
 
     def block_refresh_hint(self, k: int) -> None:
         """pcpu_block_refresh_hint(): rescan block k after the promoted scan hint (6.2)."""
@@ -373,7 +376,7 @@ class Chunk:
         b.right_free = 0
         f = ((~self.amap[k] & _FULL) >> start) << start  # free bits at or after start
         while f:
-            rs = _ffs(f)
+            rs = (f & -f).bit_length() - 1
             t = f >> rs
             re = rs + (t ^ (t + 1)).bit_length() - 1
             block_update(b, rs, re)
@@ -398,12 +401,16 @@ class Chunk:
             m.contig_hint = 0  # scan_hint is NOT cleared on a full scan
         md = self.md_blocks
         nb = self.nr_pages
+        map_bits = self.map_bits
         full = self.full_mask
+        nfull = ~full
+        nempty = ~self.empty_mask
         i = off >> 10
         block_off = off & 1023
         while i < nb:
             if full >> i & 1:  # contig 0, right_free 0: contributes nothing
-                i += 1 + _ffs(~full >> (i + 1))
+                f = nfull >> (i + 1)
+                i += (f & -f).bit_length()
                 block_off = 0
                 continue
             b = md[i]
@@ -411,29 +418,34 @@ class Chunk:
             chs = b.contig_hint_start
             if ch and chs >= block_off and ch + chs < BLOCK_BITS:
                 o = (i << 10) + chs
-                block_update(m, o, o + ch)
-                nxt = o + ch + 1
-                i = nxt >> 10
-                block_off = nxt & 1023
-                continue
-            rf = b.right_free
-            i += 1
-            block_off = 0
-            if not rf:
-                continue
-            # a run touching the block end, carried over entirely free blocks
-            o = (i << 10) - rf
-            bits = rf
-            if i < nb:
-                j = i + _ffs(~self.empty_mask >> i)  # first block that is not empty
-                if j > nb:
-                    j = nb
-                bits += (j - i) << 10
-                i = j
+                n = ch
+            else:
+                n = b.right_free
+                i += 1
+                block_off = 0
+                if not n:
+                    continue
+                # a run touching the block end, carried over entirely free blocks
+                o = (i << 10) - n
                 if i < nb:
-                    bits += md[i].left_free
-            block_update(m, o, o + bits)
-            nxt = o + bits + 1
+                    f = nempty >> i
+                    j = i + (f & -f).bit_length() - 1  # first block that is not empty
+                    if j > nb:
+                        j = nb
+                    n += (j - i) << 10
+                    if j < nb:
+                        n += md[j].left_free
+            # skip calls that provably change nothing: a shorter run after the
+            # current contig start, not at either end and not before first_free
+            if (
+                n >= m.contig_hint
+                or o < m.contig_hint_start
+                or o < m.first_free
+                or not o
+                or o + n == map_bits
+            ):
+                block_update(m, o, o + n)
+            nxt = o + n + 1
             i = nxt >> 10
             block_off = nxt & 1023
 
@@ -451,9 +463,13 @@ class Chunk:
         # counts every previously free block, populated or not (spec 6.6)
         if sb.contig_hint == BLOCK_BITS:
             nr_empty += 1
-        if s_off == sb.first_free:
-            sb.first_free = _next_zero_in_block(amap[s_idx], s_off + bits)
         s_end = s_off + bits
+        if s_off == sb.first_free:
+            if s_end < BLOCK_BITS:  # find_next_zero_bit(), inlined
+                f = ~amap[s_idx] >> s_end
+                sb.first_free = s_end + (f & -f).bit_length() - 1
+            else:
+                sb.first_free = BLOCK_BITS
         # pcpu_region_overlap(), inlined
         if sb.scan_hint_start < s_end and s_off < sb.scan_hint_start + sb.scan_hint:
             sb.scan_hint = 0
@@ -516,12 +532,13 @@ class Chunk:
         if s_off == sb.contig_hint + sb.contig_hint_start:
             start = sb.contig_hint_start
         else:
-            lb = _last_set_in_block(amap[s_idx], s_off)
-            start = 0 if lb == s_off else lb + 1
+            # find_last_bit() below s_off, inlined: 0 when nothing is set there
+            start = (amap[s_idx] & ((1 << s_off) - 1)).bit_length()
         if e_off == eb.contig_hint_start:
             end = eb.contig_hint_start + eb.contig_hint
         else:
-            end = _next_set_in_block(amap[e_idx], e_off)
+            f = amap[e_idx] >> e_off  # find_next_bit(), inlined
+            end = e_off + (f & -f).bit_length() - 1 if f else BLOCK_BITS
         sb_end = end if s_idx == e_idx else BLOCK_BITS
         if not start and sb_end == BLOCK_BITS:
             nr_empty += 1
@@ -661,7 +678,7 @@ class Chunk:
             if run >= largest_bits and run:
                 a_idx = base + idx
                 if run > largest_bits or (
-                    largest_off and (not a_idx or _ffs(a_idx) > _ffs(largest_off))
+                    largest_off and (not a_idx or (a_idx & -a_idx) > (largest_off & -largest_off))
                 ):
                     largest_off = a_idx
                     largest_bits = run
