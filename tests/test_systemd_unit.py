@@ -1,0 +1,174 @@
+"""systemd/: the unit verifies, its exposure stays at the recorded level, and the daemon
+runs with exactly the unit's privileges (and not with less)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from daemon_helpers import PCPU_BPF, bpf_skip_reason, free_port, parse
+
+from pcpu_bpf.cli.serve import serve_command
+
+SYSTEMD = Path(__file__).parent.parent / "systemd"
+UNIT = SYSTEMD / "pcpu-bpf.service"
+INSTALLED_EXE = "/opt/pcpu-bpf/.venv/bin/pcpu-bpf"
+
+
+def analyze() -> str:
+    binary = shutil.which("systemd-analyze")
+    if binary is None:
+        pytest.skip("systemd-analyze not installed (Debian package systemd)")
+    return binary
+
+
+def unit_settings(key: str) -> list[str]:
+    return [line.split("=", 1)[1] for line in UNIT.read_text().splitlines()
+            if line.startswith(key + "=")]  # fmt: skip
+
+
+def local_unit(tmp_path: Path) -> Path:
+    """The unit with ExecStart at this checkout's venv (verify wants the binary to exist)."""
+    assert unit_settings("ExecStart") == [f"{INSTALLED_EXE} serve"]  # what README installs
+    copy = tmp_path / UNIT.name
+    copy.write_text(UNIT.read_text().replace(INSTALLED_EXE, PCPU_BPF))
+    return copy
+
+
+def test_unit_verifies(tmp_path: Path) -> None:
+    run = subprocess.run([analyze(), "verify", "--man=no", str(local_unit(tmp_path))],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert (run.returncode, run.stdout + run.stderr) == (0, "")
+
+
+def test_exposure_at_most_recorded(tmp_path: Path) -> None:
+    readme = (SYSTEMD / "README.md").read_text()
+    recorded = re.search(r"Overall exposure level for pcpu-bpf\.service: (\d+\.\d)", readme)
+    assert recorded, "systemd/README.md must record the measured exposure"
+    run = subprocess.run([analyze(), "security", "--offline=yes", "--no-pager",
+                          str(local_unit(tmp_path))],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    measured = re.search(r"Overall exposure level for pcpu-bpf\.service: (\d+\.\d)", run.stdout)
+    assert measured, run.stdout + run.stderr
+    assert float(measured.group(1)) <= float(recorded.group(1))
+
+
+def test_env_file_names_every_option() -> None:
+    text = (SYSTEMD / "pcpu-bpf.env").read_text()
+    envvars = [p.envvar for p in serve_command.params if getattr(p, "envvar", None)]
+    assert len(envvars) == 8
+    for name in envvars:
+        assert re.search(rf"^#?\s*\(?.*{name}\b", text, re.M), name
+    assert "\nPCPU" not in text  # everything commented: defaults unless the admin decides
+
+
+# --- the daemon under exactly the unit's privileges -------------------------------------
+
+CAP_NAMES = {"CAP_BPF": "bpf", "CAP_PERFMON": "perfmon", "CAP_SYSLOG": "syslog",
+             "CAP_DAC_READ_SEARCH": "dac_read_search"}  # fmt: skip
+
+
+def unit_caps() -> list[str]:
+    (ambient,) = unit_settings("AmbientCapabilities")
+    (bounding,) = unit_settings("CapabilityBoundingSet")
+    assert ambient.split() == bounding.split()
+    return [CAP_NAMES[c] for c in ambient.split()]
+
+
+def unused_uid() -> int:
+    """A uid nobody owns, from systemd's DynamicUser= range (61184-65519)."""
+    taken = {int(line.split(":")[2]) for line in Path("/etc/passwd").read_text().splitlines()
+             if line.count(":") >= 3}  # fmt: skip
+    return next(uid for uid in range(61184, 65520) if uid not in taken)
+
+
+def as_unit(args: list[str], caps: list[str], env: dict[str, str]) -> list[str]:
+    """setpriv the way the unit sets the process up: transient uid, ambient = bounding set
+    = the unit's capabilities, no_new_privs, and a clean environment like systemd's."""
+    uid = unused_uid()
+    capset = ",".join(f"+{c}" for c in caps)
+    capset = f"-all,{capset}" if caps else "-all"
+    clean = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/", "LANG": "C.UTF-8", **env}
+    return [
+        "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+        f"--inh-caps={capset}", f"--ambient-caps={capset}", f"--bounding-set={capset}",
+        "--no-new-privs", "env", "-i", *(f"{k}={v}" for k, v in clean.items()),
+        PCPU_BPF, *args,
+    ]  # fmt: skip
+
+
+def env_file_values() -> dict[str, str]:
+    pairs = [line.split("=", 1) for line in (SYSTEMD / "pcpu-bpf.env").read_text().splitlines()
+             if line and not line.startswith("#")]  # fmt: skip
+    return {k: v for k, v in pairs}
+
+
+def require_bpf() -> None:
+    reason = bpf_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv not installed (util-linux)")
+
+
+@pytest.mark.privileged
+def test_daemon_runs_with_exactly_the_unit_privileges() -> None:
+    require_bpf()
+    port = free_port()
+    notify = f"@pcpu-unit-test-{os.getpid()}"
+    env = {**env_file_values(), "PCPU_SERVE_LISTEN": f"127.0.0.1:{port}",
+           "NOTIFY_SOCKET": notify}  # fmt: skip
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + notify[1:])
+        sock.settimeout(120)
+        proc = subprocess.Popen(as_unit(["serve"], unit_caps(), env), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            messages: list[str] = []
+            while "READY=1" not in messages:
+                messages += sock.recv(4096).decode().split("\n")
+            # Some percpu allocations from a new process (fork -> mm_init) to see.
+            subprocess.run(["true"], check=True)
+            time.sleep(0.5)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                samples = parse(r.read().decode())
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(5) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            _, err = proc.communicate()
+    success = {dict(labels)["collector"]: v for (name, labels), v in samples.items()
+               if name == "pcpu_collector_success"}  # fmt: skip
+    assert success == {"snapshot": 1, "tracing": 1, "percpu_stats": 1, "meminfo": 1}, err
+    sites = {dict(labels)["call_site"] for (name, labels), _ in samples.items()
+             if name == "pcpu_allocations_total"}  # fmt: skip
+    assert "mm_init" in sites, sites  # CAP_SYSLOG: kallsyms gives names, not hex
+    assert "CapEff" not in err and "Traceback" not in err
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize(
+    ("dropped", "symptom"),
+    [
+        ("bpf", "Error: backend bpf cannot start"),
+        ("perfmon", "Error: backend bpf cannot start"),
+        ("dac_read_search", "Error: backend bpf cannot start"),
+        ("syslog", "/proc/kallsyms shows no addresses"),
+    ],
+)
+def test_each_unit_capability_is_needed(dropped: str, symptom: str) -> None:
+    require_bpf()
+    caps = [c for c in unit_caps() if c != dropped]
+    run = subprocess.run(as_unit(["serve", "--check"], caps, {}), capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert symptom in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr
