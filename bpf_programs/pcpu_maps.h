@@ -24,6 +24,10 @@
 #define CHUNK_CREATED 0
 #define CHUNK_DESTROYED 1
 
+/* pcpu_live_count slots: entries of pcpu_live = inserted - deleted. */
+#define LIVE_INSERTED 0
+#define LIVE_DELETED 1
+
 struct live_entry {
     u64 call_site;
     u64 size;
@@ -40,15 +44,18 @@ struct site_key {
     u8 pad[6];
 };
 
-/* live_* go negative on a CPU that frees what another allocated: summed, they are exact. */
+/* Each field has one writer program (alloc: the first five, free: the last two) and a
+ * program never nests on its own CPU, so plain += on these per-CPU values is safe without
+ * atomics. Live allocations and bytes are tracked - frees and tracked_bytes - freed_bytes,
+ * summed over CPUs by the reader (pcpu_bpf/bpf_maps.py). */
 struct site_value {
     u64 allocations;
     u64 requested_bytes;
     u64 allocated_bytes;
+    u64 tracked;
+    u64 tracked_bytes;
     u64 frees;
     u64 freed_bytes;
-    s64 live_allocations;
-    s64 live_bytes;
 };
 
 /* bcc compiles each program file as its own module and rewrites map calls only in the
@@ -68,7 +75,7 @@ PCPU_MAP("percpu_array", u32, u64, pcpu_fail_sizes, NR_SIZE_SLOTS + 1);
 PCPU_MAP("percpu_array", u32, u64, pcpu_chunks, 2);
 PCPU_MAP("percpu_array", u32, u64, pcpu_drops, 2);
 PCPU_MAP("percpu_array", u32, u64, pcpu_untracked, 1);
-PCPU_MAP("percpu_array", u32, s64, pcpu_live_count, 1);
+PCPU_MAP("percpu_array", u32, u64, pcpu_live_count, 2);
 
 /* snapshot.size_slot(): bit_length(size - 1) - 2, clamped to [0, NR_SIZE_SLOTS - 1]. */
 static __always_inline u32 size_slot(u64 size)

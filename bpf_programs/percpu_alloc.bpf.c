@@ -1,10 +1,9 @@
-/* percpu:percpu_alloc_percpu -> sizes, sites, live, live_count, drops.
- * Order of operations mirrors pcpu_bpf/aggregation.py Aggregator._alloc. */
+/* percpu:percpu_alloc_percpu -> pcpu_sizes, pcpu_sites, pcpu_live, pcpu_live_count,
+ * pcpu_drops. Order of operations mirrors pcpu_bpf/aggregation.py Aggregator._alloc. */
 #include <uapi/linux/errno.h>
 #include "pcpu_maps.h"
 
-/* bcc rewrites map.lookup() only in functions, not macros; each array slot has one
- * writer program and programs never nest on their own CPU, so plain += is safe. */
+/* bcc rewrites map.lookup() only in functions of this file, not in macros or headers. */
 static __always_inline void add_size(u32 idx, u64 n)
 {
     u64 *v = pcpu_sizes.lookup(&idx);
@@ -28,9 +27,8 @@ int on_alloc(struct bpf_raw_tracepoint_args *ctx)
     struct live_entry entry = {};
     u64 ptr = ctx->args[ARG_ALLOC_PTR];
     u64 size = ctx->args[ARG_ALLOC_SIZE];
-    u32 idx = 0;
-    s64 *nr_live;
-    u64 used;
+    u32 idx = LIVE_INSERTED;
+    u64 used, *inserted;
     int err;
 
 #ifdef ARG_ALLOC_CALL_SITE
@@ -70,16 +68,15 @@ int on_alloc(struct bpf_raw_tracepoint_args *ctx)
         /* A free we never saw (a recursion miss): replace, as the aggregator does. */
         err = pcpu_live.update(&ptr, &entry);
     } else if (!err) {
-        nr_live = pcpu_live_count.lookup(&idx);
-        if (nr_live)
-            __sync_fetch_and_add(nr_live, 1);
+        inserted = pcpu_live_count.lookup(&idx);
+        if (inserted)
+            *inserted += 1;
     }
     if (err) {
         add_drop(DROP_LIVE_TABLE_FULL);
         return 0;
     }
-    /* The free program changes these too, possibly from an interrupt on this CPU. */
-    __sync_fetch_and_add(&site->live_allocations, 1);
-    __sync_fetch_and_add(&site->live_bytes, used);
+    site->tracked += 1;
+    site->tracked_bytes += used;
     return 0;
 }

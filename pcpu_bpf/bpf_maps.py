@@ -1,8 +1,10 @@
 """Read the programs' maps (bpf_programs/pcpu_maps.h) into a `Tables`, summing per-CPU values.
 
-Reading never clears or deletes anything: counters stay cumulative. Per-CPU values are
-u64s; the live counters of a site can be negative on one CPU (freed where another CPU
-allocated), so they are summed modulo 2**64 and read back as signed.
+Reading never clears or deletes anything: counters stay cumulative. Every per-CPU value
+has a single writer program, so the programs need no atomics; what two programs change
+is kept as two monotonic counters and subtracted here: a site's live allocations are
+tracked - frees (live bytes: tracked_bytes - freed_bytes), the live table's entries are
+inserted - deleted. Sums are modulo 2**64 like the kernel's u64s, differences signed.
 """
 
 from __future__ import annotations
@@ -17,11 +19,19 @@ from pcpu_bpf.tables import Histogram, SiteKey, SiteValue, Tables
 log = logging.getLogger(__name__)
 
 _MASK = (1 << 64) - 1
-_U64_FIELDS = ("allocations", "requested_bytes", "allocated_bytes", "frees", "freed_bytes")
-_S64_FIELDS = ("live_allocations", "live_bytes")
+_FIELDS = (
+    "allocations",
+    "requested_bytes",
+    "allocated_bytes",
+    "tracked",
+    "tracked_bytes",
+    "frees",
+    "freed_bytes",
+)
 
 # Slots of the small per-CPU arrays (the #defines in pcpu_maps.h).
 CHUNK_CREATED, CHUNK_DESTROYED = 0, 1
+LIVE_INSERTED, LIVE_DELETED = 0, 1
 
 
 def _u64(total: int) -> int:
@@ -31,6 +41,10 @@ def _u64(total: int) -> int:
 def _s64(total: int) -> int:
     total &= _MASK
     return total - (1 << 64) if total >> 63 else total
+
+
+def _diff(a: int, b: int) -> int:
+    return _s64(a - b)
 
 
 def read_array(table: Any) -> list[int]:
@@ -51,9 +65,16 @@ def read_sites(table: Any) -> dict[SiteKey, SiteValue]:
     """The per-CPU site table: (call_site, atomic, reserved) -> summed SiteValue."""
     out: dict[SiteKey, SiteValue] = {}
     for key, per_cpu in _site_items(table):
-        fields = {f: _u64(sum(getattr(v, f) for v in per_cpu)) for f in _U64_FIELDS}
-        fields |= {f: _s64(sum(getattr(v, f) for v in per_cpu)) for f in _S64_FIELDS}
-        out[(int(key.call_site), bool(key.atomic), bool(key.reserved))] = SiteValue(**fields)
+        f = {name: _u64(sum(getattr(v, name) for v in per_cpu)) for name in _FIELDS}
+        out[(int(key.call_site), bool(key.atomic), bool(key.reserved))] = SiteValue(
+            allocations=f["allocations"],
+            requested_bytes=f["requested_bytes"],
+            allocated_bytes=f["allocated_bytes"],
+            frees=f["frees"],
+            freed_bytes=f["freed_bytes"],
+            live_allocations=_diff(f["tracked"], f["frees"]),
+            live_bytes=_diff(f["tracked_bytes"], f["freed_bytes"]),
+        )
     return out
 
 
@@ -64,6 +85,7 @@ def _histogram(values: list[int]) -> Histogram:
 def read_tables(table: Callable[[str], Any]) -> Tables:
     """Every map, by name through ``table``, into one `Tables`."""
     chunks = read_array(table("pcpu_chunks"))
+    live = read_array(table("pcpu_live_count"))
     drops = read_array(table("pcpu_drops"))
     return Tables(
         sites=read_sites(table("pcpu_sites")),
@@ -74,5 +96,5 @@ def read_tables(table: Callable[[str], Any]) -> Tables:
         chunk_creations=chunks[CHUNK_CREATED],
         chunk_destructions=chunks[CHUNK_DESTROYED],
         dropped=dict(zip(DROP_REASONS, drops, strict=True)),
-        live_entries=_s64(read_array(table("pcpu_live_count"))[0]),
+        live_entries=_diff(live[LIVE_INSERTED], live[LIVE_DELETED]),
     )
