@@ -1,0 +1,179 @@
+"""Scrape latency of the daemon's /metrics with 500 call sites and full kernel stats.
+
+Starts the daemon's own serving code (pcpu_bpf.daemon.serve) in a child process over a
+synthetic backend, scrapes /metrics N times over HTTP from this process, and reports the
+median and p99 latency, the child's resident memory, and its CPU time per scrape.
+
+    .venv/bin/python benchmarks/scrape_latency.py [--sites 500] [--scrapes 200] [--gzip]
+    .venv/bin/python benchmarks/scrape_latency.py --url http://127.0.0.1:9717/metrics
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gzip
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from pcpu_bpf.backends.base import Backend
+from pcpu_bpf.events import TRACEPOINTS
+from pcpu_bpf.percpu_stats import parse_percpu_stats
+from pcpu_bpf.snapshot import (
+    NR_SIZE_SLOTS,
+    AllocCounts,
+    AllocKey,
+    KernelStats,
+    MapUsage,
+    ProgramStats,
+    SiteCounts,
+    SizeHistogram,
+    Snapshot,
+)
+
+STATS = Path(__file__).parent.parent / "tests" / "fixtures" / "percpu_stats" / "live-6.18.txt"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class SyntheticBackend(Backend):
+    """Snapshots with ``sites`` call sites, every optional part filled, counters moving."""
+
+    name = "synthetic"
+
+    def __init__(self, sites: int) -> None:
+        allocations, counts = {}, {}
+        for i in range(sites):
+            site = f"synthetic_site_{i:04d}"
+            allocations[AllocKey(site, False, False)] = AllocCounts(1000 + i, 16_000, 64_000)
+            if i % 5 == 0:  # some sites also allocate atomically
+                allocations[AllocKey(site, True, False)] = AllocCounts(10, 160, 640)
+            counts[site] = SiteCounts(900, 57_600, 100 + i, 6_400)
+        self._base = Snapshot(
+            backend="synthetic",
+            kernel=os.uname().release,
+            timestamp=0.0,
+            allocations=allocations,
+            sites=counts,
+            size_histogram=SizeHistogram(tuple(range(NR_SIZE_SLOTS)), 123_456),
+            failures={(a, r): 1 for a in (False, True) for r in (False, True)},
+            failed_size_histogram=SizeHistogram((1,) * NR_SIZE_SLOTS, 99_999),
+            chunk_creations=10,
+            chunk_destructions=8,
+            dropped={"live_table_full": 0, "site_table_full": 0},
+            kernel_stats=KernelStats(parse_percpu_stats(STATS.read_text()), 3 << 20),
+            fields_available={
+                (event, f): True
+                for event, cls in TRACEPOINTS.items()
+                for f in cls.__dataclass_fields__
+            },  # fmt: skip
+            programs={
+                p: ProgramStats(1000, 50_000, 0)
+                for p in (
+                    "on_alloc",
+                    "on_free",
+                    "on_alloc_fail",
+                    "on_create_chunk",
+                    "on_destroy_chunk",
+                )
+            },  # fmt: skip
+            maps={"live_allocs": MapUsage(5000, 262_144), "sites": MapUsage(sites, 4096)},
+        )
+        self._n = 0
+
+    def snapshot(self) -> Snapshot:
+        self._n += 1
+        return dataclasses.replace(self._base, timestamp=float(self._n),
+                                   chunk_creations=10 + self._n)  # fmt: skip
+
+
+def child(port: int, sites: int) -> None:
+    """Run the daemon's serve() over the synthetic backend until SIGTERM."""
+    from pcpu_bpf.daemon import ListenAddress, serve
+
+    with SyntheticBackend(sites) as backend:
+        serve(backend, ListenAddress("127.0.0.1", port))
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def scrape(url: str, gzipped: bool = False) -> tuple[float, bytes]:
+    """One GET; with ``gzipped`` as Prometheus asks (Accept-Encoding: gzip)."""
+    headers = {"Accept-Encoding": "gzip"} if gzipped else {}
+    start = time.perf_counter()
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
+        body: bytes = r.read()
+    elapsed = time.perf_counter() - start
+    return elapsed, gzip.decompress(body) if gzipped else body
+
+
+def measure(url: str, scrapes: int, pid: int | None, gzipped: bool) -> None:
+    for _ in range(5):  # warm up: imports, first allocations
+        scrape(url, gzipped)
+    cpu0 = cpu_seconds(pid) if pid else 0.0
+    results = [scrape(url, gzipped) for _ in range(scrapes)]
+    cpu1 = cpu_seconds(pid) if pid else 0.0
+    latencies = sorted(r[0] for r in results)
+    p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+    body = results[-1][1]
+    series = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
+    print(f"{scrapes} scrapes{' (gzip)' if gzipped else ''}, {len(body)} bytes, {series} series")
+    print(f"latency median {statistics.median(latencies) * 1000:.1f} ms, "
+          f"p99 {p99 * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms")  # fmt: skip
+    if pid:
+        print(f"daemon RSS {rss_bytes(pid) / 2**20:.1f} MiB, "
+              f"CPU {(cpu1 - cpu0) / scrapes * 1000:.1f} ms per scrape")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sites", type=int, default=500)
+    parser.add_argument("--scrapes", type=int, default=200)
+    parser.add_argument("--url", help="measure a running daemon instead (no RSS/CPU)")
+    parser.add_argument("--gzip", action="store_true", help="ask for gzip, as Prometheus does")
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.sites)
+        return
+    if args.url:
+        measure(args.url, args.scrapes, None, args.gzip)
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, __file__, "--child", str(port),
+                             "--sites", str(args.sites)])  # fmt: skip
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        for _ in range(200):
+            try:
+                scrape(url)
+                break
+            except OSError:
+                time.sleep(0.05)
+        print(f"{args.sites} call sites, kernel stats from {STATS.name}, python "
+              f"{sys.version.split()[0]}, {os.cpu_count()} CPUs")  # fmt: skip
+        measure(url, args.scrapes, proc.pid, args.gzip)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+if __name__ == "__main__":
+    main()
