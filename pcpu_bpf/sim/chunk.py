@@ -6,8 +6,6 @@ bit search is a few shifts and ``bit_length`` calls instead of a per-bit loop.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 BLOCK_BITS = 1024  # PCPU_BITMAP_BLOCK_BITS: one block is one page
 MIN_ALLOC_SIZE = 4  # PCPU_MIN_ALLOC_SIZE: one bitmap bit
 PAGE_SIZE = 4096
@@ -30,12 +28,6 @@ def _next_zero_in_block(x: int, start: int) -> int:
         return BLOCK_BITS
     f = ~x >> start  # bits above 1023 of ~x are ones, so this caps at 1024
     return start + _ffs(f)
-
-
-def _next_set_in_block(x: int, start: int) -> int:
-    """find_next_bit() on one block; 1024 when none."""
-    f = x >> start
-    return start + _ffs(f) if f else BLOCK_BITS
 
 
 def _last_set_in_block(x: int, size: int) -> int:
@@ -116,11 +108,6 @@ def block_update(b: BlockMd, start: int, end: int) -> None:
     ):
         b.scan_hint_start = start
         b.scan_hint = contig
-
-
-def _overlap(a: int, b: int, x: int, y: int) -> bool:
-    """pcpu_region_overlap(); an empty [a, a) overlaps any [x, y) with x < a < y."""
-    return a < y and x < b
 
 
 def _next_hint(b: BlockMd, alloc_bits: int) -> int:
@@ -205,10 +192,6 @@ class Chunk:
     def test_alloc_bit(self, bit: int) -> bool:
         """test_bit(bit, alloc_map)."""
         return bool(self.amap[bit >> 10] >> (bit & 1023) & 1)
-
-    def test_bound_bit(self, bit: int) -> bool:
-        """test_bit(bit, bound_map)."""
-        return bool(self.bmap[bit >> 10] >> (bit & 1023) & 1)
 
     # ---- chunk-wide bit helpers ----------------------------------------------------
 
@@ -301,14 +284,6 @@ class Chunk:
             start = (k << 10) + hi
         bmap[off >> 10] |= 1 << (off & 1023)
         bmap[end >> 10] |= 1 << (end & 1023)
-
-    def _window(self, lo_block: int, end: int) -> int:
-        """alloc_map bits [lo_block*1024, end) as one int."""
-        amap = self.amap
-        w = 0
-        for k in range((end - 1) >> 10, lo_block - 1, -1):
-            w = (w << BLOCK_BITS) | amap[k]
-        return w & ((1 << (end - (lo_block << 10))) - 1)
 
     # ---- empty-page accounting ---------------------------------------------------
 
@@ -470,7 +445,7 @@ class Chunk:
                 sb.first_free = s_end + (f & -f).bit_length() - 1
             else:
                 sb.first_free = BLOCK_BITS
-        # pcpu_region_overlap(), inlined
+        # pcpu_region_overlap(), inlined; an empty [a, a) overlaps [x, y) when x < a < y
         if sb.scan_hint_start < s_end and s_off < sb.scan_hint_start + sb.scan_hint:
             sb.scan_hint = 0
         if sb.contig_hint_start < s_end and s_off < sb.contig_hint_start + sb.contig_hint:
@@ -759,11 +734,3 @@ class Chunk:
             pieces[(i + len(pieces) - 1) // 2],
             pieces[-1],
         )
-
-    def free_runs(self) -> Iterator[tuple[int, int]]:
-        """True free runs (start, length) in bits, from the bitmap (for invariant checks)."""
-        s = self._next_zero(0, self.map_bits)
-        while s < self.map_bits:
-            e = self._next_set(self.amap, s, self.map_bits)
-            yield s, e - s
-            s = self._next_zero(e, self.map_bits)
