@@ -90,18 +90,46 @@ def unused_uid() -> int:
     return next(uid for uid in range(61184, 65520) if uid not in taken)
 
 
+# The unit's file-system sandbox, rebuilt with mount(8) in a private mount namespace (no
+# systemd as PID 1 here): ProtectSystem=strict and ProtectKernelTunables= (all read-only
+# but /dev and /proc), ProtectHome= (empty, unreadable), PrivateTmp=, InaccessiblePaths=.
+SANDBOX = r"""
+set -e
+for m in $(findmnt -rn -o TARGET | sort -u); do
+  case "$m" in /proc|/proc/*|/dev|/dev/*) continue;; esac
+  mount -o remount,bind,ro "$m" 2>/dev/null || true
+done
+for d in /home /root /run/user; do
+  if [ -d "$d" ]; then mount -t tmpfs -o ro,mode=000 tmpfs "$d"; fi
+done
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+mount -t tmpfs -o mode=1777 tmpfs /var/tmp
+touch /tmp/.inaccessible && chmod 000 /tmp/.inaccessible
+mount --bind -o ro /tmp/.inaccessible /proc/kmsg
+if [ -e /dev/kmsg ]; then mount --bind -o ro /tmp/.inaccessible /dev/kmsg; fi
+exec "$@"
+"""
+
+# MemoryDenyWriteExecute=: the kernel's own PR_SET_MDWE (kept across execve), set by a
+# Python that then becomes the daemon.
+MDWE = ("import ctypes, os, sys; assert ctypes.CDLL(None).prctl(65, 1, 0, 0, 0) == 0; "
+        "os.execv(sys.argv[1], sys.argv[1:])")  # fmt: skip
+
+
 def as_unit(args: list[str], caps: list[str], env: dict[str, str]) -> list[str]:
-    """setpriv the way the unit sets the process up: transient uid, ambient = bounding set
-    = the unit's capabilities, no_new_privs, and a clean environment like systemd's."""
+    """The daemon set up the way the unit sets it up: the sandbox above, a transient uid,
+    ambient = bounding set = the unit's capabilities, no_new_privs, MDWE, and a clean
+    environment like systemd's."""
     uid = unused_uid()
     capset = ",".join(f"+{c}" for c in caps)
     capset = f"-all,{capset}" if caps else "-all"
     clean = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/", "LANG": "C.UTF-8", **env}
     return [
+        "unshare", "--mount", "--propagation", "private", "sh", "-c", SANDBOX, "sandbox",
         "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
         f"--inh-caps={capset}", f"--ambient-caps={capset}", f"--bounding-set={capset}",
         "--no-new-privs", "env", "-i", *(f"{k}={v}" for k, v in clean.items()),
-        PCPU_BPF, *args,
+        "/usr/bin/python3", "-c", MDWE, PCPU_BPF, *args,
     ]  # fmt: skip
 
 
@@ -115,8 +143,9 @@ def require_bpf() -> None:
     reason = bpf_skip_reason()
     if reason:
         pytest.skip(reason)
-    if shutil.which("setpriv") is None:
-        pytest.skip("setpriv not installed (util-linux)")
+    for tool in ("setpriv", "unshare", "findmnt"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not installed (util-linux)")
 
 
 @pytest.mark.privileged
@@ -172,3 +201,18 @@ def test_each_unit_capability_is_needed(dropped: str, symptom: str) -> None:
                          text=True, timeout=120)  # fmt: skip
     assert symptom in run.stderr, run.stderr
     assert "Traceback" not in run.stderr
+
+
+@pytest.mark.privileged
+def test_the_emulated_sandbox_is_real(tmp_path: Path) -> None:
+    require_bpf()
+    probe = Path(__file__).parent / ".sandbox-probe"
+    script = (f"touch {probe} && echo writable; ls -A /root | wc -l; "
+              "echo kmsg:$(timeout 1 head -c1 /proc/kmsg 2>/dev/null | wc -c); "
+              "echo x > /sys/kernel/debug/x 2>/dev/null || echo ro-debugfs; "
+              "test -r /sys/kernel/debug/percpu_stats && echo debugfs-readable")  # fmt: skip
+    run = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                          SANDBOX, "sandbox", "sh", "-c", script],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert run.stdout.split() == ["0", "kmsg:0", "ro-debugfs", "debugfs-readable"], run.stderr
+    assert not probe.exists()
