@@ -10,7 +10,7 @@ import click
 
 from pcpu_bpf.backends import BACKENDS, open_backend
 from pcpu_bpf.cli import main
-from pcpu_bpf.daemon import DEFAULT_LISTEN, configure_logging, parse_listen, serve
+from pcpu_bpf.daemon import DEFAULT_LISTEN, configure_logging, parse_listen, sd_notify, serve
 from pcpu_bpf.errors import PcpuError
 from pcpu_bpf.snapshot import Snapshot
 from pcpu_bpf.tables import DEFAULT_LIVE_CAPACITY, DEFAULT_SITE_CAPACITY
@@ -108,6 +108,7 @@ def serve_command(backend: str, check: bool, listen: str, **options: Any) -> Non
         raise _OneLineError(str(exc)) from None
     kwargs = _backend_kwargs(backend, options)
     log.info("starting backend %s", backend)
+    sd_notify(f"STATUS=starting backend {backend} (compiling and attaching)")
     try:
         source = open_backend(backend, **kwargs)
     except PcpuError as exc:
@@ -117,7 +118,11 @@ def serve_command(backend: str, check: bool, listen: str, **options: Any) -> Non
         raise click.ClickException(f"backend {backend} cannot start: {exc!r}") from None
     with source:  # closing detaches, also on errors
         if check:
-            report = check_report(source.snapshot())
+            try:
+                report = check_report(source.snapshot())
+            except Exception as exc:  # one line whatever broke; -v shows the traceback
+                log.debug("first snapshot failed", exc_info=True)
+                raise click.ClickException(f"backend {backend} attached, but: {exc}") from None
         else:
             try:
                 serve(source, address)
