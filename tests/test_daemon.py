@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from daemon_helpers import PCPU_BPF, Daemon, bpf_skip_reason, free_port, parse, prog_ids
 
+from pcpu_bpf import __version__
 from pcpu_bpf.daemon import ListenAddress, parse_listen, sd_notify, watchdog_interval
 
 
@@ -72,8 +73,8 @@ def test_sd_notify_without_socket_is_a_no_op() -> None:
 
 def test_serves_metrics_that_move(sim_daemon: Daemon) -> None:
     first = parse(sim_daemon.scrape())
-    assert first[("pcpu_exporter_info", frozenset({
-        ("version", "0.1.0"), ("backend", "sim"), ("kernel", "simulated-6.18")}))] == 1  # fmt: skip
+    info = {("version", __version__), ("backend", "sim"), ("kernel", "simulated-6.18")}
+    assert first[("pcpu_exporter_info", frozenset(info))] == 1
     assert ("process_resident_memory_bytes", frozenset()) in first
     time.sleep(0.3)
     second = parse(sim_daemon.scrape())

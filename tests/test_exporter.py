@@ -7,6 +7,7 @@ import logging
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from pcpu_bpf import __version__
 from pcpu_bpf.exporters.prometheus import PcpuCollector
 from pcpu_bpf.percpu_stats import AllocationInfo, ChunkStats, GlobalStats, PercpuStats
 from pcpu_bpf.snapshot import (
@@ -167,7 +168,7 @@ def test_values_in_base_units() -> None:
     assert get("pcpu_stats_contig_free_bytes") == 8000
     assert get("pcpu_meminfo_bytes") == 8 << 20
     assert get("pcpu_exporter_info",
-               {"version": "0.1.0", "backend": "bpf", "kernel": "6.18.0"}) == 1  # fmt: skip
+               {"version": __version__, "backend": "bpf", "kernel": "6.18.0"}) == 1  # fmt: skip
 
 
 def test_histogram_buckets_are_cumulative_and_complete() -> None:
@@ -255,7 +256,7 @@ def test_snapshot_raising_serves_self_metrics_and_counts() -> None:
     for part in ("snapshot", "tracing", "percpu_stats", "meminfo"):
         assert value(samples, "pcpu_collector_success", collector=part) == 0
     # The last good snapshot still names backend and kernel.
-    info = {"version": "0.1.0", "backend": "bpf", "kernel": "6.18.0"}
+    info = {"version": __version__, "backend": "bpf", "kernel": "6.18.0"}
     assert value(samples, "pcpu_exporter_info", **info) == 1
     state["fail"] = False
     samples = read(registry)
