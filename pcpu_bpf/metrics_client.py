@@ -83,6 +83,7 @@ def fetch_metrics(url: str, timeout: float = 5.0) -> str:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             body: bytes = response.read()
     except urllib.error.HTTPError as exc:
+        exc.close()  # it holds the response, and with it the socket
         raise PcpuError(f"{url}: HTTP {exc.code} {exc.reason}") from exc
     except urllib.error.URLError as exc:
         raise PcpuError(
@@ -265,6 +266,7 @@ class MetricsSource(Backend):
         self, url: str, *, clock: Callable[[], float] = time.monotonic, timeout: float = 5.0
     ) -> None:
         self.url = normalize_url(url)
+        self.netloc = urllib.parse.urlsplit(self.url).netloc
         self._clock = clock
         self._timeout = timeout
 

@@ -45,6 +45,11 @@ Columns:
               [failed], [failed atomic], [failed reserved], ...
 
 \b
+Simulator scenarios (--scenario):
+  steady, netns-churn, memcg-churn, bpf-maps, leak, atomic-pressure,
+  chunk-churn
+
+\b
 Examples:
   pcpu-top                # one table after 1 second, then exit
   pcpu-top 5 3            # three tables, 5 seconds apart
@@ -221,8 +226,7 @@ def _quiet_broken_pipe() -> None:
 @click.option(
     "--scenario",
     metavar="NAME",
-    help="Simulator workload: steady (default), netns-churn, memcg-churn, bpf-maps, leak, "
-    "atomic-pressure, chunk-churn.",
+    help="Simulator workload (default: steady); the list is below.",
 )
 @click.option(
     "--from",
@@ -264,8 +268,8 @@ def main(
         source: Backend
         if from_url is not None:
             remote = MetricsSource(from_url, clock=deps.monotonic)
-            source, name = remote, f"{remote.url} (since daemon start)"
-            banner = f"Reading {remote.url}... Hit Ctrl-C to end."
+            source, name = remote, f"daemon {remote.netloc}"
+            banner = f"Reading {remote.url} (live = since the daemon started)... Hit Ctrl-C to end."
         else:
             source, name = _open(deps, backend, scenario)
         opts = TopOptions(

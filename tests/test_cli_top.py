@@ -1,0 +1,623 @@
+"""pcpu-top through CliRunner on the simulator with a fake clock, plus a daemon and a tty."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from pcpu_bpf.backends.base import Backend
+from pcpu_bpf.backends.sim import SimBackend
+from pcpu_bpf.cli.top import BANNER, CLEAR, TopDeps, main
+from pcpu_bpf.errors import BackendUnavailable, PcpuError, ProgramLoadError
+from pcpu_bpf.top_render import WIDTH
+
+SCENARIOS = ["steady", "netns-churn", "memcg-churn", "bpf-maps", "leak", "atomic-pressure",
+             "chunk-churn"]  # fmt: skip
+BIN = Path(sys.executable).parent
+
+
+class FakeClock:
+    """Monotonic time that only moves when pcpu-top sleeps."""
+
+    def __init__(self) -> None:
+        self.t = 100.0
+        self.sleeps: list[float] = []
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.t += seconds
+
+
+class Recorder:
+    """open_backend stand-in: sim backends on the fake clock; bpf raises what it is told."""
+
+    def __init__(self, clock: FakeClock, bpf_error: Exception | None = None) -> None:
+        self.clock = clock
+        self.bpf_error = bpf_error
+        self.opened: list[tuple[str, dict[str, Any]]] = []
+        self.backends: list[Backend] = []
+
+    def __call__(self, name: str, **options: Any) -> Backend:
+        self.opened.append((name, options))
+        if name == "bpf":
+            raise self.bpf_error or AssertionError("tests never load BPF here")
+        backend = _Closing(SimBackend(clock=self.clock.now, **options))
+        self.backends.append(backend)
+        return backend
+
+
+class _Closing(Backend):
+    """A sim backend that remembers being closed."""
+
+    name = "sim"
+
+    def __init__(self, inner: SimBackend) -> None:
+        self.inner = inner
+        self.closed = False
+
+    def snapshot(self):  # type: ignore[no-untyped-def]
+        return self.inner.snapshot()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+NOT_ROOT = BackendUnavailable("not root: loading BPF programs needs CAP_BPF and CAP_PERFMON")
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def deps(clock: FakeClock) -> TopDeps:
+    return TopDeps(
+        open_backend=Recorder(clock, NOT_ROOT),
+        sleep=clock.sleep,
+        monotonic=clock.now,
+        clock_text=lambda: "12:00:00",
+        terminal_lines=lambda: None,
+    )
+
+
+def top(runner: CliRunner, deps: TopDeps, *args: str) -> Result:
+    return runner.invoke(main, list(args), obj=deps)
+
+
+def tables(output: str) -> list[list[str]]:
+    """Each table's lines, from its clock line to the last row."""
+    out: list[list[str]] = []
+    for line in output.splitlines():
+        if line.startswith("12:00:00  "):
+            out.append([])
+        if out and line:
+            out[-1].append(line)
+    return out
+
+
+def rows(table: list[str]) -> list[str]:
+    start = next(i for i, line in enumerate(table) if line.startswith("CALL SITE"))
+    return table[start + 1 :]
+
+
+def test_leak_two_tables(runner: CliRunner, deps: TopDeps, clock: FakeClock) -> None:
+    result = top(runner, deps, "--backend", "sim", "--scenario", "leak", "1", "2")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(BANNER + "\n")
+    assert result.stderr == ""
+    assert clock.sleeps == [1.0, 1.0]
+    found = tables(result.stdout)
+    assert len(found) == 2
+    for table in found:
+        assert table[0] == "12:00:00  sim (leak)  interval 1.00s  kernel simulated-6.18"
+        assert table[1].startswith("Percpu ") and " chunks " in table[1]
+        assert table[2].startswith("traced live ")
+        assert "leaky_driver_open" in "\n".join(rows(table))
+    # The leak grows: its live count in the second table exceeds the first.
+    live = [
+        int(next(r for r in rows(t) if r.startswith("leaky_driver_open")).split()[3]) for t in found
+    ]
+    assert live[1] > live[0] > 0
+    assert deps.open_backend.backends[0].closed  # type: ignore[attr-defined]
+
+
+def test_deterministic_with_a_fake_clock(runner: CliRunner, clock: FakeClock) -> None:
+    outputs = []
+    for _ in range(2):
+        c = FakeClock()
+        d = TopDeps(Recorder(c), c.sleep, c.now, lambda: "12:00:00", lambda: None)
+        outputs.append(top(runner, d, "--backend", "sim", "--scenario", "netns-churn", "1", "3"))
+    assert outputs[0].exit_code == 0
+    assert outputs[0].stdout == outputs[1].stdout
+
+
+def test_defaults_one_table_after_one_second(
+    runner: CliRunner, deps: TopDeps, clock: FakeClock
+) -> None:
+    result = top(runner, deps, "--backend", "sim")
+    assert result.exit_code == 0, result.output
+    assert clock.sleeps == [1.0]
+    assert len(tables(result.stdout)) == 1
+    assert deps.open_backend.opened == [("sim", {"scenario": "steady"})]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_line_under_80_columns(runner: CliRunner, deps: TopDeps, scenario: str) -> None:
+    result = top(runner, deps, "--backend", "sim", "--scenario", scenario, "-r", "0", "0.5", "3")
+    assert result.exit_code == 0, result.output
+    assert rows(tables(result.stdout)[-1])
+    assert max(len(line) for line in result.stdout.splitlines()) <= WIDTH
+
+
+def test_help_fits_and_has_examples(runner: CliRunner, deps: TopDeps) -> None:
+    result = top(runner, deps, "--help")
+    assert result.exit_code == 0
+    assert "Examples:" in result.stdout and "pcpu-top --live" in result.stdout
+    assert "fail event names no call" in result.stdout  # why failures get rows of their own
+    assert max(len(line) for line in result.stdout.splitlines()) <= WIDTH
+
+
+def test_json_one_document_per_interval(runner: CliRunner, deps: TopDeps) -> None:
+    result = top(runner, deps, "--backend", "sim", "--scenario", "leak", "--json", "2", "3")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3  # no banner: stdout is pure JSON lines
+    docs = [json.loads(line) for line in lines]
+    assert [d["interval_seconds"] for d in docs] == [2.0, 2.0, 2.0]
+    assert all(d["source"] == "sim (leak)" for d in docs)
+    leak = [next(s for s in d["sites"] if s["call_site"] == "leaky_driver_open") for d in docs]
+    assert leak[0]["live_allocations"] < leak[1]["live_allocations"] < leak[2]["live_allocations"]
+    assert all(s["frees_per_second"] == 0 for s in leak)
+
+
+@pytest.mark.parametrize(
+    ("sort", "field"),
+    [
+        ("live-bytes", "live_bytes"),
+        ("allocs", "allocations_per_second"),
+        ("frees", "frees_per_second"),
+        ("bytes", "allocated_bytes_per_second"),
+    ],
+)
+def test_sort_orders_rows(runner: CliRunner, deps: TopDeps, sort: str, field: str) -> None:
+    result = top(runner, deps, "--backend", "sim", "--scenario", "memcg-churn", "--json",
+                 "-s", sort, "-r", "0")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    values = [s[field] for s in json.loads(result.stdout)["sites"]]
+    assert len(values) >= 3
+    assert values == sorted(values, reverse=True)
+
+
+def test_sort_fails_puts_failure_rows_first(runner: CliRunner, deps: TopDeps) -> None:
+    args = ["--backend", "sim", "--scenario", "atomic-pressure", "-r", "0"]
+    by_bytes = rows(tables(top(runner, deps, *args).stdout)[0])
+    by_fails = rows(tables(top(runner, deps, *args, "-s", "fails").stdout)[0])
+    assert by_fails[0].startswith("[failed atomic]")
+    assert not by_bytes[0].startswith("[failed")
+    assert sorted(by_bytes) != by_bytes or by_bytes != by_fails
+
+
+@pytest.mark.parametrize(("limit", "expected"), [("1", 1), ("2", 2)])
+def test_limit(runner: CliRunner, deps: TopDeps, limit: str, expected: int) -> None:
+    result = top(runner, deps, "--backend", "sim", "--scenario", "netns-churn", "-r", limit)
+    assert result.exit_code == 0, result.output
+    assert len(rows(tables(result.stdout)[0])) == expected
+    doc = json.loads(top(runner, deps, "--backend", "sim", "--json", "--limit", limit).stdout)
+    assert len(doc["sites"]) == expected
+
+
+def test_live_redraws_in_place(runner: CliRunner, deps: TopDeps) -> None:
+    deps.terminal_lines = lambda: 9  # room for the 3-line header and 4 rows
+    result = top(runner, deps, "--backend", "sim", "--scenario", "netns-churn", "--live",
+                 "0.5", "3")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    frames = result.stdout.split(CLEAR)
+    assert frames[0] == BANNER + "\n"
+    assert len(frames) == 4
+    for frame in frames[1:]:
+        assert frame.startswith("12:00:00  sim (netns-churn)")
+        assert len(frame.splitlines()) <= 9
+
+
+def test_ctrl_c_exits_cleanly(runner: CliRunner, deps: TopDeps, clock: FakeClock) -> None:
+    def sleep(seconds: float) -> None:
+        if clock.sleeps:
+            raise KeyboardInterrupt
+        clock.sleep(seconds)
+
+    deps.sleep = sleep
+    result = top(runner, deps, "--backend", "sim", "--live")
+    assert result.exit_code == 0, result.output
+    assert result.exception is None
+    assert "Traceback" not in result.output and "Aborted" not in result.output
+    assert result.stdout.count(CLEAR) == 1
+    assert deps.open_backend.backends[0].closed  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("error", "what"),
+    [
+        (NOT_ROOT, "BPF unavailable (not root: "),
+        (ProgramLoadError("x.c:1: error\nmore"), "BPF load failed (x.c:1: error)"),
+    ],  # noqa: E501
+)
+def test_auto_falls_back_to_sim_with_one_line_notice(
+    runner: CliRunner, clock: FakeClock, deps: TopDeps, error: Exception, what: str
+) -> None:
+    deps.open_backend = Recorder(clock, error)
+    result = top(runner, deps, "--scenario", "leak")
+    assert result.exit_code == 0, result.output
+    notice = result.stderr.splitlines()
+    assert len(notice) == 1
+    assert notice[0].startswith("pcpu-top: " + what)
+    assert notice[0].endswith("; showing the simulator (scenario leak)")
+    assert [name for name, _ in deps.open_backend.opened] == ["bpf", "sim"]  # type: ignore[attr-defined]
+    assert tables(result.stdout)[0][0].startswith("12:00:00  sim (leak)")
+
+
+def test_backend_bpf_unavailable_is_a_one_line_error(runner: CliRunner, deps: TopDeps) -> None:
+    result = top(runner, deps, "--backend", "bpf")
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        "Error: BPF unavailable: not root: loading BPF programs needs CAP_BPF and CAP_PERFMON;"
+        " run `pcpu-bpf doctor` for the fix"
+    ]
+    assert result.stdout == ""
+
+
+def test_backend_error_during_run_is_one_line(runner: CliRunner, deps: TopDeps) -> None:
+    class Broken(Backend):
+        def snapshot(self):  # type: ignore[no-untyped-def]
+            raise PcpuError("percpu maps vanished\nsecond line")
+
+    deps.open_backend = lambda name, **_: Broken()
+    result = top(runner, deps, "--backend", "sim")
+    assert result.exit_code == 1
+    assert result.stderr == "Error: percpu maps vanished\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["0"], "INTERVAL"),
+        (["-1"], "No such option"),
+        (["1", "0"], "COUNT"),
+        (["abc"], "INTERVAL"),
+        (["--sort", "size"], "--sort"),
+        (["--limit", "-3"], "--limit"),
+        (["--backend", "ebpf"], "--backend"),
+        (["--live", "--json"], "choose one"),
+        (["--from", "x:1", "--backend", "sim"], "--from"),
+        (["--from", "x:1", "--scenario", "leak"], "--from"),
+        (["--backend", "bpf", "--scenario", "leak"], "sim backend only"),
+        (["--backend", "sim", "--scenario", "nosuch"], "--scenario"),
+        (["1", "2", "3"], "unexpected extra argument"),
+    ],
+)
+def test_bad_flags_are_usage_errors(
+    runner: CliRunner, deps: TopDeps, args: list[str], message: str
+) -> None:
+    result = top(runner, deps, *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+
+
+# --from: a tiny HTTP server standing in for the daemon.
+
+EXPOSITION = """\
+# TYPE pcpu_exporter_info gauge
+pcpu_exporter_info{{backend="bpf",kernel="6.18.44",version="0.1.0"}} 1
+# TYPE pcpu_allocations_total counter
+pcpu_allocations_total{{atomic="false",call_site="mm_init",reserved="false"}} {allocs}
+pcpu_allocations_total{{atomic="false",call_site="bpf_map_alloc_percpu",reserved="false"}} 1000
+# TYPE pcpu_requested_bytes_total counter
+pcpu_requested_bytes_total{{call_site="mm_init"}} {requested}
+pcpu_requested_bytes_total{{call_site="bpf_map_alloc_percpu"}} 1000000
+# TYPE pcpu_allocated_bytes_total counter
+pcpu_allocated_bytes_total{{call_site="mm_init"}} {allocated}
+pcpu_allocated_bytes_total{{call_site="bpf_map_alloc_percpu"}} 2000000
+# TYPE pcpu_frees_total counter
+pcpu_frees_total{{call_site="mm_init"}} {frees}
+# TYPE pcpu_live_allocations gauge
+pcpu_live_allocations{{call_site="mm_init"}} {live}
+pcpu_live_allocations{{call_site="bpf_map_alloc_percpu"}} 1000
+# TYPE pcpu_live_bytes gauge
+pcpu_live_bytes{{call_site="mm_init"}} {live_bytes}
+pcpu_live_bytes{{call_site="bpf_map_alloc_percpu"}} 2000000
+# TYPE pcpu_allocation_failures_total counter
+pcpu_allocation_failures_total{{atomic="false",reserved="false"}} 0
+pcpu_allocation_failures_total{{atomic="true",reserved="false"}} {fails}
+# TYPE pcpu_meminfo_bytes gauge
+pcpu_meminfo_bytes 3145728
+"""
+
+
+def exposition(step: int) -> str:
+    allocs, frees = 500 + 40 * step, 480 + 30 * step
+    return EXPOSITION.format(
+        allocs=allocs, requested=16 * allocs, allocated=64 * allocs, frees=frees,
+        live=allocs - frees, live_bytes=64 * (allocs - frees), fails=step,
+    )  # fmt: skip
+
+
+class _Handler(BaseHTTPRequestHandler):
+    bodies: Callable[[], bytes]
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        if self.path != "/metrics":
+            self.send_error(404)
+            return
+        body = self.server.next_body()  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def metrics_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    steps = iter(range(1000))
+    server.next_body = lambda: exposition(next(steps)).encode()  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_from_reads_a_daemon(runner: CliRunner, deps: TopDeps, metrics_server: str) -> None:
+    result = top(runner, deps, "--from", metrics_server, "2", "2")
+    assert result.exit_code == 0, result.output
+    assert deps.open_backend.opened == []  # type: ignore[attr-defined]
+    url = f"http://{metrics_server}/metrics"
+    assert result.stdout.startswith(
+        f"Reading {url} (live = since the daemon started)... Hit Ctrl-C to end.\n"
+    )
+    found = tables(result.stdout)
+    assert len(found) == 2
+    head = found[0]
+    assert head[0] == f"12:00:00  daemon {metrics_server}  interval 2.00s  kernel 6.18.44"
+    assert head[1].startswith("Percpu 3.0 MiB (meminfo)  chunks n/a")
+    # Between scrapes: +40 allocs, +30 frees, +1 failure, over 2 s of the fake clock.
+    assert "allocs/s 20.0  frees/s 15.0  fails/s 0.5 (1 total)" in head[2]
+    assert rows(head)[0].split() == [
+        "bpf_map_alloc_percpu", "0", "0", "1000", "1.9", "MiB", "1000", "B", "-",
+    ]  # fmt: skip
+    assert rows(head)[1].split() == ["mm_init", "20.0", "15.0", "30", "1.9", "KiB", "16", "B", "-"]
+    assert rows(found[1])[2].split()[-1] == "0.5"  # [failed atomic]
+
+
+def test_from_json(runner: CliRunner, deps: TopDeps, metrics_server: str) -> None:
+    result = top(runner, deps, "--from", f"http://{metrics_server}", "--json", "1", "2")
+    assert result.exit_code == 0, result.output
+    docs = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [d["totals"]["allocations_per_second"] for d in docs] == [40.0, 40.0]
+    assert docs[1]["failures"] == [
+        {"atomic": True, "reserved": False, "failures_per_second": 1.0, "failures_total": 2}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("url_of", "message"),
+    [
+        (lambda s: "127.0.0.1:9", "cannot reach http://127.0.0.1:9/metrics"),
+        (lambda s: f"http://{s}/nothing", "HTTP 404"),
+    ],
+)
+def test_from_errors_are_one_line(
+    runner: CliRunner,
+    deps: TopDeps,
+    metrics_server: str,
+    url_of: Callable[[str], str],
+    message: str,
+) -> None:
+    result = top(runner, deps, "--from", url_of(metrics_server))
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and message in lines[0]
+
+
+# --from against a real `pcpu-bpf serve` subprocess.
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[str]:
+    address = f"127.0.0.1:{_free_port()}"
+    log = tmp_path / "serve.log"
+    # The log goes to a file: an unread pipe would fill up and stall the daemon.
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [str(BIN / "pcpu-bpf"), "serve", "--backend", "sim", "--scenario", "leak",
+             "--listen", address],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                urllib.request.urlopen(f"http://{address}/metrics", timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"pcpu-bpf serve did not come up: {log.read_text()}")
+                time.sleep(0.1)
+        yield address
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_from_a_real_daemon(runner: CliRunner, daemon: str) -> None:
+    # Real clock and sleep: the daemon's simulator runs in the background.
+    result = runner.invoke(main, ["--from", daemon, "--json", "0.5", "2"])
+    assert result.exit_code == 0, result.output
+    docs = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(docs) == 2
+    assert docs[0]["backend"] == "sim"
+    leak = next(s for s in docs[1]["sites"] if s["call_site"] == "leaky_driver_open")
+    assert leak["live_allocations"] > 0 and leak["frees_per_second"] == 0
+    assert docs[1]["totals"]["allocations_per_second"] > 0
+    table = runner.invoke(main, ["--from", daemon, "0.3", "1"])
+    assert table.exit_code == 0, table.output
+    assert "leaky_driver_open" in table.stdout and f"  daemon {daemon}  " in table.stdout
+
+
+# What a person sees: the real console script in a pseudo-terminal.
+
+
+def _read_until(fd: int, done: Callable[[bytes], bool], timeout: float) -> bytes:
+    import select
+
+    data = b""
+    deadline = time.monotonic() + timeout
+    while not done(data) and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+def run_in_pty(args: list[str], frames: int, timeout: float = 60) -> tuple[int, str]:
+    """Run pcpu-top on a 80x24 pty until ``frames`` redraws, press Ctrl-C, return (rc, text)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    # A new session whose controlling terminal is the pty, so ^C on it sends SIGINT the
+    # way a keyboard does (pty.fork would warn in a multi-threaded pytest).
+    shim = (
+        "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+        "os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", shim, str(BIN / "pcpu-top"), *args],
+        stdin=slave, stdout=slave, stderr=slave, start_new_session=True, close_fds=True,
+        env={**os.environ, "TERM": "xterm"},
+    )  # fmt: skip
+    os.close(slave)
+    clear = CLEAR.encode()
+    try:
+        # Frame n is complete once frame n + 1 has begun.
+        seen = _read_until(master, lambda d: d.count(clear) > frames, timeout)
+        os.write(master, b"\x03")  # Ctrl-C, typed on the terminal
+        seen += _read_until(master, lambda d: False, 10)  # until the child closes it
+        rc = proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    return rc, seen.decode(errors="replace")
+
+
+def _screen(output: str) -> list[str]:
+    """The last complete frame: what the terminal showed just before Ctrl-C."""
+    return output.replace("\r\n", "\n").split(CLEAR)[-2].splitlines()
+
+
+def _check_live_session(rc: int, output: str, source: str) -> None:
+    assert rc == 0, output
+    assert "Traceback" not in output and "Aborted" not in output
+    assert output.replace("\r\n", "\n").startswith(BANNER + "\n")
+    assert output.count(CLEAR) >= 3, output  # redrawn in place, not scrolled
+    screen = _screen(output)
+    assert screen[0].split("  ")[1] == source
+    assert screen[1].startswith("Percpu ")
+    assert screen[2].startswith("traced live ")
+    assert any(line.startswith("CALL SITE") for line in screen)
+    assert len(screen) <= 24
+    assert all(len(line) <= WIDTH for line in screen)
+
+
+def test_live_in_a_pseudo_terminal_sim() -> None:
+    rc, output = run_in_pty(["--live", "--backend", "sim", "--scenario", "leak", "0.3"], 3)
+    _check_live_session(rc, output, "sim (leak)")
+    assert any(line.startswith("leaky_driver_open") for line in _screen(output))
+
+
+def _bpf_can_run() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root"
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return "needs bcc (Debian python3-bpfcc)"
+    return None
+
+
+privileged = pytest.mark.privileged
+
+
+@privileged
+def test_live_in_a_pseudo_terminal_live_kernel() -> None:
+    if reason := _bpf_can_run():
+        pytest.skip(reason)
+    rc, output = run_in_pty(["--live", "--backend", "bpf", "0.5"], 3, timeout=120)
+    _check_live_session(rc, output, "bpf")
+
+
+@privileged
+def test_smoke_on_the_live_kernel() -> None:
+    """bcc's test_tools_smoke: `timeout 30 pcpu-top 1 1` exits 0 and shows a table."""
+    if reason := _bpf_can_run():
+        pytest.skip(reason)
+    timeout = shutil.which("timeout")
+    assert timeout, "coreutils timeout"
+    proc = subprocess.run(
+        [timeout, "30", str(BIN / "pcpu-top"), "1", "1"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # auto chose bpf: no fallback notice
+    lines = proc.stdout.splitlines()
+    assert lines[0] == BANNER
+    assert lines[2].split("  ")[1] == "bpf"
+    assert lines[3].startswith("Percpu ") and "kernel live allocs" in lines[3]
+    assert lines[6].startswith("CALL SITE")
+    assert len(lines) > 7  # every fork allocates (mm_init): a live kernel is never idle
+    assert all(len(line) <= WIDTH for line in lines)
