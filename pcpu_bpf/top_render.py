@@ -223,14 +223,20 @@ _SORT_FIELD = {
 
 
 def sort_rows(rows: tuple[Row, ...] | list[Row], sort: str) -> list[Row]:
-    """Rows in descending order of ``sort`` (one of SORT_KEYS); ties by live bytes, failures,
-    then name."""
+    """Rows in descending order of ``sort`` (one of SORT_KEYS); ties by live bytes, allocs/s,
+    failures, then name."""
     if sort not in _SORT_FIELD:
         raise ValueError(f"unknown sort key {sort!r}; choose one of {', '.join(SORT_KEYS)}")
     field = _SORT_FIELD[sort]
     return sorted(
         rows,
-        key=lambda r: (-_key(getattr(r, field)), -_key(r.live_bytes), -_key(r.failures), r.label),
+        key=lambda r: (
+            -_key(getattr(r, field)),
+            -_key(r.live_bytes),
+            -_key(r.allocs_per_s),
+            -_key(r.failures),
+            r.label,
+        ),
     )
 
 

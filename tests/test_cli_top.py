@@ -95,6 +95,7 @@ def deps(clock: FakeClock) -> TopDeps:
         monotonic=clock.now,
         clock_text=lambda: "12:00:00",
         terminal_lines=lambda: None,
+        iso_time=lambda: "2026-11-26T12:00:00+00:00",
     )
 
 
@@ -183,6 +184,7 @@ def test_json_one_document_per_interval(runner: CliRunner, deps: TopDeps) -> Non
     docs = [json.loads(line) for line in lines]
     assert [d["interval_seconds"] for d in docs] == [2.0, 2.0, 2.0]
     assert all(d["source"] == "sim (leak)" for d in docs)
+    assert all(d["time"] == "2026-11-26T12:00:00+00:00" for d in docs)
     leak = [next(s for s in d["sites"] if s["call_site"] == "leaky_driver_open") for d in docs]
     assert leak[0]["live_allocations"] < leak[1]["live_allocations"] < leak[2]["live_allocations"]
     assert all(s["frees_per_second"] == 0 for s in leak)
@@ -396,9 +398,8 @@ def test_from_reads_a_daemon(runner: CliRunner, deps: TopDeps, metrics_server: s
     result = top(runner, deps, "--from", metrics_server, "2", "2")
     assert result.exit_code == 0, result.output
     assert deps.open_backend.opened == []  # type: ignore[attr-defined]
-    url = f"http://{metrics_server}/metrics"
     assert result.stdout.startswith(
-        f"Reading {url} (live = since the daemon started)... Hit Ctrl-C to end.\n"
+        f"Reading {metrics_server} (counts since the daemon started)... Hit Ctrl-C to end.\n"
     )
     found = tables(result.stdout)
     assert len(found) == 2

@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TextIO
 
 import click
@@ -66,6 +67,10 @@ def _clock_text() -> str:
     return time.strftime("%H:%M:%S")
 
 
+def _iso_time() -> str:
+    return datetime.now().astimezone().isoformat(timespec="seconds")
+
+
 def _terminal_lines() -> int | None:
     if not sys.stdout.isatty():
         return None
@@ -81,6 +86,7 @@ class TopDeps:
     monotonic: Callable[[], float] = time.monotonic
     clock_text: Callable[[], str] = _clock_text
     terminal_lines: Callable[[], int | None] = _terminal_lines
+    iso_time: Callable[[], str] = _iso_time  # JSON's "time": for machines, with the zone
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,7 @@ def run_top(
     *,
     sleep: Callable[[float], None] = time.sleep,
     clock_text: Callable[[], str] = _clock_text,
+    iso_time: Callable[[], str] = _iso_time,
     terminal_lines: Callable[[], int | None] = lambda: None,
     banner: str | None = BANNER,
 ) -> None:
@@ -119,7 +126,7 @@ def run_top(
         if opts.as_json:
             out.write(
                 render_json(
-                    view, sort=opts.sort, limit=opts.limit, source=opts.source, time=clock_text()
+                    view, sort=opts.sort, limit=opts.limit, source=opts.source, time=iso_time()
                 )
                 + "\n"
             )
@@ -269,7 +276,10 @@ def main(
         if from_url is not None:
             remote = MetricsSource(from_url, clock=deps.monotonic)
             source, name = remote, f"daemon {remote.netloc}"
-            banner = f"Reading {remote.url} (live = since the daemon started)... Hit Ctrl-C to end."
+            # Not the interval: a daemon's counters and live numbers start with the daemon.
+            banner = (
+                f"Reading {remote.netloc} (counts since the daemon started)... Hit Ctrl-C to end."
+            )
         else:
             source, name = _open(deps, backend, scenario)
         opts = TopOptions(
@@ -288,6 +298,7 @@ def main(
                 opts,
                 sleep=deps.sleep,
                 clock_text=deps.clock_text,
+                iso_time=deps.iso_time,
                 terminal_lines=deps.terminal_lines,
                 banner=banner,
             )
