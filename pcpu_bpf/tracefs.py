@@ -49,8 +49,13 @@ def parse_format(text: str) -> tuple[str, ...]:
 def find_tracefs(candidates: Sequence[str | Path] = TRACEFS_CANDIDATES) -> Path:
     """The first mounted tracefs (a directory with ``events/``), else BackendUnavailable."""
     for c in candidates:
-        if (Path(c) / "events").is_dir():
-            return Path(c)
+        try:
+            if (Path(c) / "events").is_dir():
+                return Path(c)
+        except PermissionError:
+            raise BackendUnavailable(
+                f"cannot read tracefs at {c}: run as root or grant read access to tracefs"
+            ) from None
     where = " or ".join(str(c) for c in candidates)
     raise BackendUnavailable(f"tracefs is not mounted at {where}: run `{MOUNT_FIX}`")
 

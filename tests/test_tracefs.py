@@ -108,3 +108,12 @@ def test_missing_required_field(tmp_path: Path) -> None:
     layout = read_layout(tmp_path)
     with pytest.raises(BackendUnavailable, match="percpu_free_percpu has no field 'ptr'"):
         layout.check_required()
+
+
+def test_unreadable_tracefs_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def denied(self: Path) -> bool:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "is_dir", denied)
+    with pytest.raises(BackendUnavailable, match="run as root or grant read access"):
+        find_tracefs([tmp_path])
