@@ -36,7 +36,8 @@ SiteKey = tuple[int, bool, bool]
 
 @dataclass(slots=True)
 class SiteValue:
-    """Counters under one site key (struct site_value in bpf_programs/pcpu_maps.h)."""
+    """Counters under one site key; bpf_maps.py derives them from struct site_value
+    (pcpu_maps.h), whose live counts are kept as tracked minus freed."""
 
     allocations: int = 0
     requested_bytes: int = 0
