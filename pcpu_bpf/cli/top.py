@@ -114,10 +114,12 @@ def run_top(
     banner: str | None = BANNER,
 ) -> None:
     """Print ``opts.count`` tables (or JSON documents) of ``backend``, one per interval."""
+    before = backend.snapshot()
+    # After the first snapshot, as bcc prints after attaching: a source that cannot
+    # deliver fails before anything promises output.
     if banner and not opts.as_json:
         out.write(banner + "\n")
         out.flush()
-    before = backend.snapshot()
     shown = 0
     while opts.count is None or shown < opts.count:
         sleep(opts.interval)
