@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shlex
@@ -22,7 +23,7 @@ from click.testing import CliRunner, Result
 
 from pcpu_bpf.backends.base import Backend
 from pcpu_bpf.backends.sim import SimBackend
-from pcpu_bpf.cli.top import BANNER, CLEAR, TopDeps, main
+from pcpu_bpf.cli.top import BANNER, CLEAR, TopDeps, TopOptions, main, run_top
 from pcpu_bpf.errors import BackendUnavailable, PcpuError, ProgramLoadError
 from pcpu_bpf.top_render import WIDTH
 
@@ -118,6 +119,15 @@ def tables(output: str) -> list[list[str]]:
 def rows(table: list[str]) -> list[str]:
     start = next(i for i, line in enumerate(table) if line.startswith("CALL SITE"))
     return table[start + 1 :]
+
+
+def test_run_top_takes_a_backend_and_a_stream(deps: TopDeps, clock: FakeClock) -> None:
+    out = io.StringIO()
+    backend = SimBackend("bpf-maps", clock=clock.now)
+    run_top(backend, out, TopOptions(interval=0.5, count=2, source="here"), deps=deps)
+    found = tables(out.getvalue())
+    assert [t[0] for t in found] == ["12:00:00  here  interval 0.50s  kernel simulated-6.18"] * 2
+    assert any(r.startswith("bpf_map_alloc_percpu") for r in rows(found[0]))
 
 
 def test_leak_two_tables(runner: CliRunner, deps: TopDeps, clock: FakeClock) -> None:

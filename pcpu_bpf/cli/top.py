@@ -107,13 +107,11 @@ def run_top(
     out: TextIO,
     opts: TopOptions,
     *,
-    sleep: Callable[[float], None] = time.sleep,
-    clock_text: Callable[[], str] = _clock_text,
-    iso_time: Callable[[], str] = _iso_time,
-    terminal_lines: Callable[[], int | None] = lambda: None,
+    deps: TopDeps | None = None,
     banner: str | None = BANNER,
 ) -> None:
     """Print ``opts.count`` tables (or JSON documents) of ``backend``, one per interval."""
+    deps = deps or TopDeps(terminal_lines=lambda: None)
     before = backend.snapshot()
     # After the first snapshot, as bcc prints after attaching: a source that cannot
     # deliver fails before anything promises output.
@@ -122,13 +120,13 @@ def run_top(
         out.flush()
     shown = 0
     while opts.count is None or shown < opts.count:
-        sleep(opts.interval)
+        deps.sleep(opts.interval)
         after = backend.snapshot()
         view = build_view(before, after)
         if opts.as_json:
             out.write(
                 render_json(
-                    view, sort=opts.sort, limit=opts.limit, source=opts.source, time=iso_time()
+                    view, sort=opts.sort, limit=opts.limit, source=opts.source, time=deps.iso_time()
                 )
                 + "\n"
             )
@@ -138,8 +136,8 @@ def run_top(
                 sort=opts.sort,
                 limit=opts.limit,
                 source=opts.source,
-                clock=clock_text(),
-                max_lines=terminal_lines() if opts.live else None,
+                clock=deps.clock_text(),
+                max_lines=deps.terminal_lines() if opts.live else None,
             )
             out.write((CLEAR if opts.live else "\n") + text)
         out.flush()
@@ -298,10 +296,7 @@ def main(
                 source,
                 out,
                 opts,
-                sleep=deps.sleep,
-                clock_text=deps.clock_text,
-                iso_time=deps.iso_time,
-                terminal_lines=deps.terminal_lines,
+                deps=deps,
                 banner=banner,
             )
     except KeyboardInterrupt:
