@@ -35,21 +35,6 @@ def parse(text: str) -> Samples:
     }
 
 
-def bpf_skip_reason() -> str | None:
-    """Why the bpf backend cannot run here, or None when it can."""
-    if os.geteuid() != 0:
-        return "needs root for BPF"
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        return "bcc not importable (apt install python3-bpfcc)"
-    try:
-        import pcpu_bpf.backends.bpf  # noqa: F401
-    except ImportError:
-        return "pcpu_bpf.backends.bpf not there yet"
-    return None
-
-
 def prog_ids(pid: int) -> set[int]:
     """Ids of the BPF programs a process holds open (from /proc/PID/fdinfo)."""
     ids = set()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bpf_env import bpf_unavailable_reason
 from click.testing import CliRunner, Result
 
 from pcpu_bpf.backends.base import Backend
@@ -590,22 +591,12 @@ def test_live_in_a_pseudo_terminal_sim() -> None:
     assert any(line.startswith("leaky_driver_open") for line in _screen(output))
 
 
-def _bpf_can_run() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root"
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        return "needs bcc (Debian python3-bpfcc)"
-    return None
-
-
 privileged = pytest.mark.privileged
 
 
 @privileged
 def test_live_in_a_pseudo_terminal_live_kernel() -> None:
-    if reason := _bpf_can_run():
+    if reason := bpf_unavailable_reason():
         pytest.skip(reason)
     rc, output = run_in_pty(["--live", "--backend", "bpf", "0.5"], 3, timeout=120)
     _check_live_session(rc, output, "bpf")
@@ -619,7 +610,7 @@ def test_smoke_on_the_live_kernel() -> None:
     table a row this test caused (DESIGN.md: exactly 7 allocations at
     bpf_map_alloc_percpu); other processes may add to that row, never subtract.
     """
-    if reason := _bpf_can_run():
+    if reason := bpf_unavailable_reason():
         pytest.skip(reason)
     from pcpu_bpf import bpfsys
 
@@ -714,7 +705,7 @@ def _wait(predicate: Callable[[], Any], timeout: float) -> Any:
     ],
 )
 def test_live_in_tmux_shows_one_table_redrawn(args: list[str], source: str, tmp_path: Path) -> None:
-    if source == "bpf" and (reason := _bpf_can_run()):
+    if source == "bpf" and (reason := bpf_unavailable_reason()):
         pytest.skip(reason)
     tmux = Tmux([str(BIN / "pcpu-top"), "--live", *args, "0.5"], tmp_path / "status")
     try:

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon_helpers import PCPU_BPF, Daemon, bpf_skip_reason, free_port, parse, prog_ids
+from bpf_env import bpf_unavailable_reason
+from daemon_helpers import PCPU_BPF, Daemon, free_port, parse, prog_ids
 
 from pcpu_bpf import __version__
 from pcpu_bpf.daemon import ListenAddress, parse_listen, sd_notify, watchdog_interval
@@ -220,7 +221,7 @@ def test_journald_stream_gets_priorities_and_no_timestamps() -> None:
 
 @pytest.mark.privileged
 def test_bpf_backend_sigterm_detaches(tmp_path: Path) -> None:
-    reason = bpf_skip_reason()
+    reason = bpf_unavailable_reason()
     if reason:
         pytest.skip(reason)
     daemon = Daemon("--backend", "bpf")
@@ -241,7 +242,7 @@ def test_bpf_backend_sigterm_detaches(tmp_path: Path) -> None:
 
 @pytest.mark.privileged
 def test_bpf_check_attaches_and_detaches() -> None:
-    reason = bpf_skip_reason()
+    reason = bpf_unavailable_reason()
     if reason:
         pytest.skip(reason)
     result = run("serve", "--check")

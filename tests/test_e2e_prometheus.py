@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_helpers import Daemon, Samples, bpf_skip_reason, free_port, parse
+from bpf_env import bpf_unavailable_reason
+from daemon_helpers import Daemon, Samples, free_port, parse
 
 SITE = "bpf_map_alloc_percpu"
 _TARGET_LABELS = ("__name__", "job", "instance")  # added by Prometheus, not the daemon
@@ -126,7 +127,7 @@ def test_prometheus_scrapes_sim_daemon(stack: tuple[Daemon, Prometheus]) -> None
 @pytest.mark.privileged
 @pytest.mark.parametrize("stack", [("--backend", "bpf")], indirect=True)
 def test_prometheus_sees_exact_bpf_map_allocations(stack: tuple[Daemon, Prometheus]) -> None:
-    reason = bpf_skip_reason()
+    reason = bpf_unavailable_reason()
     if reason:
         pytest.skip(reason)
     daemon, prom = stack

@@ -14,7 +14,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from daemon_helpers import PCPU_BPF, bpf_skip_reason, free_port, parse
+from bpf_env import bpf_unavailable_reason
+from daemon_helpers import PCPU_BPF, free_port, parse
 
 from pcpu_bpf.cli.serve import serve_command
 
@@ -140,7 +141,7 @@ def env_file_values() -> dict[str, str]:
 
 
 def require_bpf() -> None:
-    reason = bpf_skip_reason()
+    reason = bpf_unavailable_reason()
     if reason:
         pytest.skip(reason)
     for tool in ("setpriv", "unshare", "findmnt"):

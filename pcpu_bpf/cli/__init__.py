@@ -23,6 +23,6 @@ def main(verbose: bool) -> None:
 
 
 # Subcommands register themselves here, one import per module.
-import pcpu_bpf.cli.simulate  # noqa: E402,F401
-import pcpu_bpf.cli.serve  # noqa: E402,F401
 import pcpu_bpf.cli.doctor  # noqa: E402,F401
+import pcpu_bpf.cli.serve  # noqa: E402,F401
+import pcpu_bpf.cli.simulate  # noqa: E402,F401
