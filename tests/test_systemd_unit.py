@@ -19,6 +19,8 @@ from daemon_helpers import PCPU_BPF, free_port, parse
 
 from pcpu_bpf.cli.serve import serve_command
 
+CHECKOUT = Path(__file__).resolve().parents[1]
+
 SYSTEMD = Path(__file__).parent.parent / "systemd"
 UNIT = SYSTEMD / "pcpu-bpf.service"
 INSTALLED_EXE = "/opt/pcpu-bpf/.venv/bin/pcpu-bpf"
@@ -100,11 +102,28 @@ for m in $(findmnt -rn -o TARGET | sort -u); do
   case "$m" in /proc|/proc/*|/dev|/dev/*) continue;; esac
   mount -o remount,bind,ro "$m" 2>/dev/null || true
 done
-for d in /home /root /run/user; do
-  if [ -d "$d" ]; then mount -t tmpfs -o ro,mode=000 tmpfs "$d"; fi
-done
+# The unit runs the installed copy in /opt/pcpu-bpf. A checkout elsewhere stays visible,
+# read-only, as BindReadOnlyPaths= would keep it: held on a private tmpfs while the
+# directories above it are covered, then moved back in place.
+if [ -n "${CHECKOUT:-}" ]; then
+  mount -t tmpfs -o mode=0700 tmpfs /mnt
+  mkdir /mnt/checkout && mount --bind -o ro "$CHECKOUT" /mnt/checkout
+fi
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -t tmpfs -o mode=1777 tmpfs /var/tmp
+for d in /home /root /run/user; do
+  [ -d "$d" ] || continue
+  case "${CHECKOUT:-}" in
+    "$d"/*) mount -t tmpfs -o mode=0711 tmpfs "$d";;
+    *) mount -t tmpfs -o ro,mode=000 tmpfs "$d";;
+  esac
+done
+if [ -n "${CHECKOUT:-}" ]; then
+  mkdir -p "$CHECKOUT" && mount -n --move /mnt/checkout "$CHECKOUT"
+  for d in /home /root /run/user; do
+    case "$CHECKOUT" in "$d"/*) mount -o remount,ro "$d";; esac
+  done
+fi
 touch /tmp/.inaccessible && chmod 000 /tmp/.inaccessible
 mount --bind -o ro /tmp/.inaccessible /proc/kmsg
 if [ -e /dev/kmsg ]; then mount --bind -o ro /tmp/.inaccessible /dev/kmsg; fi
@@ -126,7 +145,8 @@ def as_unit(args: list[str], caps: list[str], env: dict[str, str]) -> list[str]:
     capset = f"-all,{capset}" if caps else "-all"
     clean = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/", "LANG": "C.UTF-8", **env}
     return [
-        "unshare", "--mount", "--propagation", "private", "sh", "-c", SANDBOX, "sandbox",
+        "unshare", "--mount", "--propagation", "private",
+        "env", f"CHECKOUT={CHECKOUT}", "sh", "-c", SANDBOX, "sandbox",
         "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
         f"--inh-caps={capset}", f"--ambient-caps={capset}", f"--bounding-set={capset}",
         "--no-new-privs", "env", "-i", *(f"{k}={v}" for k, v in clean.items()),
