@@ -311,7 +311,11 @@ def render_text(
         rows = rows[:limit]
     if max_lines is not None:
         rows = rows[: max(0, max_lines - len(head) - 2)]
-    return "\n".join([*head, "", *table_lines(rows)]) + "\n"
+    lines = table_lines(rows)
+    if not view.rows:
+        # A quiet host: say so rather than leave a bare column header.
+        lines.append("(no percpu allocation or free traced yet)")
+    return "\n".join([*head, "", *lines]) + "\n"
 
 
 def _round(x: float) -> float:
