@@ -26,7 +26,10 @@ HEADERS_FIX = (
     "run ./setup.sh, or link headers by hand: ln -s /usr/src/linux-headers-<ver>-amd64 "
     "/lib/modules/$(uname -r)/build (and the -common dir as .../source)"
 )
-PRIVILEGE_FIX = "run as root (or with CAP_BPF, CAP_PERFMON and CAP_SYSLOG); see `pcpu-bpf doctor`"
+PRIVILEGE_FIX = (
+    "run as root (or with CAP_BPF, CAP_PERFMON, CAP_SYSLOG and CAP_DAC_READ_SEARCH); "
+    "see `pcpu-bpf doctor`"
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,15 +17,17 @@ from types import ModuleType
 
 from pcpu_bpf.bpf_loader import HEADERS_FIX, kernel_headers
 from pcpu_bpf.errors import BackendUnavailable, PcpuError
-from pcpu_bpf.tracefs import MOUNT_FIX, TRACEFS_CANDIDATES, find_tracefs, read_layout
+from pcpu_bpf.tracefs import TRACEFS_CANDIDATES, find_tracefs, read_layout
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 
 # include/uapi/linux/capability.h
 CAP_SYS_ADMIN, CAP_SYSLOG, CAP_PERFMON, CAP_BPF = 21, 34, 38, 39
+# Measured on 6.18 (systemd/README.md): DAC_READ_SEARCH reads the root-only tracefs and
+# debugfs directories, SYSLOG shows kallsyms addresses.
 CAPS_FIX = (
-    "run as root, or grant CAP_BPF CAP_PERFMON CAP_SYSLOG (systemd: AmbientCapabilities=) "
-    "and read access to tracefs"
+    "run as root, or grant CAP_BPF CAP_PERFMON CAP_SYSLOG CAP_DAC_READ_SEARCH "
+    "(systemd: AmbientCapabilities=)"
 )
 
 
@@ -89,21 +91,28 @@ def check_tracefs(paths: Paths) -> Check:
     try:
         root = find_tracefs(paths.tracefs_candidates)
     except BackendUnavailable as exc:
-        return Check("tracefs", FAIL, str(exc).split(":")[0], MOUNT_FIX)
+        return Check("tracefs", FAIL, str(exc))  # the message names the fix
     if not os.access(root / "events", os.R_OK | os.X_OK):
         return Check("tracefs", FAIL, f"{root} is not readable", CAPS_FIX)
     return Check("tracefs", OK, f"mounted at {root}")
 
 
 def check_debugfs(paths: Paths) -> Check:
-    """debugfs mounted (percpu_stats lives there; the tracing itself does not need it)."""
-    if (paths.debugfs_root).is_dir() and any(paths.debugfs_root.iterdir()):
-        return Check("debugfs", OK, f"mounted at {paths.debugfs_root}")
+    """debugfs mounted and readable (percpu_stats lives there; tracing does not need it)."""
+    root = paths.debugfs_root
+    try:
+        mounted = any(root.iterdir())
+    except PermissionError:
+        return Check("debugfs", WARN, f"{root} is not readable: no pcpu_stats_* metrics", CAPS_FIX)
+    except OSError:
+        mounted = False
+    if mounted:
+        return Check("debugfs", OK, f"mounted at {root}")
     return Check(
         "debugfs",
         WARN,
-        f"not mounted at {paths.debugfs_root}: no pcpu_stats_* metrics",
-        f"mount -t debugfs nodev {paths.debugfs_root}",
+        f"not mounted at {root}: no pcpu_stats_* metrics",
+        f"mount -t debugfs nodev {root}",
     )
 
 
@@ -112,8 +121,8 @@ def check_tracepoints(paths: Paths) -> Check:
     name = "tracepoints"
     try:
         root = find_tracefs(paths.tracefs_candidates)
-    except BackendUnavailable:
-        return Check(name, FAIL, "unknown: tracefs is not mounted", MOUNT_FIX)
+    except BackendUnavailable as exc:
+        return Check(name, FAIL, f"unknown: {exc}")
     try:
         layout = read_layout(root)
         layout.check_required()
@@ -197,13 +206,18 @@ def check_percpu_stats(paths: Paths) -> Check:
     try:
         with path.open() as f:
             f.read(1)
-    except OSError as exc:
-        why = "CONFIG_PERCPU_STATS off or debugfs not mounted" if not path.exists() else exc
+    except FileNotFoundError:
         return Check(
             "percpu_stats",
             WARN,
-            f"{path} unreadable ({why}): no pcpu_stats_* metrics",
+            f"{path} missing (CONFIG_PERCPU_STATS off or debugfs not mounted): "
+            "no pcpu_stats_* metrics",
             "mount debugfs; a kernel with CONFIG_PERCPU_STATS=y",
+        )
+    except OSError as exc:
+        return Check(
+            "percpu_stats", WARN, f"{path} unreadable ({exc.strerror}): no pcpu_stats_* metrics",
+            CAPS_FIX,
         )
     return Check("percpu_stats", OK, f"{path} readable")
 

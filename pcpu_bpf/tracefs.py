@@ -54,7 +54,7 @@ def find_tracefs(candidates: Sequence[str | Path] = TRACEFS_CANDIDATES) -> Path:
                 return Path(c)
         except PermissionError:
             raise BackendUnavailable(
-                f"cannot read tracefs at {c}: run as root or grant read access to tracefs"
+                f"cannot read tracefs at {c}: run as root or grant CAP_DAC_READ_SEARCH"
             ) from None
     where = " or ".join(str(c) for c in candidates)
     raise BackendUnavailable(f"tracefs is not mounted at {where}: run `{MOUNT_FIX}`")

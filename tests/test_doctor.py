@@ -142,3 +142,41 @@ def test_real_system_passes(runner) -> None:
     assert result.exit_code == 0, result.output
     assert "ok    load:" in result.output
     assert "the bpf backend can run here" in result.output
+
+
+@pytest.mark.privileged
+def test_unprivileged_user_gets_verdicts_not_a_traceback() -> None:
+    # The user doctor exists for: not root, no capabilities, tracefs and debugfs
+    # root-only. Every check must still give its verdict and the fix. The checks run in
+    # a forked child that drops to nobody, so the checkout's location does not matter.
+    import os
+
+    from click.testing import CliRunner
+
+    require_bpf()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: become nobody, run the command, report through the pipe
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            result = CliRunner().invoke(main, ["doctor"])
+            text = f"{result.exit_code}\n{result.output}"
+        except BaseException as exc:  # anything must reach the parent
+            text = f"99\n{exc!r}"
+        os.write(write_end, text.encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as f:
+        code, output = f.read().split("\n", 1)
+    os.waitpid(pid, 0)
+    assert code == "1", output
+    assert "Traceback" not in output
+    lines = {line.split()[1].rstrip(":"): line for line in output.splitlines()[:-1]}
+    assert lines["privileges"].startswith("FAIL")
+    assert "CAP_DAC_READ_SEARCH" in lines["privileges"]
+    assert lines["tracefs"].startswith("FAIL")
+    assert "mount" not in lines["tracefs"]  # mounted but unreadable: the fix is privileges
+    assert lines["percpu_stats"].startswith("warn")
+    assert output.splitlines()[-1] == "Error: the bpf backend cannot run here (3 check(s) failed)"

@@ -29,14 +29,24 @@ def _start_backend() -> object:
     show_default=True,
     help="Finally compile, load and attach the programs (when every check passed).",
 )
-@click.option("--proc-root", type=click.Path(path_type=Path), default="/proc", hidden=True)
 @click.option(
-    "--modules-root", type=click.Path(path_type=Path), default="/lib/modules", hidden=True
+    "--proc-root", type=click.Path(path_type=Path, readable=False), default="/proc", hidden=True
 )
 @click.option(
-    "--debugfs-root", type=click.Path(path_type=Path), default="/sys/kernel/debug", hidden=True
+    "--modules-root",
+    type=click.Path(path_type=Path, readable=False),
+    default="/lib/modules",
+    hidden=True,
 )
-@click.option("--tracefs-root", type=click.Path(path_type=Path), default=None, hidden=True)
+@click.option(
+    "--debugfs-root",
+    type=click.Path(path_type=Path, readable=False),
+    default="/sys/kernel/debug",
+    hidden=True,
+)
+@click.option(
+    "--tracefs-root", type=click.Path(path_type=Path, readable=False), default=None, hidden=True
+)
 @click.option("--release", default=None, hidden=True, help="Kernel release (uname -r).")
 def doctor(
     load: bool,
