@@ -82,7 +82,7 @@ class SyntheticBackend(Backend):
                     "on_destroy_chunk",
                 )
             },  # fmt: skip
-            maps={"live_allocs": MapUsage(5000, 262_144), "sites": MapUsage(sites, 4096)},
+            maps={"live": MapUsage(5000, 262_144), "sites": MapUsage(sites, 4096)},
         )
         self._n = 0
 

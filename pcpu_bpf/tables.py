@@ -103,6 +103,14 @@ class SnapshotContext:
     maps: Mapping[str, MapUsage] | None = None
 
 
+def map_usage(tables: Tables, live_capacity: int, site_capacity: int) -> dict[str, MapUsage]:
+    """Fill of the two tracking tables, under the map names both backends export."""
+    return {
+        "live": MapUsage(tables.live_entries, live_capacity),
+        "sites": MapUsage(len(tables.sites), site_capacity),
+    }
+
+
 def tables_to_snapshot(
     tables: Tables, symbolize: Callable[[int], str], ctx: SnapshotContext
 ) -> Snapshot:

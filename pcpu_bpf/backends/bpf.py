@@ -26,12 +26,13 @@ from pcpu_bpf.bpf_loader import (
 from pcpu_bpf.bpf_maps import read_tables
 from pcpu_bpf.errors import BackendUnavailable
 from pcpu_bpf.procfs import kernel_release, read_possible_cpus
-from pcpu_bpf.snapshot import KernelStats, MapUsage, ProgramStats, Snapshot
+from pcpu_bpf.snapshot import KernelStats, ProgramStats, Snapshot
 from pcpu_bpf.tables import (
     DEFAULT_LIVE_CAPACITY,
     DEFAULT_SITE_CAPACITY,
     SnapshotContext,
     Tables,
+    map_usage,
     tables_to_snapshot,
 )
 from pcpu_bpf.tracefs import read_layout
@@ -143,10 +144,7 @@ class BpfBackend(Backend):
             kernel_stats=self._kernel_stats(),
             fields_available=self._fields_available,
             programs=self._program_stats(programs),
-            maps={
-                "live": MapUsage(tables.live_entries, self.live_capacity),
-                "sites": MapUsage(len(tables.sites), self.site_capacity),
-            },
+            maps=map_usage(tables, self.live_capacity, self.site_capacity),
         )
         return tables_to_snapshot(tables, self._symbolize, ctx)
 

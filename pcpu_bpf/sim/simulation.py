@@ -10,9 +10,14 @@ from pcpu_bpf.percpu_stats import parse_percpu_stats, render_percpu_stats
 from pcpu_bpf.sim.allocator import Allocator
 from pcpu_bpf.sim.geometry import CONFIG_L, Geometry
 from pcpu_bpf.sim.scenarios import SYMBOLS, Workload, get_scenario
-from pcpu_bpf.snapshot import KernelStats, MapUsage, Snapshot
+from pcpu_bpf.snapshot import KernelStats, Snapshot
 from pcpu_bpf.symbolizer import Symbolizer
-from pcpu_bpf.tables import DEFAULT_LIVE_CAPACITY, DEFAULT_SITE_CAPACITY, SnapshotContext
+from pcpu_bpf.tables import (
+    DEFAULT_LIVE_CAPACITY,
+    DEFAULT_SITE_CAPACITY,
+    SnapshotContext,
+    map_usage,
+)
 
 # The simulator emits the 6.18 events, so every field is there.
 SIM_FIELDS = {
@@ -86,9 +91,6 @@ class Simulation:
             timestamp=timestamp,
             kernel_stats=self.kernel_stats(),
             fields_available=SIM_FIELDS,
-            maps={
-                "live_allocs": MapUsage(tables.live_entries, self.live_capacity),
-                "sites": MapUsage(len(tables.sites), self.site_capacity),
-            },
+            maps=map_usage(tables, self.live_capacity, self.site_capacity),
         )
         return self.aggregator.snapshot(ctx)
