@@ -56,15 +56,16 @@ CATALOG: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "pcpu_requested_bytes_total": (_C, "Bytes requested by percpu allocations since the "
         "exporter started (one CPU's copy, as the caller asked).", ("call_site",)),
     "pcpu_frees_total": (_C, "Percpu frees since the exporter started, by call site of "
-        "the allocation; call_site=\"untracked\" frees memory allocated before tracing "
-        "began.", ("call_site",)),
+        "the allocation; call_site=\"untracked\" counts frees of allocations that were not "
+        "tracked (made before tracing began, or dropped by a full table).", ("call_site",)),
     "pcpu_freed_bytes_total": (_C, "Bytes (all CPUs) returned by frees of tracked "
         "allocations since the exporter started.", ("call_site",)),
     "pcpu_live_allocations": (_G, "Percpu allocations made since the exporter started "
         "and not freed yet; a call site that only grows is a leak suspect.",
         ("call_site",)),
     "pcpu_live_bytes": (_G, "Bytes (all CPUs) held by live tracked allocations; "
-        "allocated minus freed, exactly.", ("call_site",)),
+        "allocated minus freed, exactly, unless tracking dropped some (see "
+        "pcpu_tracking_dropped_total).", ("call_site",)),
     "pcpu_allocation_size_bytes": (_H, "Requested size of percpu allocations since the "
         "exporter started (log2 buckets).", ()),
     "pcpu_allocation_failures_total": (_C, "Percpu allocations that failed since the "
@@ -186,7 +187,8 @@ def tracing_families(snap: Snapshot) -> list[Metric]:
         ),
     }
     out = [histograms.get(n) or fams.get(n) for n in CATALOG]
-    # A backend without BPF (the simulator) has no programs or maps: omit, don't fake zeros.
+    # Parts a backend does not have (the simulator runs no BPF programs): omit, don't
+    # fake zeros.
     return [f for f in out if f is not None and f.samples]
 
 

@@ -43,8 +43,14 @@ def _s64(total: int) -> int:
     return total - (1 << 64) if total >> 63 else total
 
 
-def _diff(a: int, b: int) -> int:
-    return _s64(a - b)
+def _live(added: int, removed: int) -> int:
+    """added - removed, never below 0.
+
+    The kernel copies a per-CPU value one CPU at a time, not atomically: an allocation
+    counted on CPU0 just after CPU0 was read, freed on CPU1 just before CPU1 was read,
+    shows as -1 for one read. A live count is never really negative.
+    """
+    return max(_s64(added - removed), 0)
 
 
 def read_array(table: Any) -> list[int]:
@@ -72,8 +78,8 @@ def read_sites(table: Any) -> dict[SiteKey, SiteValue]:
             allocated_bytes=f["allocated_bytes"],
             frees=f["frees"],
             freed_bytes=f["freed_bytes"],
-            live_allocations=_diff(f["tracked"], f["frees"]),
-            live_bytes=_diff(f["tracked_bytes"], f["freed_bytes"]),
+            live_allocations=_live(f["tracked"], f["frees"]),
+            live_bytes=_live(f["tracked_bytes"], f["freed_bytes"]),
         )
     return out
 
@@ -96,5 +102,5 @@ def read_tables(table: Callable[[str], Any]) -> Tables:
         chunk_creations=chunks[CHUNK_CREATED],
         chunk_destructions=chunks[CHUNK_DESTROYED],
         dropped=dict(zip(DROP_REASONS, drops, strict=True)),
-        live_entries=_diff(live[LIVE_INSERTED], live[LIVE_DELETED]),
+        live_entries=_live(live[LIVE_INSERTED], live[LIVE_DELETED]),
     )
