@@ -151,16 +151,29 @@ def make_app(registry: CollectorRegistry) -> WSGIApplication:
     return app
 
 
-def make_registry(backend: Backend) -> CollectorRegistry:
+class GuardedBackend:
+    """The backend behind a lock (one snapshot at a time), which the watchdog probes."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._lock = threading.Lock()
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            return self.backend.snapshot()
+
+    def responsive(self, timeout: float) -> bool:
+        """False when a snapshot has been stuck for ``timeout`` seconds or more."""
+        if not self._lock.acquire(timeout=timeout):
+            return False
+        self._lock.release()
+        return True
+
+
+def make_registry(source: GuardedBackend) -> CollectorRegistry:
     """A private registry: the pcpu_ catalog plus this process's own CPU and memory."""
-    lock = threading.Lock()
-
-    def snapshot() -> Snapshot:
-        with lock:
-            return backend.snapshot()
-
     registry = CollectorRegistry()
-    registry.register(PcpuCollector(snapshot))
+    registry.register(PcpuCollector(source.snapshot))
     ProcessCollector(registry=registry)
     return registry
 
@@ -191,7 +204,8 @@ def serve(backend: Backend, listen: ListenAddress, stop: threading.Event | None 
     """Serve /metrics for ``backend`` until SIGTERM/SIGINT (or ``stop``); raises ListenError."""
     stop = stop or threading.Event()
     sd_notify(f"STATUS=binding {listen}")
-    server = bind(listen, make_app(make_registry(backend)))
+    source = GuardedBackend(backend)
+    server = bind(listen, make_app(make_registry(source)))
     address = bound_address(server)
     thread = threading.Thread(
         target=server.serve_forever, args=(_POLL_SECONDS,), name="http", daemon=True
@@ -206,7 +220,9 @@ def serve(backend: Backend, listen: ListenAddress, stop: threading.Event | None 
         while not stop.wait(min(interval or 1.0, 1.0)):
             if not thread.is_alive():
                 raise ListenError(f"HTTP server on {address} stopped unexpectedly")
-            if interval is not None:
+            # Ping only while scrapes can get a snapshot: one stuck for a whole
+            # watchdog interval lets systemd restart the daemon.
+            if interval is not None and source.responsive(timeout=interval):
                 sd_notify("WATCHDOG=1")
     finally:
         sd_notify("STOPPING=1\nSTATUS=stopping, detaching")

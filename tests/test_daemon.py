@@ -249,3 +249,30 @@ def test_bpf_check_attaches_and_detaches() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ok: backend bpf")
     assert "attached 5 BPF programs" in result.stdout
+
+
+def test_watchdog_probe_sees_a_stuck_snapshot() -> None:
+    import threading
+
+    from pcpu_bpf.backends.base import Backend
+    from pcpu_bpf.daemon import GuardedBackend
+
+    entered, release = threading.Event(), threading.Event()
+
+    class Stuck(Backend):
+        def snapshot(self):  # type: ignore[override]
+            entered.set()
+            release.wait(5)
+            raise RuntimeError("never returns a snapshot")
+
+    source = GuardedBackend(Stuck())
+    assert source.responsive(timeout=0.1)
+    scrape = threading.Thread(target=lambda: pytest.raises(RuntimeError, source.snapshot))
+    scrape.start()
+    assert entered.wait(5)
+    try:
+        assert not source.responsive(timeout=0.2)  # no WATCHDOG=1: systemd restarts us
+    finally:
+        release.set()
+        scrape.join()
+    assert source.responsive(timeout=0.1)
