@@ -12,6 +12,7 @@ from pcpu_bpf.backends import BACKENDS, open_backend
 from pcpu_bpf.cli import main
 from pcpu_bpf.daemon import DEFAULT_LISTEN, configure_logging, parse_listen, sd_notify, serve
 from pcpu_bpf.errors import PcpuError
+from pcpu_bpf.sim.scenarios import SCENARIOS
 from pcpu_bpf.snapshot import Snapshot
 from pcpu_bpf.tables import DEFAULT_LIVE_CAPACITY, DEFAULT_SITE_CAPACITY
 
@@ -61,10 +62,10 @@ def _opt(name: str, **kwargs: Any) -> Callable[[_F], _F]:
 )
 @_opt(
     "--scenario",
+    type=click.Choice(list(SCENARIOS)),
     default="steady",
     show_default=True,
-    help="Simulated workload (sim only): steady, netns-churn, memcg-churn, bpf-maps, "
-    "leak, atomic-pressure, chunk-churn.",
+    help="Simulated workload (sim only).",
 )
 @_opt("--seed", type=int, default=0, show_default=True, help="Simulator seed (sim only).")
 @_opt(
