@@ -126,7 +126,7 @@ def test_busy_port_is_a_one_line_error() -> None:
         (["--listen", "nowhere"], 2,
          "Error: listen address 'nowhere' is not HOST:PORT (e.g. 127.0.0.1:9717)"),
         (["--backend", "sim", "--listen", "no.such.host.invalid:1"], 1, None),
-        (["--backend", "sim", "--scenario", "nope"], 1, None),
+        (["--backend", "sim", "--scenario", "nope"], 2, None),
     ],
 )  # fmt: skip
 def test_bad_configuration_is_one_line(args: list[str], code: int, message: str | None) -> None:
