@@ -88,6 +88,15 @@ def test_sim_backend_advances_with_its_clock() -> None:
     assert second.backend == "sim"
 
 
+def test_sim_backend_skips_a_long_gap_instead_of_replaying_it() -> None:
+    now = [0.0]
+    backend = SimBackend("steady", 0, ops_per_second=100, clock=lambda: now[0])
+    now[0] = 3600.0  # no scrape for an hour
+    assert backend.snapshot().timestamp == SimBackend.MAX_CATCH_UP_SECONDS
+    now[0] = 3601.0  # and from there on, time runs as before
+    assert backend.snapshot().timestamp == SimBackend.MAX_CATCH_UP_SECONDS + 1.0
+
+
 def test_simulate_prints_a_summary(runner) -> None:
     result = runner.invoke(main, ["simulate", "-s", "netns-churn", "--ops", "2000"])
     assert result.exit_code == 0, result.output
