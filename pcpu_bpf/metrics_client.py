@@ -9,6 +9,7 @@ sums over chunks, so the rebuilt `PercpuStats` has no chunk list.
 
 from __future__ import annotations
 
+import http.client
 import math
 import time
 import urllib.error
@@ -68,7 +69,11 @@ def normalize_url(url: str) -> str:
     """Accept "host:port", "http://host:port" or a full URL; default the path to /metrics."""
     if "://" not in url:
         url = "http://" + url
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is the check: "host:port" must be a number
+    except ValueError as exc:
+        raise PcpuError(f"--from: not a valid URL: {url!r} ({exc})") from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise PcpuError(f"--from: not an http URL: {url!r}")
     if parts.path in ("", "/"):
@@ -89,7 +94,8 @@ def fetch_metrics(url: str, timeout: float = 5.0) -> str:
         raise PcpuError(
             f"cannot reach {url}: {exc.reason} (is `pcpu-bpf serve` running there?)"
         ) from exc
-    except (OSError, ValueError) as exc:  # timeouts, resets, malformed responses
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        # timeouts, resets, malformed responses
         raise PcpuError(f"cannot read {url}: {exc}") from exc
     return body.decode("utf-8", errors="replace")
 
@@ -225,7 +231,13 @@ def _maps(samples: Samples) -> dict[str, MapUsage] | None:
 
 def parse_metrics(text: str, timestamp: float) -> Snapshot:
     """Turn a pcpu-bpf exposition back into a Snapshot taken at ``timestamp``."""
-    samples = _samples(text)
+    try:
+        return _parse(_samples(text), timestamp)
+    except KeyError as exc:
+        raise PcpuError(f"a pcpu metric lacks the label {exc}: another daemon version?") from None
+
+
+def _parse(samples: Samples, timestamp: float) -> Snapshot:
     info = samples.get("pcpu_exporter_info")
     if not info:
         raise PcpuError("no pcpu_exporter_info in the exposition: not a pcpu-bpf daemon?")

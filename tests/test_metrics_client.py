@@ -26,10 +26,25 @@ def test_normalize_url(url: str, normal: str) -> None:
     assert normalize_url(url) == normal
 
 
-@pytest.mark.parametrize("url", ["ftp://host/metrics", "http://", "file:///etc/passwd"])
-def test_normalize_url_rejects(url: str) -> None:
-    with pytest.raises(PcpuError, match="not an http URL"):
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("ftp://host/metrics", "not an http URL"),
+        ("http://", "not an http URL"),
+        ("file:///etc/passwd", "not an http URL"),
+        ("http://[::1", "not a valid URL"),
+        ("http://127.0.0.1:port", "not a valid URL"),
+    ],
+)
+def test_normalize_url_rejects(url: str, why: str) -> None:
+    with pytest.raises(PcpuError, match=why):
         normalize_url(url)
+
+
+def test_exposition_with_a_label_missing_is_one_error() -> None:
+    text = MINIMAL.replace('call_site="mm_init",', "")
+    with pytest.raises(PcpuError, match="lacks the label 'call_site'"):
+        parse_metrics(text, 0.0)
 
 
 MINIMAL = """\
