@@ -277,13 +277,24 @@ def test_auto_falls_back_to_sim_with_one_line_notice(
     runner: CliRunner, clock: FakeClock, deps: TopDeps, error: Exception, what: str
 ) -> None:
     deps.open_backend = Recorder(clock, error)
-    result = top(runner, deps, "--scenario", "leak")
+    result = top(runner, deps)
     assert result.exit_code == 0, result.output
     notice = result.stderr.splitlines()
     assert len(notice) == 1
     assert notice[0].startswith("pcpu-top: " + what)
-    assert notice[0].endswith("; showing the simulator (scenario leak)")
+    assert notice[0].endswith("; showing the simulator (scenario steady)")
     assert [name for name, _ in deps.open_backend.opened] == ["bpf", "sim"]  # type: ignore[attr-defined]
+    assert tables(result.stdout)[0][0].startswith("12:00:00  sim (steady)")
+
+
+def test_naming_a_scenario_picks_the_simulator(
+    runner: CliRunner, clock: FakeClock, deps: TopDeps
+) -> None:
+    deps.open_backend = Recorder(clock, None)
+    result = top(runner, deps, "--scenario", "leak")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    assert [name for name, _ in deps.open_backend.opened] == ["sim"]  # type: ignore[attr-defined]
     assert tables(result.stdout)[0][0].startswith("12:00:00  sim (leak)")
 
 

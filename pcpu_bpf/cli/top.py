@@ -160,7 +160,8 @@ def _open_sim(deps: TopDeps, scenario: str) -> Backend:
 def _open(deps: TopDeps, backend: str, scenario: str | None) -> tuple[Backend, str]:
     """Open the chosen backend; return it with the name the header shows."""
     sim_name = f"sim ({scenario or DEFAULT_SCENARIO})"
-    if backend == "sim":
+    # Naming a scenario asks for the simulator; auto must not trace the kernel instead.
+    if backend == "sim" or (backend == "auto" and scenario is not None):
         return _open_sim(deps, scenario or DEFAULT_SCENARIO), sim_name
     try:
         return deps.open_backend("bpf"), "bpf"
@@ -233,7 +234,7 @@ def _quiet_broken_pipe() -> None:
 @click.option(
     "--scenario",
     metavar="NAME",
-    help="Simulator workload (default: steady); the list is below.",
+    help="Simulator workload (default: steady; implies --backend sim); the list is below.",
 )
 @click.option(
     "--from",
