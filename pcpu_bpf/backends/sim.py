@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 
 from pcpu_bpf.backends.base import Backend
-from pcpu_bpf.sim.simulation import Simulation
+from pcpu_bpf.sim.simulation import OPS_PER_SECOND, Simulation
 from pcpu_bpf.snapshot import Snapshot
 from pcpu_bpf.tables import DEFAULT_LIVE_CAPACITY, DEFAULT_SITE_CAPACITY
 
@@ -30,7 +30,7 @@ class SimBackend(Backend):
         scenario: str = "steady",
         seed: int = 0,
         *,
-        ops_per_second: float = 2000.0,
+        ops_per_second: float = OPS_PER_SECOND,
         clock: Callable[[], float] = time.monotonic,
         live_capacity: int = DEFAULT_LIVE_CAPACITY,
         site_capacity: int = DEFAULT_SITE_CAPACITY,

@@ -26,6 +26,9 @@ SIM_FIELDS = {
     for name in cls.__dataclass_fields__
 }
 SIM_KERNEL = "simulated-6.18"
+# Workload steps per simulated second: the sim backend's pace, and the clock of
+# `pcpu-bpf simulate`'s Snapshot.
+OPS_PER_SECOND = 2000.0
 
 
 class Simulation:
