@@ -43,3 +43,14 @@ def pytest_runtest_makereport(
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"skipped under CI=true, which forbids skips: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None, object, None]:
+    # The same rule for skips at collection (importorskip, module-level skip).
+    outcome = yield
+    report: pytest.CollectReport = outcome.get_result()
+    if report.skipped and _skips_are_failures():
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, which forbids skips: {reason}"
