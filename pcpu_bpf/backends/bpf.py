@@ -24,7 +24,7 @@ from pcpu_bpf.bpf_loader import (
     default_bpf_dir,
 )
 from pcpu_bpf.bpf_maps import read_tables
-from pcpu_bpf.errors import BackendUnavailable
+from pcpu_bpf.errors import BackendUnavailable, StatsParseError
 from pcpu_bpf.procfs import kernel_release, read_possible_cpus
 from pcpu_bpf.snapshot import KernelStats, ProgramStats, Snapshot
 from pcpu_bpf.tables import (
@@ -94,9 +94,12 @@ class BpfBackend(Backend):
                 "call_site, bytes are size x possible CPUs without bytes_alloc",
                 ", ".join(f"{ev}.{f}" for ev, f in missing),
             )
-        self._release = kernel_release()
+        try:
+            self._release = kernel_release()
+            self.possible_cpus = read_possible_cpus()
+        except (OSError, StatsParseError) as exc:
+            raise BackendUnavailable(f"cannot read the kernel's release or CPUs: {exc}") from exc
         compile_env_check(self._release)
-        self.possible_cpus = read_possible_cpus()
         self.live_capacity = live_capacity
         self.site_capacity = site_capacity
         directory = Path(bpf_dir) if bpf_dir is not None else default_bpf_dir()
