@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from pcpu_bpf.errors import ScenarioError
 from pcpu_bpf.percpu_stats import read_percpu_stats
 from pcpu_bpf.procfs import read_possible_cpus
 from pcpu_bpf.sim.geometry import CONFIG_L
@@ -43,6 +44,14 @@ def test_memcg_accounting_off(tmp_path: Path, cmdline: str, cgroups: str) -> Non
     assert not geometry.memcg_kmem
     assert geometry.bytes_alloc(24) == 48
     assert "memcg kmem accounting off" in assumptions
+
+
+def test_impossible_geometry_is_refused(tmp_path: Path) -> None:
+    roots = fake_host(tmp_path, "quiet\n")
+    stats = roots["debugfs_root"] / "percpu_stats"
+    stats.write_text(stats.read_text().replace("      1048576", "            0", 1))
+    with pytest.raises(ScenarioError, match="impossible geometry"):
+        host_geometry(**roots)
 
 
 def test_missing_percpu_stats_is_an_oserror(tmp_path: Path) -> None:

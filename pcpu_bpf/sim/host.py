@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pcpu_bpf.errors import ScenarioError
 from pcpu_bpf.percpu_stats import read_percpu_stats
 from pcpu_bpf.procfs import parse_possible_cpus
 from pcpu_bpf.sim.geometry import Geometry
@@ -20,6 +21,8 @@ def host_geometry(
     possible CPUs come from sysfs. What neither says is assumed and reported.
     """
     info = read_percpu_stats(debugfs_root).info
+    if min(info.unit_size, info.alloc_size, info.dyn_size) <= 0 or info.unit_size % 4096:
+        raise ScenarioError(f"percpu_stats has an impossible geometry: {info}")
     possible = parse_possible_cpus((Path(sys_root) / "devices/system/cpu/possible").read_text())
     assumptions = []
     # Units come in allocations of alloc_size / unit_size; assume one NUMA group.
