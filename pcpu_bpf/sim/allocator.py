@@ -7,6 +7,7 @@ The specification is /work/shared/percpu-allocator-spec.md; comments cite its se
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -47,6 +48,7 @@ PCPU_MIN_UNIT_SIZE = 32 << 10  # also the largest allocation
 PCPU_SLOT_FAIL_THRESHOLD = 3
 PCPU_EMPTY_POP_PAGES_LOW = 2
 PCPU_EMPTY_POP_PAGES_HIGH = 4
+BALANCE_LOG_LEN = 1000
 _U64 = (1 << 64) - 1
 
 DEFAULT_TOP_ADDR = 0xFFFFE90000000000
@@ -109,7 +111,9 @@ class Allocator:
         self.counters = GlobalCounters()
         self.atomic_alloc_failed = False
         self._balance_pending = False
-        self.balance_log: list[tuple[int, str]] = []  # (op number, "requested" | "run")
+        # (op number, "requested" | "run"), the most recent BALANCE_LOG_LEN only: a sim
+        # daemon runs for days, and only tests and debugging read it
+        self.balance_log: deque[tuple[int, str]] = deque(maxlen=BALANCE_LOG_LEN)
         self.last_rejection: str | None = None
         self._ops = 0
         self._fail_populate = 0
