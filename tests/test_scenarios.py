@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
 from pcpu_bpf.backends.sim import SimBackend
 from pcpu_bpf.cli import main
-from pcpu_bpf.sim.scenarios import NETNS, SCENARIOS, SYMBOLS
+from pcpu_bpf.events import GFP_ATOMIC, GFP_KERNEL
+from pcpu_bpf.sim.allocator import BALANCE_LOG_LEN, Allocator
+from pcpu_bpf.sim.geometry import CONFIG_L, CONFIG_S, Geometry
+from pcpu_bpf.sim.scenarios import NETNS, SCENARIOS, STEADY_KEEP, SYMBOLS
 from pcpu_bpf.sim.simulation import Simulation
 from pcpu_bpf.snapshot_json import snapshot_to_dict
 
@@ -46,6 +50,108 @@ def test_leak_has_a_site_that_never_frees() -> None:
     late = sim.snapshot(1.0).sites["leaky_driver_open"]
     assert early.frees == late.frees == 0
     assert late.live_allocations > early.live_allocations > 0
+
+
+def test_steady_holds_its_live_count() -> None:
+    # Mean-reverting around STEADY_KEEP (400) with a spread of about sqrt(400) = 20, so
+    # 400 +- 100 is five standard deviations; the old "floor, then 50/50" random walk
+    # was some 350 above the floor by 200k steps.
+    sim = Simulation("steady", 0)
+    seen = []
+    for _ in range(8):
+        sim.advance(25_000)
+        seen.append(sim.allocator.nr_cur_alloc)
+    assert all(STEADY_KEEP - 100 <= n <= STEADY_KEEP + 100 for n in seen), seen
+
+
+def test_atomic_pressure_keeps_failing_after_warm_up() -> None:
+    # Waves of ~350 steps: every 5,000-step window well after warm-up holds failures
+    # (about 800 each for seed 0), not just the first few thousand steps.
+    sim = run("atomic-pressure", ops=20_000)
+    before = sim.snapshot(0.0).failures[(True, False)]
+    for _ in range(4):
+        sim.advance(5_000)
+        after = sim.snapshot(1.0).failures[(True, False)]
+        assert after - before > 100
+        before = after
+    assert sim.snapshot(2.0).failures[(False, False)] == 0
+
+
+def test_atomic_pressure_uses_atomic_callers() -> None:
+    snap = run("atomic-pressure").snapshot(1.0)
+    assert set(snap.site_names()) == {"alloc_bulk", "dst_cache_init"}
+
+
+def test_memcg_churn_live_bytes_grow() -> None:
+    sim = Simulation("memcg-churn", 0)
+    live = []
+    for _ in range(4):
+        sim.advance(4_000)
+        live.append(sum(s.live_bytes for s in sim.snapshot(1.0).sites.values()))
+    assert live == sorted(live) and len(set(live)) == len(live), live
+    assert live[-1] > 2 * live[0]
+
+
+def test_leak_fills_the_live_table_slowly() -> None:
+    # One leaked allocation per 2,000 steps (one a second for the sim daemon), the
+    # first at step 250: 262,144 live entries take about three days.
+    sim = run("leak", ops=20_000)
+    assert sim.snapshot(1.0).sites["leaky_driver_open"].live_allocations == 10
+
+
+def test_balance_log_is_bounded() -> None:
+    sim = Simulation("atomic-pressure", 0, balance="eager")
+    sim.advance(6_000)  # some 1,200 balance requests and runs
+    log = sim.allocator.balance_log
+    assert len(log) == BALANCE_LOG_LEN
+    assert log[0][0] > 12  # the oldest entries are gone (the first is at op 12)
+    assert log[-1][1] == "run" and log[-1][0] > 5_900
+
+
+def _check_frag_stats(a: Allocator) -> None:
+    chunks = [c for _, c in a.chunk_lists()]
+    if a.reserved_chunk is not None:
+        chunks.append(a.reserved_chunk)
+    for c in chunks:
+        # the memoized value (filled by the previous call) against a fresh walk
+        assert c.frag_stats() == c._frag_stats(), hex(c.base_addr)
+
+
+@pytest.mark.parametrize(("geometry", "seed"), [(CONFIG_S, 0), (CONFIG_S, 1), (CONFIG_L, 2)])
+def test_frag_stats_memo_matches_a_fresh_walk(geometry: Geometry, seed: int) -> None:
+    rng = random.Random(seed)
+    a = Allocator(geometry, balance="every:7")
+    live: list[int] = []
+    sizes = (4, 8, 12, 40, 192, 1024, 4096, 8192, 32768)
+    _check_frag_stats(a)
+    for _ in range(1500):
+        r = rng.random()
+        if r < 0.02:
+            a.fail_next_populate()  # the populate failure path frees the area again
+        if r < 0.55 or not live:
+            gfp = GFP_ATOMIC if rng.random() < 0.2 else GFP_KERNEL
+            ptr = a.alloc(
+                rng.choice(sizes), rng.choice((4, 8, 64, 4096)),
+                reserved=rng.random() < 0.1, gfp=gfp,
+            )  # fmt: skip
+            if ptr is not None:
+                live.append(ptr)
+        else:
+            i = rng.randrange(len(live))
+            live[i], live[-1] = live[-1], live[i]
+            a.free(live.pop())
+        _check_frag_stats(a)
+    assert a.nr_chunks > 1  # chunks were created (and the memo saw them change)
+
+
+def test_frag_stats_is_memoized() -> None:
+    a = Allocator(CONFIG_S)
+    a.alloc(40, 8)
+    c = a.first_chunk
+    first = c.frag_stats()
+    assert c.frag_stats() is first
+    a.alloc(40, 8)
+    assert c.frag_stats() is not first and c.frag_stats() == c._frag_stats()
 
 
 def test_netns_churn_uses_the_networking_call_sites() -> None:

@@ -15,7 +15,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from pcpu_bpf.errors import ScenarioError
-from pcpu_bpf.events import GFP_ATOMIC, GFP_BPF_MAP, GFP_KERNEL, GFP_KERNEL_ACCOUNT, GFP_NOWAIT
+from pcpu_bpf.events import (
+    GFP_ACCOUNT,
+    GFP_ATOMIC,
+    GFP_BPF_MAP,
+    GFP_KERNEL,
+    GFP_KERNEL_ACCOUNT,
+    GFP_NOWAIT,
+)
 from pcpu_bpf.sim.allocator import Allocator
 
 # Functions the scenarios allocate from, with made-up but kallsyms-shaped addresses.
@@ -42,9 +49,8 @@ SYMBOLS: dict[str, int] = {
             "cgroup_rstat_init",
             "bpf_map_alloc_percpu",
             "leaky_driver_open",
-            "bpf_mem_alloc_init",
-            "blk_mq_alloc_queue_stats",
-            "pcpu_freelist_init",
+            "alloc_bulk",
+            "dst_cache_init",
         ]
     )
 }
@@ -128,11 +134,21 @@ class Workload:
 Steps = Iterator[None]
 
 
+def _creating(w: Workload, keep: int, alive: int) -> bool:
+    """Whether to create (else destroy) an object, pulling the live count toward `keep`.
+
+    p = keep / (keep + alive) is 1/2 at `alive == keep` and leans toward destroying
+    above it, so the count holds steady (spread about sqrt(keep)) instead of
+    random-walking upward the way "create below a floor, else 50/50" does.
+    """
+    return w.rng.random() * (keep + alive) < keep
+
+
 def _groups(w: Workload, group: tuple[Request, ...], keep: int) -> Steps:
     """Create objects made of `group` allocations, keeping about `keep` of them alive."""
     alive: list[list[int]] = []
     while True:
-        if len(alive) < keep or w.rng.random() < 0.5:
+        if _creating(w, keep, len(alive)):
             ptrs: list[int] = []
             for req in group:
                 ptr = w.alloc(req)
@@ -140,10 +156,13 @@ def _groups(w: Workload, group: tuple[Request, ...], keep: int) -> Steps:
                     ptrs.append(ptr)
                 yield
             alive.append(ptrs)
-        elif alive:
+        else:
             for ptr in alive.pop(w.rng.randrange(len(alive))):
                 w.free(ptr)
                 yield
+
+
+STEADY_KEEP = 400
 
 
 def steady(w: Workload) -> Steps:
@@ -151,7 +170,7 @@ def steady(w: Workload) -> Steps:
     live: list[int] = []
     mounts = Request("alloc_vfsmnt", 8, 8, offset=0xE7)
     while True:
-        if len(live) < 400 or w.rng.random() < 0.5:
+        if _creating(w, STEADY_KEEP, len(live)):
             req = w.rng.choice(FORK + (mounts,))
             ptr = w.alloc(req)
             if ptr is not None:
@@ -168,15 +187,11 @@ def netns_churn(w: Workload) -> Steps:
 
 def memcg_churn(w: Workload) -> Steps:
     """Memory cgroups come and go; a fraction never go (zombie memcgs), so live grows."""
-    alive = _groups(w, MEMCG, keep=10)
-    zombies: list[int] = []
-    for _ in alive:
+    for _ in _groups(w, MEMCG, keep=10):
         yield
         if w.rng.random() < 0.02:  # a dying memcg pinned by a page cache page
             for req in MEMCG[:2]:
-                ptr = w.alloc(req)
-                if ptr is not None:
-                    zombies.append(ptr)
+                w.alloc(req)  # never freed: nothing keeps the pointer
                 yield
 
 
@@ -184,7 +199,7 @@ def bpf_maps(w: Workload) -> Steps:
     """Per-CPU BPF array maps: each map is N allocations of round_up(value_size, 8)."""
     maps: list[list[int]] = []
     while True:
-        if len(maps) < 8 or w.rng.random() < 0.5:
+        if _creating(w, 8, len(maps)):
             value_size = w.rng.choice((8, 16, 24, 64, 256, 1024, 4096))
             entries = w.rng.choice((1, 4, 16, 64))
             req = Request("bpf_map_alloc_percpu", -(-value_size // 8) * 8, 8, GFP_BPF_MAP, 0x59)
@@ -201,37 +216,69 @@ def bpf_maps(w: Workload) -> Steps:
                 yield
 
 
+LEAK_EVERY = 2000  # steps between two leaked allocations
+
+
 def leak(w: Workload) -> Steps:
-    """Steady background plus one driver that allocates on every open and never frees."""
+    """Steady background plus one driver that allocates on every open and never frees.
+
+    The driver is opened at step 250 and then every LEAK_EVERY (2,000) steps: once a
+    second at the sim daemon's 2,000 ops/s, so the 262,144-entry live table (minus
+    steady's ~400) fills after about 261,700 s, three days. Step n has seen
+    (n - 250) // 2000 + 1 leaks, whatever the seed.
+    """
     background = steady(w)
     leaky = Request("leaky_driver_open", 192, 8, GFP_KERNEL_ACCOUNT, offset=0x3C)
+    until_open = 250
     while True:
-        if w.rng.random() < 0.1:
-            w.alloc(leaky)
-            yield
-        else:
+        until_open -= 1
+        if until_open:
             yield next(background)
+        else:
+            w.alloc(leaky)
+            until_open = LEAK_EVERY
+            yield
+
+
+# bpf_mem_cache refills (kernel/bpf/memalloc.c alloc_bulk(), from irq_work) of per-CPU
+# bpf_mem_alloc caches: __alloc_percpu_gfp(unit size, 8, GFP_NOWAIT | __GFP_NOWARN |
+# __GFP_ACCOUNT); the larger unit sizes.
+ATOMIC_BULK = tuple(
+    Request("alloc_bulk", size, 8, GFP_NOWAIT | GFP_ACCOUNT, offset=0x1D4)
+    for size in (1024, 2048, 4096)
+)
+# dst_cache_init(cache, GFP_ATOMIC) from tunnels set up in atomic context
+# (net/core/dst_cache.c): alloc_percpu_gfp(struct dst_cache_pcpu), 40 bytes on x86-64.
+ATOMIC_DST_CACHE = Request("dst_cache_init", 40, 8, GFP_ATOMIC, offset=0x2A)
 
 
 def atomic_pressure(w: Workload) -> Steps:
-    """Bursts of atomic requests (no sleeping, so no page population) that outrun the
-    balance work: the empty populated pool runs dry and atomic allocations fail."""
-    live: list[int] = []
-    burst_sites = (
-        Request("bpf_mem_alloc_init", 2048, 8),
-        Request("blk_mq_alloc_queue_stats", 4096, 8),
-        Request("pcpu_freelist_init", 1024, 8),
-    )
+    """Waves of atomic requests (no sleeping, so no page population) that outrun the
+    balance work: the empty populated pool runs dry and atomic allocations fail.
+
+    Each wave makes 150 to 250 requests (about 2 MiB when all succeed), far more than
+    the handful of empty populated pages the balance work keeps; then everything is
+    freed, the balance work depopulates the emptied chunks, and the next wave again
+    finds the pool nearly dry. So failures recur for as long as it runs.
+    """
+    sites = ATOMIC_BULK + (ATOMIC_DST_CACHE,)
     while True:
-        for _ in range(w.rng.randrange(4, 24)):
-            req = w.rng.choice(burst_sites)
-            ptr = w.alloc(req, gfp=w.rng.choice((GFP_ATOMIC, GFP_NOWAIT)))
+        live: list[int] = []
+        for _ in range(w.rng.randrange(150, 251)):
+            ptr = w.alloc(w.rng.choice(sites))
             if ptr is not None:
                 live.append(ptr)
             yield
-        while len(live) > 64:
-            w.free(w.pop_random(live))
+        w.rng.shuffle(live)
+        for ptr in live:
+            w.free(ptr)
             yield
+
+
+# Large per-CPU array map values: array_map_alloc() allocates each element with
+# bpf_map_alloc_percpu(map, round_up(value_size, 8), 8, GFP_USER | __GFP_NOWARN), and
+# per-CPU values may be up to PCPU_MIN_UNIT_SIZE (32 KiB), so 8-32 KiB requests are real.
+LARGE_MAP_VALUE_SIZES = (8192, 16384, 24576, 32768)
 
 
 def chunk_churn(w: Workload) -> Steps:
@@ -240,8 +287,8 @@ def chunk_churn(w: Workload) -> Steps:
     while True:
         live = []
         for _ in range(w.rng.randrange(60, 140)):
-            size = w.rng.choice((8192, 16384, 24576, 32768))
-            ptr = w.alloc(Request("pcpu_freelist_init", size, 8, GFP_KERNEL, 0x81))
+            size = w.rng.choice(LARGE_MAP_VALUE_SIZES)
+            ptr = w.alloc(Request("bpf_map_alloc_percpu", size, 8, GFP_BPF_MAP, 0x59))
             if ptr is not None:
                 live.append(ptr)
             yield
