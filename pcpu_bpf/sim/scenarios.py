@@ -186,10 +186,13 @@ def netns_churn(w: Workload) -> Steps:
 
 
 def memcg_churn(w: Workload) -> Steps:
-    """Memory cgroups come and go; a fraction never go (zombie memcgs), so live grows."""
+    """Memory cgroups come and go; a fraction never go (zombie memcgs), so live grows.
+
+    About 10 zombie allocations a second at the sim backend's 2,000 ops/s: the
+    262,144-entry live table lasts about 7 hours of a demo daemon."""
     for _ in _groups(w, MEMCG, keep=10):
         yield
-        if w.rng.random() < 0.02:  # a dying memcg pinned by a page cache page
+        if w.rng.random() < 0.0025:  # a dying memcg pinned by a page cache page
             for req in MEMCG[:2]:
                 w.alloc(req)  # never freed: nothing keeps the pointer
                 yield
