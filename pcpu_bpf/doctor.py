@@ -173,7 +173,15 @@ def check_kallsyms(paths: Paths) -> Check:
             head = [line.split(maxsplit=1)[0] for _, line in zip(range(64), f, strict=False)]
     except OSError as exc:
         return Check("kallsyms", WARN, f"cannot read {path}: {exc}", "run as root")
-    if not head or all(int(a, 16) == 0 for a in head):
+    if not head:
+        return Check(
+            "kallsyms",
+            WARN,
+            f"{path} is empty (hidden, e.g. by systemd's ProtectKernelTunables=): call sites "
+            "will be hex",
+            "do not hide /proc/kallsyms",
+        )
+    if all(int(a, 16) == 0 for a in head):
         return Check(
             "kallsyms",
             WARN,

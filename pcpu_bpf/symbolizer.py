@@ -72,9 +72,10 @@ class Symbolizer:
             if addr:
                 all_zero = False
             symbols.append((addr, name if kind in TEXT_TYPES else None))
-        # Without CAP_SYSLOG (kptr_restrict) every address reads as zero: no names at all.
+        # Without CAP_SYSLOG (kptr_restrict) every address reads as zero; systemd's
+        # ProtectKernelTunables= leaves an empty file. Either way: no names at all.
         if all_zero:
-            return cls([], restricted=bool(symbols))
+            return cls([], restricted=True)
         return cls(symbols)
 
     @classmethod
@@ -90,7 +91,7 @@ class Symbolizer:
 
     @property
     def is_restricted(self) -> bool:
-        """True when kallsyms showed only zero addresses (read without CAP_SYSLOG)."""
+        """True when kallsyms gave no addresses: all zero (no CAP_SYSLOG) or empty (hidden)."""
         return self._restricted
 
     def __len__(self) -> int:

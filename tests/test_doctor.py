@@ -180,3 +180,11 @@ def test_unprivileged_user_gets_verdicts_not_a_traceback() -> None:
     assert "mount" not in lines["tracefs"]  # mounted but unreadable: the fix is privileges
     assert lines["percpu_stats"].startswith("warn")
     assert output.splitlines()[-1] == "Error: the bpf backend cannot run here (3 check(s) failed)"
+
+
+def test_empty_kallsyms_is_reported_as_hidden(tmp_path: Path) -> None:
+    paths = make_system(tmp_path)
+    (paths.proc_root / "kallsyms").write_text("")
+    check = doctor.check_kallsyms(paths)
+    assert check.verdict == doctor.WARN
+    assert "empty" in check.detail and "ProtectKernelTunables" in check.detail

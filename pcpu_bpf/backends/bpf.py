@@ -180,7 +180,10 @@ def _symbolizer(given: Symbolize | _Resolver | None) -> Symbolize:
         except OSError as exc:
             raise BackendUnavailable(f"cannot read /proc/kallsyms: {exc}") from exc
         if resolver.is_restricted:
-            log.warning("/proc/kallsyms shows no addresses (needs CAP_SYSLOG): call sites are hex")
+            log.warning(
+                "/proc/kallsyms shows no addresses (needs CAP_SYSLOG; empty under systemd's "
+                "ProtectKernelTunables=): call sites are hex"
+            )
         return resolver.resolve
     if callable(given):
         return given
