@@ -64,6 +64,15 @@ def test_exposure_at_most_recorded(tmp_path: Path) -> None:
     assert float(measured.group(1)) <= float(recorded.group(1))
 
 
+def test_kallsyms_is_not_hidden() -> None:
+    # Under a real systemd, ProtectKernelTunables=yes covers /proc/kallsyms with an empty
+    # file and every call site turns hex (scripts/systemd-guest-check.sh found it); the
+    # emulated sandbox below cannot show that, so the option itself is checked.
+    assert unit_settings("ProtectKernelTunables") == ["no"]
+    assert "/proc/sys" in " ".join(unit_settings("ReadOnlyPaths"))
+    assert "ProcSubset" not in UNIT.read_text()
+
+
 def test_env_file_names_every_option() -> None:
     text = (SYSTEMD / "pcpu-bpf.env").read_text()
     envvars = [p.envvar for p in serve_command.params if getattr(p, "envvar", None)]
@@ -94,8 +103,9 @@ def unused_uid() -> int:
 
 
 # The unit's file-system sandbox, rebuilt with mount(8) in a private mount namespace (no
-# systemd as PID 1 here): ProtectSystem=strict and ProtectKernelTunables= (all read-only
-# but /dev and /proc), ProtectHome= (empty, unreadable), PrivateTmp=, InaccessiblePaths=.
+# systemd as PID 1 here): ProtectSystem=strict and ReadOnlyPaths= (all read-only but
+# /dev and /proc, and /proc/sys too), ProtectHome= (empty, unreadable), PrivateTmp=,
+# InaccessiblePaths=.
 SANDBOX = r"""
 set -e
 for m in $(findmnt -rn -o TARGET | sort -u); do
@@ -124,8 +134,10 @@ if [ -n "${CHECKOUT:-}" ]; then
     case "$CHECKOUT" in "$d"/*) mount -o remount,ro "$d";; esac
   done
 fi
+mount --bind -o ro /proc/sys /proc/sys
 touch /tmp/.inaccessible && chmod 000 /tmp/.inaccessible
 mount --bind -o ro /tmp/.inaccessible /proc/kmsg
+if [ -e /proc/kcore ]; then mount --bind -o ro /tmp/.inaccessible /proc/kcore; fi
 if [ -e /dev/kmsg ]; then mount --bind -o ro /tmp/.inaccessible /dev/kmsg; fi
 exec "$@"
 """
