@@ -109,6 +109,6 @@ def read_layout(tracefs_root: str | Path | None = None) -> TracepointLayout:
             ) from None
         except PermissionError:
             raise BackendUnavailable(
-                f"cannot read {path}: run as root or grant read access to tracefs"
+                f"cannot read {path}: run as root or grant CAP_DAC_READ_SEARCH"
             ) from None
     return TracepointLayout(out)

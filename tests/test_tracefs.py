@@ -115,5 +115,5 @@ def test_unreadable_tracefs_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         raise PermissionError(13, "Permission denied", str(self))
 
     monkeypatch.setattr(Path, "is_dir", denied)
-    with pytest.raises(BackendUnavailable, match="run as root or grant read access"):
+    with pytest.raises(BackendUnavailable, match="run as root or grant CAP_DAC_READ_SEARCH"):
         find_tracefs([tmp_path])
