@@ -11,7 +11,7 @@ true`, forks, per-CPU BPF maps); the memcg sizes are plausible, not measured.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from pcpu_bpf.errors import ScenarioError
@@ -144,13 +144,14 @@ def _creating(w: Workload, keep: int, alive: int) -> bool:
     return w.rng.random() * (keep + alive) < keep
 
 
-def _groups(w: Workload, group: tuple[Request, ...], keep: int) -> Steps:
-    """Create objects made of `group` allocations, keeping about `keep` of them alive."""
+def _groups(w: Workload, make_group: Callable[[], Sequence[Request]], keep: int) -> Steps:
+    """Create objects made of several allocations (a namespace, a map), keeping about
+    `keep` of them alive; an object is freed whole."""
     alive: list[list[int]] = []
     while True:
         if _creating(w, keep, len(alive)):
             ptrs: list[int] = []
-            for req in group:
+            for req in make_group():
                 ptr = w.alloc(req)
                 if ptr is not None:
                     ptrs.append(ptr)
@@ -182,7 +183,7 @@ def steady(w: Workload) -> Steps:
 
 def netns_churn(w: Workload) -> Steps:
     """Network namespaces created and destroyed (containers starting and stopping)."""
-    return _groups(w, NETNS, keep=20)
+    return _groups(w, lambda: NETNS, keep=20)
 
 
 def memcg_churn(w: Workload) -> Steps:
@@ -190,7 +191,7 @@ def memcg_churn(w: Workload) -> Steps:
 
     About 10 zombie allocations a second at the sim backend's 2,000 ops/s: the
     262,144-entry live table lasts about 7 hours of a demo daemon."""
-    for _ in _groups(w, MEMCG, keep=10):
+    for _ in _groups(w, lambda: MEMCG, keep=10):
         yield
         if w.rng.random() < 0.0025:  # a dying memcg pinned by a page cache page
             for req in MEMCG[:2]:
@@ -200,23 +201,14 @@ def memcg_churn(w: Workload) -> Steps:
 
 def bpf_maps(w: Workload) -> Steps:
     """Per-CPU BPF array maps: each map is N allocations of round_up(value_size, 8)."""
-    maps: list[list[int]] = []
-    while True:
-        if _creating(w, 8, len(maps)):
-            value_size = w.rng.choice((8, 16, 24, 64, 256, 1024, 4096))
-            entries = w.rng.choice((1, 4, 16, 64))
-            req = Request("bpf_map_alloc_percpu", -(-value_size // 8) * 8, 8, GFP_BPF_MAP, 0x59)
-            ptrs = []
-            for _ in range(entries):
-                ptr = w.alloc(req)
-                if ptr is not None:
-                    ptrs.append(ptr)
-                yield
-            maps.append(ptrs)
-        else:
-            for ptr in maps.pop(w.rng.randrange(len(maps))):
-                w.free(ptr)
-                yield
+
+    def one_map() -> list[Request]:
+        value_size = w.rng.choice((8, 16, 24, 64, 256, 1024, 4096))
+        entries = w.rng.choice((1, 4, 16, 64))
+        size = -(-value_size // 8) * 8
+        return [Request("bpf_map_alloc_percpu", size, 8, GFP_BPF_MAP, 0x59)] * entries
+
+    return _groups(w, one_map, keep=8)
 
 
 LEAK_EVERY = 2000  # steps between two leaked allocations
