@@ -2,7 +2,8 @@
 
 It emits the five ``percpu:*`` tracepoint events with the kernel's field values at the
 kernel's logical moments, and reports ``percpu_stats`` with mm/percpu-stats.c semantics.
-The specification is /work/shared/percpu-allocator-spec.md; comments cite its sections.
+The specification is the project's percpu-allocator-spec.md (a prose and pseudo-code
+reading of mm/percpu.c); comments cite its sections as "spec N".
 """
 
 from __future__ import annotations
