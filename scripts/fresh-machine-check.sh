@@ -2,7 +2,7 @@
 # Run the README's commands on a truly fresh Debian userland: a
 # `debootstrap --variant=minbase bookworm` tree, entered with chroot as root, with a clean
 # environment. Each command gets its own pristine tree (a fresh machine), with a clone of
-# this repository at the given commit (in /root/pcpu-bpf unless --clone-dir says
+# this repository at the given commit (pcpu-bpf in root's home unless --clone-dir says
 # otherwise; git itself is not installed in the tree). The chroot shares the host kernel,
 # so BPF, tracefs and debugfs are real; /lib/modules/$(uname -r) starts missing, as on any
 # machine with a custom kernel. Takes about 30 s for the first debootstrap (cached after),
@@ -12,7 +12,7 @@
 #   -c, --commit REF     commit to test (default: HEAD of the repository holding this script)
 #   -r, --repo DIR       repository to clone from (default: the one holding this script)
 #   -w, --workdir DIR    trees and logs go here (default: /var/tmp/pcpu-fresh)
-#       --clone-dir DIR  where the clone goes inside the tree (default: /root/pcpu-bpf)
+#       --clone-dir DIR  where the clone goes inside the tree (default: pcpu-bpf in root's home)
 #       --cache FILE     tarball of the pristine minbase tree, made on first use and reused
 #                        (default: /var/tmp/pcpu-fresh-cache/bookworm-minbase-amd64.tar)
 #       --refresh-cache  debootstrap again even if the cached tarball exists
@@ -68,7 +68,8 @@ secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 COMMIT=HEAD
 REPO=$(git -C "$(dirname "$SELF")" rev-parse --show-toplevel 2>/dev/null || true)
 WORKDIR=/var/tmp/pcpu-fresh
-CLONE_DIR=/root/pcpu-bpf
+GUEST_HOME=/root  # the guest tree's, not this machine's
+CLONE_DIR=$GUEST_HOME/pcpu-bpf
 REUSE=0
 CUSTOM=()
 CACHE=/var/tmp/pcpu-fresh-cache/$SUITE-minbase-$ARCH.tar
