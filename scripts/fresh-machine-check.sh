@@ -58,11 +58,8 @@ CHROOT_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 SUITE=bookworm
 ARCH=amd64
 
-say()  { printf '[%s] %s\n' "$PROG" "$*" >&2; }
-die()  { printf '[%s] ERROR: %s\n' "$PROG" "$*" >&2; exit 2; }
-usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$SELF"; }
-now()  { printf '%s' "$EPOCHREALTIME"; }
-secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
+# shellcheck source=scripts/lib/tree.sh
+. "$(dirname "$SELF")/lib/tree.sh"
 
 # ---------------------------------------------------------------- options
 COMMIT=HEAD
@@ -144,66 +141,6 @@ if [ "$LIST" -eq 1 ]; then
   exit 0
 fi
 [ "$(id -u)" -eq 0 ] || die "run as root (debootstrap, chroot, mounts)"
-
-# ---------------------------------------------------------------- safety helpers
-# Mount points at or below $1 in this mount namespace, deepest first.
-mounts_under() {
-  local base=$1
-  awk -v base="$base" '{
-      p = $5; gsub(/\\040/, " ", p); gsub(/\\011/, "\t", p); gsub(/\\134/, "\\", p)
-      if (p == base || index(p, base "/") == 1) print length(p) "\t" p
-    }' /proc/self/mountinfo | sort -rn -k1,1 | cut -f2-
-}
-
-# Processes whose root directory is $1 (a chroot of ours); never this shell.
-procs_in_root() {
-  local root=$1 p pid
-  for p in /proc/[0-9]*; do
-    pid=${p#/proc/}
-    [ "$pid" = "$$" ] && continue
-    [ /proc/"$pid"/root -ef "$root" ] 2>/dev/null && echo "$pid"
-  done
-  return 0
-}
-
-stop_procs_in_root() {
-  local root=$1 pids
-  pids=$(procs_in_root "$root" | tr '\n' ' ')
-  [ -n "${pids// /}" ] || return 0
-  say "stopping processes left in $root: $pids"
-  # shellcheck disable=SC2086
-  kill -TERM $pids 2>/dev/null || true
-  for _ in 1 2 3 4 5 6 7 8 9 10; do
-    sleep 0.5
-    pids=$(procs_in_root "$root" | tr '\n' ' ')
-    [ -n "${pids// /}" ] || return 0
-  done
-  # shellcheck disable=SC2086
-  kill -KILL $pids 2>/dev/null || true
-  sleep 0.5
-}
-
-unmount_under() {
-  local base=$1 m tries
-  for tries in 1 2 3 4 5; do
-    mapfile -t ms < <(mounts_under "$base")
-    [ ${#ms[@]} -gt 0 ] || return 0
-    for m in "${ms[@]}"; do
-      umount "$m" 2>/dev/null || { [ "$tries" -ge 3 ] && umount -l "$m" 2>/dev/null; } || true
-    done
-  done
-  mapfile -t ms < <(mounts_under "$base")
-  [ ${#ms[@]} -eq 0 ] || { say "could not unmount: ${ms[*]}"; return 1; }
-}
-
-# rm -rf, but only of a directory below WORKDIR with nothing mounted in it.
-remove_tree() {
-  local d=$1
-  [ -e "$d" ] || return 0
-  case "$d" in "$WORKDIR"/?*) ;; *) die "refusing to remove $d (not below $WORKDIR)" ;; esac
-  [ -z "$(mounts_under "$d")" ] || die "refusing to remove $d: mounts below it: $(mounts_under "$d" | tr '\n' ' ')"
-  rm -rf --one-file-system -- "$d"
-}
 
 # ---------------------------------------------------------------- outer: the namespace
 if [ -z "${PCPU_FRESH_INNER:-}" ]; then

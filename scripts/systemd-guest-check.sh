@@ -57,11 +57,8 @@ CHROOT_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 GUEST_PACKAGES=(python3-bpfcc python3-venv bpftool curl ca-certificates
                 linux-image-amd64 linux-headers-amd64)
 
-say()  { printf '[%s] %s\n' "$PROG" "$*" >&2; }
-die()  { printf '[%s] ERROR: %s\n' "$PROG" "$*" >&2; exit 2; }
-usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$SELF"; }
-now()  { printf '%s' "$EPOCHREALTIME"; }
-secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
+# shellcheck source=scripts/lib/tree.sh
+. "$(dirname "$SELF")/lib/tree.sh"
 
 COMMIT=HEAD
 REPO=$(git -C "$(dirname "$SELF")" rev-parse --show-toplevel 2>/dev/null || true)
@@ -108,47 +105,6 @@ TREE=$WORKDIR/tree
 IMAGE=$WORKDIR/guest.img
 
 # ---------------------------------------------------------------- helpers
-mounts_under() {  # mount points at or below $1, deepest first
-  awk -v base="$1" '{ p = $5; gsub(/\\040/, " ", p)
-      if (p == base || index(p, base "/") == 1) print length(p) "\t" p }' /proc/self/mountinfo \
-    | sort -rn -k1,1 | cut -f2-
-}
-procs_in_root() {
-  local p pid
-  for p in /proc/[0-9]*; do
-    pid=${p#/proc/}
-    [ "$pid" = "$$" ] && continue
-    [ /proc/"$pid"/root -ef "$1" ] 2>/dev/null && echo "$pid"
-  done
-  return 0
-}
-stop_procs_in_root() {
-  local pids
-  pids=$(procs_in_root "$1" | tr '\n' ' ')
-  [ -n "${pids// /}" ] || return 0
-  say "stopping processes left in $1: $pids"
-  # shellcheck disable=SC2086
-  kill -TERM $pids 2>/dev/null || true
-  sleep 2
-  pids=$(procs_in_root "$1" | tr '\n' ' ')
-  # shellcheck disable=SC2086
-  [ -z "${pids// /}" ] || kill -KILL $pids 2>/dev/null || true
-}
-unmount_under() {
-  local m tries ms
-  for tries in 1 2 3 4; do
-    mapfile -t ms < <(mounts_under "$1")
-    [ ${#ms[@]} -gt 0 ] || return 0
-    for m in "${ms[@]}"; do umount "$m" 2>/dev/null || { [ "$tries" -ge 3 ] && umount -l "$m"; } || true; done
-  done
-  [ -z "$(mounts_under "$1")" ] || { say "could not unmount: $(mounts_under "$1" | tr '\n' ' ')"; return 1; }
-}
-remove_tree() {
-  [ -e "$1" ] || return 0
-  case "$1" in "$WORKDIR"/?*) ;; *) die "refusing to remove $1 (not below $WORKDIR)" ;; esac
-  [ -z "$(mounts_under "$1")" ] || die "refusing to remove $1: mounts below it"
-  rm -rf --one-file-system -- "$1"
-}
 mount_tree() {  # root
   mount --bind "$1" "$1"
   mount -t proc proc "$1/proc"
@@ -282,7 +238,7 @@ tar --numeric-owner -C "$TREE" -xpf "$CACHE"
 KVER=$(find "$TREE/boot" -maxdepth 1 -name 'vmlinuz-*' -printf '%f\n' | sed 's/^vmlinuz-//' | sort -V | tail -n 1)
 [ -n "$KVER" ] || die "no kernel in $TREE/boot"
 KBUILD=$(readlink "$TREE/lib/modules/$KVER/build" || true)  # absolute, inside the tree
-[ -n "$KBUILD" ] && [ -e "$TREE$KBUILD/include" ] || die "no headers for $KVER in the tree"
+if [ -z "$KBUILD" ] || [ ! -e "$TREE$KBUILD/include" ]; then die "no headers for $KVER in the tree"; fi
 say "guest kernel $KVER; /lib/modules/$KVER/build -> $KBUILD"
 mkdir -p "$TREE/opt/pcpu-bpf"
 git -C "$REPO" archive --format=tar "$SHA" | tar -C "$TREE/opt/pcpu-bpf" -xf -
