@@ -22,7 +22,7 @@ from prometheus_client.core import (
 )
 
 from pcpu_bpf import __version__
-from pcpu_bpf.events import TRACEPOINTS
+from pcpu_bpf.events import ALL_FIELDS
 from pcpu_bpf.snapshot import DROP_REASONS, SizeHistogram, Snapshot
 
 from .kernel_stats import (
@@ -129,13 +129,7 @@ def _histogram(name: str, hist: SizeHistogram) -> Metric:
 
 def _known_fields(snap: Snapshot) -> dict[tuple[str, str], bool]:
     """Every field of every event known in advance (0 until seen), plus the Snapshot's."""
-    known = {
-        (event, name): False
-        for event, cls in TRACEPOINTS.items()
-        for name in cls.__dataclass_fields__
-    }
-    known.update(snap.fields_available or {})
-    return known
+    return {**dict.fromkeys(ALL_FIELDS, False), **(snap.fields_available or {})}
 
 
 def tracing_families(snap: Snapshot) -> list[Metric]:

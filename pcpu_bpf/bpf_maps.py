@@ -4,7 +4,8 @@ Reading never clears or deletes anything: counters stay cumulative. Every per-CP
 has a single writer program, so the programs need no atomics; what two programs change
 is kept as two monotonic counters and subtracted here: a site's live allocations are
 tracked - frees (live bytes: tracked_bytes - freed_bytes), the live table's entries are
-inserted - deleted. Sums are modulo 2**64 like the kernel's u64s, differences signed.
+inserted - deleted. Sums are modulo 2**64 like the kernel's u64s; live differences are
+never below zero (see `_live`).
 """
 
 from __future__ import annotations

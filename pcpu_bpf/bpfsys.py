@@ -16,6 +16,7 @@ import os
 import platform
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 BPF_MAP_CREATE = 0
 BPF_PROG_TEST_RUN = 10
@@ -210,3 +211,11 @@ def create_percpu_array(value_size: int, max_entries: int, name: str = "") -> in
 def close(fd: int) -> None:
     """Close a map or program fd (the kernel frees a map's memory from a kworker later)."""
     os.close(fd)
+
+
+def bpf_stats_enabled(sysctl: str | Path = "/proc/sys/kernel/bpf_stats_enabled") -> bool:
+    """Does the kernel count run_cnt and run_time_ns (sysctl kernel.bpf_stats_enabled)?"""
+    try:
+        return Path(sysctl).read_text().strip() != "0"
+    except OSError:
+        return False

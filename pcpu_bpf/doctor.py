@@ -16,6 +16,7 @@ from pathlib import Path
 from types import ModuleType
 
 from pcpu_bpf.bpf_loader import HEADERS_FIX, kernel_headers
+from pcpu_bpf.bpfsys import bpf_stats_enabled
 from pcpu_bpf.errors import BackendUnavailable, PcpuError
 from pcpu_bpf.tracefs import TRACEFS_CANDIDATES, find_tracefs, read_layout
 
@@ -193,12 +194,7 @@ def check_kallsyms(paths: Paths) -> Check:
 
 def check_bpf_stats(paths: Paths) -> Check:
     """kernel.bpf_stats_enabled: per-program run time is reported only when it is on."""
-    path = paths.proc_root / "sys/kernel/bpf_stats_enabled"
-    try:
-        on = path.read_text().strip() != "0"
-    except OSError:
-        on = False
-    if on:
+    if bpf_stats_enabled(paths.proc_root / "sys/kernel/bpf_stats_enabled"):
         return Check("bpf_stats", OK, "enabled: program run counts and run time reported")
     return Check(
         "bpf_stats",

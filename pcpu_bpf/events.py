@@ -83,6 +83,11 @@ TRACEPOINTS: dict[str, type[Event]] = {
     "percpu_destroy_chunk": PercpuDestroyChunk,
 }
 
+# Every (tracepoint, field) of the 6.18 formats, in the kernel's order.
+ALL_FIELDS: tuple[tuple[str, str], ...] = tuple(
+    (event, name) for event, cls in TRACEPOINTS.items() for name in cls.__dataclass_fields__
+)
+
 # Fields a kernel may lack (added in 5.19); everything else exists since 4.14.
 OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {
     "percpu_alloc_percpu": ("call_site", "bytes_alloc", "gfp_flags"),

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from pcpu_bpf.errors import BackendUnavailable
-from pcpu_bpf.events import TRACEPOINTS
+from pcpu_bpf.events import ALL_FIELDS, TRACEPOINTS
 
 TRACEFS_CANDIDATES: tuple[str, ...] = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 MOUNT_FIX = "mount -t tracefs nodev /sys/kernel/tracing"
@@ -77,11 +77,7 @@ class TracepointLayout:
 
     def fields_available(self) -> dict[tuple[str, str], bool]:
         """Every field of the 6.18 events (pcpu_bpf.events) -> present on this kernel."""
-        return {
-            (event, f.name): f.name in self.fields[event]
-            for event, cls in TRACEPOINTS.items()
-            for f in fields(cls)
-        }
+        return {(event, name): name in self.fields[event] for event, name in ALL_FIELDS}
 
     def check_required(self) -> None:
         """BackendUnavailable naming the first field the programs need and cannot get."""

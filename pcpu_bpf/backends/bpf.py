@@ -43,7 +43,6 @@ BCC_FIX = (
     "bcc is not importable from this Python: install python3-bpfcc (apt) and use a venv "
     "made with --system-site-packages (PyPI's 'bcc' is an unrelated package)"
 )
-BPF_STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
 
 
 class _Resolver(Protocol):
@@ -51,14 +50,6 @@ class _Resolver(Protocol):
 
 
 Symbolize = Callable[[int], str]
-
-
-def bpf_stats_enabled(path: Path = BPF_STATS_SYSCTL) -> bool:
-    """Does the kernel count run_cnt/run_time_ns (sysctl kernel.bpf_stats_enabled)?"""
-    try:
-        return path.read_text().strip() != "0"
-    except OSError:
-        return False
 
 
 class BpfBackend(Backend):
@@ -139,7 +130,7 @@ class BpfBackend(Backend):
     def snapshot(self) -> Snapshot:
         """Read every map (summing per-CPU values) into a Snapshot; nothing is cleared."""
         programs = self._live()
-        tables = read_tables(programs.table)
+        tables = self.read_tables()
         ctx = SnapshotContext(
             backend=self.name,
             kernel=self._release,
@@ -153,7 +144,7 @@ class BpfBackend(Backend):
 
     def _program_stats(self, programs: LoadedPrograms) -> dict[str, ProgramStats]:
         # run_cnt and run_time_ns only move while bpf_stats are on; then they mean nothing.
-        stats_on = bpf_stats_enabled()
+        stats_on = bpfsys.bpf_stats_enabled()
         out = {}
         for p in PROGRAMS:
             info = bpfsys.prog_info(programs.fds[p.function])

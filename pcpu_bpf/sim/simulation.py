@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from pcpu_bpf.aggregation import Aggregator
-from pcpu_bpf.events import TRACEPOINTS, Event
+from pcpu_bpf.events import ALL_FIELDS, Event
 from pcpu_bpf.percpu_stats import parse_percpu_stats, render_percpu_stats
 from pcpu_bpf.sim.allocator import Allocator
 from pcpu_bpf.sim.geometry import CONFIG_L, Geometry
@@ -20,11 +20,7 @@ from pcpu_bpf.tables import (
 )
 
 # The simulator emits the 6.18 events, so every field is there.
-SIM_FIELDS = {
-    (event, name): True
-    for event, cls in TRACEPOINTS.items()
-    for name in cls.__dataclass_fields__
-}
+SIM_FIELDS = dict.fromkeys(ALL_FIELDS, True)
 SIM_KERNEL = "simulated-6.18"
 # Workload steps per simulated second: the sim backend's pace, and the clock of
 # `pcpu-bpf simulate`'s Snapshot.
