@@ -30,7 +30,6 @@ from pcpu_bpf.percpu_stats import (
     CHUNK_RESERVED,
     CHUNK_SIDELINED,
     CHUNK_TO_DEPOPULATE,
-    AllocationInfo,
     ChunkStats,
     GlobalStats,
     PercpuStats,
@@ -584,14 +583,7 @@ class Allocator:
                 kind = CHUNK_NORMAL
             chunks.append(self._chunk_stats(c, kind))
         return PercpuStats(
-            info=AllocationInfo(
-                unit_size=g.unit_size,
-                static_size=g.static_size,
-                reserved_size=g.reserved_size,
-                dyn_size=g.dyn_size,
-                atom_size=g.atom_size,
-                alloc_size=g.alloc_size,
-            ),
+            info=g.allocation_info(),
             globals=GlobalStats(
                 nr_alloc=self.nr_alloc,
                 nr_dealloc=self.nr_dealloc,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+
+from pcpu_bpf.percpu_stats import AllocationInfo
 
 PAGE_SIZE = 4096
 
@@ -28,6 +30,24 @@ class Geometry:
     @property
     def unit_pages(self) -> int:
         return self.unit_size // PAGE_SIZE
+
+    @classmethod
+    def from_info(
+        cls, info: AllocationInfo, *, nr_possible_cpus: int, nr_units: int, memcg_kmem: bool
+    ) -> Geometry:
+        """The geometry whose six pcpu_alloc_info sizes are percpu_stats' "Allocation Info"."""
+        return cls(
+            nr_possible_cpus=nr_possible_cpus,
+            nr_units=nr_units,
+            memcg_kmem=memcg_kmem,
+            **asdict(info),
+        )
+
+    def allocation_info(self) -> AllocationInfo:
+        """The "Allocation Info" block percpu_stats prints for this geometry."""
+        return AllocationInfo(
+            **{name: getattr(self, name) for name in AllocationInfo.__dataclass_fields__}
+        )
 
     def bytes_alloc(self, size: int) -> int:
         """pcpu_obj_full_size(): what the alloc tracepoint reports (spec TV12)."""

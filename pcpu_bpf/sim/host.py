@@ -38,16 +38,8 @@ def host_geometry(
         "memcg kmem accounting "
         + ("on (memory controller present, no cgroup.memory=nokmem)" if memcg else "off")
     )
-    geometry = Geometry(
-        nr_possible_cpus=possible,
-        nr_units=nr_units,
-        unit_size=info.unit_size,
-        static_size=info.static_size,
-        reserved_size=info.reserved_size,
-        dyn_size=info.dyn_size,
-        atom_size=info.atom_size,
-        alloc_size=info.alloc_size,
-        memcg_kmem=memcg,
+    geometry = Geometry.from_info(
+        info, nr_possible_cpus=possible, nr_units=nr_units, memcg_kmem=memcg
     )
     return geometry, assumptions
 

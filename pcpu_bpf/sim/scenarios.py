@@ -163,6 +163,22 @@ def _groups(w: Workload, make_group: Callable[[], Sequence[Request]], keep: int)
                 yield
 
 
+def _waves(w: Workload, count: tuple[int, int], pick: Callable[[], Request]) -> Steps:
+    """Waves: a random number (in ``range(*count)``) of requests, then free them all in
+    random order, again and again."""
+    while True:
+        live: list[int] = []
+        for _ in range(w.rng.randrange(*count)):
+            ptr = w.alloc(pick())
+            if ptr is not None:
+                live.append(ptr)
+            yield
+        w.rng.shuffle(live)
+        for ptr in live:
+            w.free(ptr)
+            yield
+
+
 STEADY_KEEP = 400
 
 
@@ -257,17 +273,7 @@ def atomic_pressure(w: Workload) -> Steps:
     finds the pool nearly dry. So failures recur for as long as it runs.
     """
     sites = ATOMIC_BULK + (ATOMIC_DST_CACHE,)
-    while True:
-        live: list[int] = []
-        for _ in range(w.rng.randrange(150, 251)):
-            ptr = w.alloc(w.rng.choice(sites))
-            if ptr is not None:
-                live.append(ptr)
-            yield
-        w.rng.shuffle(live)
-        for ptr in live:
-            w.free(ptr)
-            yield
+    return _waves(w, (150, 251), lambda: w.rng.choice(sites))
 
 
 # Large per-CPU array map values: array_map_alloc() allocates each element with
@@ -279,18 +285,11 @@ LARGE_MAP_VALUE_SIZES = (8192, 16384, 24576, 32768)
 def chunk_churn(w: Workload) -> Steps:
     """Waves of large allocations that need new chunks, then free everything, so surplus
     chunks are destroyed by the balance work."""
-    while True:
-        live = []
-        for _ in range(w.rng.randrange(60, 140)):
-            size = w.rng.choice(LARGE_MAP_VALUE_SIZES)
-            ptr = w.alloc(Request("bpf_map_alloc_percpu", size, 8, GFP_BPF_MAP, 0x59))
-            if ptr is not None:
-                live.append(ptr)
-            yield
-        w.rng.shuffle(live)
-        for ptr in live:
-            w.free(ptr)
-            yield
+    def large_value() -> Request:
+        size = w.rng.choice(LARGE_MAP_VALUE_SIZES)
+        return Request("bpf_map_alloc_percpu", size, 8, GFP_BPF_MAP, 0x59)
+
+    return _waves(w, (60, 140), large_value)
 
 
 @dataclass(frozen=True, slots=True)
