@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pcpu_bpf.snapshot import AllocCounts, SiteCounts, Snapshot
+from pcpu_bpf.units import human_bytes
 
 SORT_KEYS = ("live-bytes", "allocs", "frees", "bytes", "fails")
 DEFAULT_SORT = "live-bytes"
@@ -28,7 +29,6 @@ _COLUMNS = (
 )
 SITE_WIDTH = WIDTH - sum(w + 1 for _, w in _COLUMNS)
 
-_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,19 +75,6 @@ class View:
     kernel: str
     totals: Totals
     rows: tuple[Row, ...]
-
-
-def human_bytes(n: float) -> str:
-    """IEC size in at most 8 characters: "512 B", "9.5 KiB", "1023 MiB"."""
-    value = float(n)
-    # Thresholds sit where rounding would print "1024" or "10.0": the next unit reads better.
-    if abs(value) < 1023.5:
-        return f"{value:.0f} B"
-    for unit in _UNITS[1:]:
-        value /= 1024
-        if abs(value) < 1023.5 or unit == _UNITS[-1]:
-            return f"{value:.1f} {unit}" if abs(value) < 9.95 else f"{value:.0f} {unit}"
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def human_rate(x: float) -> str:
