@@ -26,8 +26,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pcpu_bpf import bpfsys
 from pcpu_bpf.backends.bpf import BpfBackend
+from pcpu_bpf.bpf import syscalls
 
 HERE = Path(__file__).parent
 STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
@@ -36,7 +36,7 @@ STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 def map_churn(n: int) -> None:
     """n per-CPU array maps of 16 entries, created and closed: 16 n allocs and frees."""
     for i in range(n):
-        bpfsys.close(bpfsys.create_percpu_array(8 * (1 + i % 64), 16))
+        syscalls.close(syscalls.create_percpu_array(8 * (1 + i % 64), 16))
 
 
 def netns_churn(n: int) -> list[float]:
@@ -57,7 +57,7 @@ def profiler(live_capacity: int = 262_144) -> Iterator[Callable[[], dict[str, tu
         def sample() -> dict[str, tuple[int, int]]:
             out = {}
             for name, fn in (("alloc", "on_alloc"), ("free", "on_free")):
-                info = bpfsys.prog_info(fds[fn])
+                info = syscalls.prog_info(fds[fn])
                 out[name] = (info.run_cnt, info.run_time_ns)
             return out
 
@@ -74,7 +74,7 @@ def noop() -> Iterator[Callable[[], dict[str, tuple[int, int]]]]:
     fds = {"alloc": b.funcs[b"noop_alloc"].fd, "free": b.funcs[b"noop_free"].fd}
     try:
         yield lambda: {
-            k: (bpfsys.prog_info(fd).run_cnt, bpfsys.prog_info(fd).run_time_ns)
+            k: (syscalls.prog_info(fd).run_cnt, syscalls.prog_info(fd).run_time_ns)
             for k, fd in fds.items()
         }
     finally:

@@ -1,6 +1,6 @@
 """Scrape latency of the daemon's /metrics with 500 call sites and full kernel stats.
 
-Starts the daemon's own serving code (pcpu_bpf.daemon.serve) in a child process over a
+Starts the daemon's own serving code (pcpu_bpf.daemon.server.serve) in a child process over a
 synthetic backend, scrapes /metrics N times over HTTP from this process, and reports the
 median and p99 latency, the child's resident memory, and its CPU time per scrape.
 
@@ -23,9 +23,9 @@ import urllib.request
 from pathlib import Path
 
 from pcpu_bpf.backends.base import Backend
-from pcpu_bpf.events import TRACEPOINTS
-from pcpu_bpf.percpu_stats import parse_percpu_stats
-from pcpu_bpf.snapshot import (
+from pcpu_bpf.kernel.percpu_stats import parse_percpu_stats
+from pcpu_bpf.model.events import TRACEPOINTS
+from pcpu_bpf.model.snapshot import (
     NR_SIZE_SLOTS,
     AllocCounts,
     AllocKey,
@@ -94,7 +94,7 @@ class SyntheticBackend(Backend):
 
 def child(port: int, sites: int) -> None:
     """Run the daemon's serve() over the synthetic backend until SIGTERM."""
-    from pcpu_bpf.daemon import ListenAddress, serve
+    from pcpu_bpf.daemon.server import ListenAddress, serve
 
     with SyntheticBackend(sites) as backend:
         serve(backend, ListenAddress("127.0.0.1", port))

@@ -17,8 +17,8 @@ import random
 import statistics
 import time
 
-from pcpu_bpf.events import Event
-from pcpu_bpf.percpu_stats import read_percpu_stats
+from pcpu_bpf.kernel.percpu_stats import read_percpu_stats
+from pcpu_bpf.model.events import Event
 from pcpu_bpf.sim.allocator import Allocator
 from pcpu_bpf.sim.scenarios import SCENARIOS, Workload
 from pcpu_bpf.sim.simulation import Simulation
@@ -51,7 +51,7 @@ def with_aggregator(scenario: str, ops: int, seed: int) -> float:
 
 def kernel(n: int, value_size: int = 8) -> float:
     """Events/s of the live kernel for n allocations and n frees through a per-CPU map."""
-    from pcpu_bpf.bpfsys import create_percpu_array
+    from pcpu_bpf.bpf.syscalls import create_percpu_array
 
     before = read_percpu_stats().globals.nr_dealloc
     start = time.perf_counter()

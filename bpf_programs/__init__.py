@@ -1,1 +1,1 @@
-"""BPF C sources, compiled by bcc at load time; installed as pcpu_bpf.bpf_programs."""
+"""The profiler's BPF C sources, shipped as package data and compiled on the host by bcc."""

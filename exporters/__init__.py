@@ -1,1 +1,1 @@
-"""Exporters that turn Snapshots into metrics; installed as pcpu_bpf.exporters."""
+"""Exporters: Snapshots in, metric families out (prometheus-client)."""

@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from pcpu_bpf import percpu_stats as ps
-from pcpu_bpf.percpu_stats import PercpuStats
+from pcpu_bpf.kernel import percpu_stats as ps
+from pcpu_bpf.kernel.percpu_stats import PercpuStats
 
 _Getter = Callable[[PercpuStats], int]
 

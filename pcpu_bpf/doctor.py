@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
-from pcpu_bpf.bpf_loader import HEADERS_FIX, kernel_headers
-from pcpu_bpf.bpfsys import bpf_stats_enabled
+from pcpu_bpf.bpf.loader import HEADERS_FIX, kernel_headers
+from pcpu_bpf.bpf.syscalls import bpf_stats_enabled
+from pcpu_bpf.bpf.tracefs import TRACEFS_CANDIDATES, find_tracefs, read_layout
 from pcpu_bpf.errors import BackendUnavailable, PcpuError
-from pcpu_bpf.tracefs import TRACEFS_CANDIDATES, find_tracefs, read_layout
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 

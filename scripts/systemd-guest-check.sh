@@ -321,7 +321,7 @@ kallsyms_diag() {  # why call sites are hex: run after the shipped unit was chec
     grep -Eo 'call_site="0x[0-9a-f]+"' /run/pcpu-metrics.txt | grep -Eo '0x[0-9a-f]+' | sort -u | head -n 5 >/run/pcpu-hex.txt
     cat >/run/pcpu-kallsyms-diag.py <<'PY'
 import os, sys
-from pcpu_bpf.symbolizer import Symbolizer
+from pcpu_bpf.model.symbolizer import Symbolizer
 text = open("/proc/kallsyms").read()
 lines = text.splitlines()
 nonzero = sum(1 for l in lines if int(l.split()[0], 16))

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from pcpu_bpf.aggregation import Aggregator
-from pcpu_bpf.events import (
+from pcpu_bpf.model.aggregation import Aggregator
+from pcpu_bpf.model.events import (
     PercpuAlloc,
     PercpuAllocFail,
     PercpuCreateChunk,
     PercpuDestroyChunk,
     PercpuFree,
 )
-from pcpu_bpf.snapshot import SIZE_BUCKETS, AllocCounts, AllocKey, SiteCounts, size_slot
-from pcpu_bpf.tables import SnapshotContext
+from pcpu_bpf.model.snapshot import SIZE_BUCKETS, AllocCounts, AllocKey, SiteCounts, size_slot
+from pcpu_bpf.model.tables import SnapshotContext
 
 SYMS = {0x1000: "mm_init", 0x1010: "mm_init", 0x2000: "ipv4_mib_init_net"}
 CTX = SnapshotContext(backend="test", kernel="6.18", timestamp=0.0)

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from bpf_env import TRACEFS, require_bpf
 
-from pcpu_bpf import bpfsys
+from pcpu_bpf.bpf import syscalls
 from pcpu_bpf.errors import BackendUnavailable
-from pcpu_bpf.percpu_stats import read_percpu_stats
-from pcpu_bpf.snapshot import AllocKey, SiteCounts, Snapshot, size_slot
+from pcpu_bpf.kernel.percpu_stats import read_percpu_stats
+from pcpu_bpf.model.snapshot import AllocKey, SiteCounts, Snapshot, size_slot
 
 pytestmark = pytest.mark.privileged
 
@@ -86,7 +86,7 @@ def test_exact_counts_for_per_cpu_maps(backend, value_size: int, entries: int) -
     slot = size_slot(value_size)
     with kernel_reported_bytes(value_size) as reported:
         before = backend.snapshot()
-        fd = bpfsys.create_percpu_array(value_size, entries)
+        fd = syscalls.create_percpu_array(value_size, entries)
         mid = backend.snapshot()
     assert len(reported) == entries and len(set(reported)) == 1, reported
     used = reported[0]
@@ -100,7 +100,7 @@ def test_exact_counts_for_per_cpu_maps(backend, value_size: int, entries: int) -
     assert site(mid).live_bytes - site(before).live_bytes == entries * used
     assert mid.size_histogram.counts[slot] - before.size_histogram.counts[slot] == entries
 
-    bpfsys.close(fd)
+    syscalls.close(fd)
     after = poll(backend.snapshot, lambda s: site(s).frees - site(mid).frees >= entries)
     assert site(after).frees - site(mid).frees == entries
     assert site(after).freed_bytes - site(mid).freed_bytes == entries * used
@@ -110,9 +110,9 @@ def test_exact_counts_for_per_cpu_maps(backend, value_size: int, entries: int) -
 
 
 def test_snapshot_optional_parts(backend) -> None:
-    fd = bpfsys.create_percpu_array(8, 10)
+    fd = syscalls.create_percpu_array(8, 10)
     s = backend.snapshot()
-    bpfsys.close(fd)
+    syscalls.close(fd)
     assert s.backend == "bpf"
     assert s.fields_available is not None and all(s.fields_available.values())
     assert s.programs is not None and set(s.programs) == {
@@ -131,8 +131,8 @@ def test_run_stats_follow_the_sysctl(backend) -> None:
         sysctl.write_text("0")
         assert backend.snapshot().programs["on_alloc"].run_time_ns is None
         sysctl.write_text("1")
-        fd = bpfsys.create_percpu_array(8, 5)
-        bpfsys.close(fd)
+        fd = syscalls.create_percpu_array(8, 5)
+        syscalls.close(fd)
         stats = backend.snapshot().programs["on_alloc"]
         assert stats.runs is not None and stats.runs >= 5
         assert stats.run_time_ns is not None and stats.run_time_ns > 0
@@ -148,13 +148,13 @@ def test_chunks_created_then_destroyed(backend) -> None:
     free = sum(c.free_bytes for c in stats0.chunks)
     entries = (free + 2 * stats0.info.unit_size) // 32768 + 1
     before = backend.snapshot()
-    fd = bpfsys.create_percpu_array(32768, entries)
+    fd = syscalls.create_percpu_array(32768, entries)
     mid = backend.snapshot()
     stats1 = read_percpu_stats()
     created = mid.chunk_creations - before.chunk_creations
     assert created >= 2
     assert created >= stats1.globals.nr_chunks - stats0.globals.nr_chunks
-    bpfsys.close(fd)
+    syscalls.close(fd)
     after = poll(
         backend.snapshot,
         lambda s: s.chunk_destructions - mid.chunk_destructions >= created - 1,
@@ -173,7 +173,7 @@ def test_full_live_table_drops_and_keeps_counts() -> None:
     slot = size_slot(value_size)
     with BpfBackend(live_capacity=32) as small:
         before = small.snapshot()
-        fd = bpfsys.create_percpu_array(value_size, entries)
+        fd = syscalls.create_percpu_array(value_size, entries)
         mid = small.snapshot()
         tracked = site(mid).live_allocations - site(before).live_allocations
         dropped = mid.dropped["live_table_full"] - before.dropped["live_table_full"]
@@ -182,7 +182,7 @@ def test_full_live_table_drops_and_keeps_counts() -> None:
         assert tracked + dropped == entries  # each allocation is tracked or counted dropped
         assert allocs(mid) - allocs(before) == entries
         assert mid.size_histogram.counts[slot] - before.size_histogram.counts[slot] == entries
-        bpfsys.close(fd)
+        syscalls.close(fd)
         after = poll(
             small.snapshot,
             lambda s: s.sites.get("untracked", SiteCounts()).frees
@@ -218,8 +218,8 @@ def test_agrees_with_percpu_stats_over_a_quiet_window(backend) -> None:
         return s.size_histogram.count, frees
 
     a_alloc0, a_free0, s_a, a_alloc1, a_free1 = read()
-    fd = bpfsys.create_percpu_array(1000, 50)
-    bpfsys.close(fd)
+    fd = syscalls.create_percpu_array(1000, 50)
+    syscalls.close(fd)
     time.sleep(1.5)
     b_alloc0, b_free0, s_b, b_alloc1, b_free1 = read()
 

@@ -3,7 +3,7 @@
 The programs are loaded without attaching, each event runs through its program with
 BPF_PROG_TEST_RUN (arguments in TP_PROTO order, derived from a tracefs fixture), spread
 over the possible CPUs so per-CPU values really are summed, negative live counts
-included. The same events go to pcpu_bpf.aggregation.Aggregator; the tables and the
+included. The same events go to pcpu_bpf.model.aggregation.Aggregator; the tables and the
 Snapshots must be equal. Capacities are small so both tables overflow.
 """
 
@@ -16,10 +16,11 @@ from collections.abc import Iterator
 import pytest
 from bpf_env import FIXTURES, require_bpf
 
-from pcpu_bpf import bpfsys
-from pcpu_bpf.aggregation import Aggregator
-from pcpu_bpf.bpf_loader import PROGRAMS
-from pcpu_bpf.events import (
+from pcpu_bpf.bpf import syscalls
+from pcpu_bpf.bpf.loader import PROGRAMS
+from pcpu_bpf.bpf.tracefs import read_layout
+from pcpu_bpf.model.aggregation import Aggregator
+from pcpu_bpf.model.events import (
     GFP_ATOMIC,
     GFP_KERNEL,
     Event,
@@ -29,11 +30,10 @@ from pcpu_bpf.events import (
     PercpuDestroyChunk,
     PercpuFree,
 )
+from pcpu_bpf.model.snapshot import Snapshot
+from pcpu_bpf.model.tables import SnapshotContext
 from pcpu_bpf.sim.allocator import Allocator
 from pcpu_bpf.sim.geometry import CONFIG_S
-from pcpu_bpf.snapshot import Snapshot
-from pcpu_bpf.tables import SnapshotContext
-from pcpu_bpf.tracefs import read_layout
 
 pytestmark = pytest.mark.privileged
 
@@ -119,7 +119,7 @@ def run_in_bpf(backend, layout, events: list[Event]) -> None:
     for i, ev in enumerate(events):
         name = EVENT_NAME[type(ev)]
         args = [int(getattr(ev, f)) for f in layout.fields[name]]
-        assert bpfsys.test_run_raw_tp(fds[PROGRAM_OF[name]], args, cpu=i % ncpu) == 0
+        assert syscalls.test_run_raw_tp(fds[PROGRAM_OF[name]], args, cpu=i % ncpu) == 0
 
 
 def normalized(s: Snapshot) -> Snapshot:

@@ -9,29 +9,29 @@ import subprocess
 import pytest
 from bpf_env import require_bpf
 
-from pcpu_bpf import bpfsys
+from pcpu_bpf.bpf import syscalls
 
 
-@pytest.mark.parametrize("n", [0, bpfsys.MAX_RAW_TP_ARGS + 1])
+@pytest.mark.parametrize("n", [0, syscalls.MAX_RAW_TP_ARGS + 1])
 def test_test_run_rejects_bad_arity(n: int) -> None:
     with pytest.raises(ValueError, match="arguments"):
-        bpfsys.test_run_raw_tp(-1, [0] * n)
+        syscalls.test_run_raw_tp(-1, [0] * n)
 
 
 @pytest.mark.privileged
 def test_create_and_close_percpu_array() -> None:
     require_bpf()
-    fd = bpfsys.create_percpu_array(1000, 3, "pcpu_test")
+    fd = syscalls.create_percpu_array(1000, 3, "pcpu_test")
     assert fd > 2
-    assert bpfsys.map_id(fd) > 0
-    bpfsys.close(fd)
+    assert syscalls.map_id(fd) > 0
+    syscalls.close(fd)
 
 
 @pytest.mark.privileged
 def test_bad_map_is_an_oserror() -> None:
     require_bpf()
     with pytest.raises(OSError, match=r"bpf\(BPF_MAP_CREATE\)"):
-        bpfsys.create_percpu_array(1 << 20, 1)  # larger than a percpu unit allows
+        syscalls.create_percpu_array(1 << 20, 1)  # larger than a percpu unit allows
 
 
 @pytest.mark.privileged
@@ -44,8 +44,8 @@ def test_prog_info_matches_bpftool() -> None:
     with BpfBackend(attach=False, kernel_stats=lambda: None) as b:
         fd = b.program_fds["on_create_chunk"]
         for _ in range(3):
-            assert bpfsys.test_run_raw_tp(fd, [0xFFFF0000]) == 0
-        info = bpfsys.prog_info(fd)
+            assert syscalls.test_run_raw_tp(fd, [0xFFFF0000]) == 0
+        info = syscalls.prog_info(fd)
         out = subprocess.run(
             ["bpftool", "--json", "prog", "show", "id", str(info.id)],
             check=True, capture_output=True, text=True,
@@ -56,5 +56,5 @@ def test_prog_info_matches_bpftool() -> None:
         assert tool.get("run_cnt", 0) == info.run_cnt
         assert tool.get("run_time_ns", 0) == info.run_time_ns
         assert tool.get("recursion_misses", 0) == info.recursion_misses
-        assert sorted(tool["map_ids"]) == sorted(bpfsys.prog_map_ids(fd))
+        assert sorted(tool["map_ids"]) == sorted(syscalls.prog_map_ids(fd))
         assert b.snapshot().chunk_creations == 3

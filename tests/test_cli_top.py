@@ -26,7 +26,7 @@ from pcpu_bpf.backends.base import Backend
 from pcpu_bpf.backends.sim import SimBackend
 from pcpu_bpf.cli.top import BANNER, CLEAR, TopDeps, TopOptions, main, run_top
 from pcpu_bpf.errors import BackendUnavailable, PcpuError, ProgramLoadError
-from pcpu_bpf.top_render import WIDTH
+from pcpu_bpf.top.render import WIDTH
 
 SCENARIOS = ["steady", "netns-churn", "memcg-churn", "bpf-maps", "leak", "atomic-pressure",
              "chunk-churn"]  # fmt: skip
@@ -623,7 +623,7 @@ def test_smoke_on_the_live_kernel() -> None:
     """
     if reason := bpf_unavailable_reason():
         pytest.skip(reason)
-    from pcpu_bpf import bpfsys
+    from pcpu_bpf.bpf import syscalls
 
     timeout = shutil.which("timeout")
     assert timeout, "coreutils timeout"
@@ -635,11 +635,11 @@ def test_smoke_on_the_live_kernel() -> None:
     )
     assert proc.stdout is not None
     banner = proc.stdout.readline()
-    fd = bpfsys.create_percpu_array(3000, 7, "pcpu_top_smoke")
+    fd = syscalls.create_percpu_array(3000, 7, "pcpu_top_smoke")
     try:
         rest, err = proc.communicate(timeout=40)
     finally:
-        bpfsys.close(fd)
+        syscalls.close(fd)
     assert proc.returncode == 0, err
     assert err == ""  # auto chose bpf: no fallback notice
     assert banner == BANNER + "\n"

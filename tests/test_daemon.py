@@ -15,7 +15,8 @@ from bpf_env import bpf_unavailable_reason
 from daemon_helpers import PCPU_BPF, Daemon, free_port, parse, prog_ids
 
 from pcpu_bpf import __version__
-from pcpu_bpf.daemon import ListenAddress, parse_listen, sd_notify, watchdog_interval
+from pcpu_bpf.daemon.server import ListenAddress, parse_listen
+from pcpu_bpf.daemon.systemd import sd_notify, watchdog_interval
 
 
 @pytest.fixture
@@ -215,7 +216,7 @@ def test_journald_stream_gets_priorities_and_no_timestamps() -> None:
         daemon.close()
     with os.fdopen(read_fd) as pipe:
         lines = pipe.read().splitlines()
-    assert "<6>pcpu_bpf.daemon: SIGTERM received" in lines
+    assert "<6>pcpu_bpf.daemon.server: SIGTERM received" in lines
     assert all(line.startswith("<") for line in lines)
 
 
@@ -255,7 +256,7 @@ def test_watchdog_probe_sees_a_stuck_snapshot() -> None:
     import threading
 
     from pcpu_bpf.backends.base import Backend
-    from pcpu_bpf.daemon import GuardedBackend
+    from pcpu_bpf.daemon.server import GuardedBackend
 
     entered, release = threading.Event(), threading.Event()
 

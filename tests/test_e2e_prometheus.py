@@ -154,7 +154,7 @@ EXPECTED = {
 
 def map_workload_through_prometheus(daemon: Daemon, prom: Prometheus) -> dict[str, object]:
     """Create and close one per-CPU array; the increases Prometheus saw, per counter."""
-    from pcpu_bpf import bpfsys
+    from pcpu_bpf.bpf import syscalls
 
     def total(name: str) -> float:
         result = prom.query(f'sum({name}{{call_site="{SITE}"}}) or vector(0)')
@@ -167,14 +167,14 @@ def map_workload_through_prometheus(daemon: Daemon, prom: Prometheus) -> dict[st
              "pcpu_frees_total")  # fmt: skip
     sample_after(time.time())
     base = {name: total(name) for name in names}
-    fd = bpfsys.create_percpu_array(VALUE_SIZE, ENTRIES, "pcpu_e2e")
+    fd = syscalls.create_percpu_array(VALUE_SIZE, ENTRIES, "pcpu_e2e")
     try:
         created = time.time()
         sample_after(created + 1.0)  # a scrape well after the allocations happened
         seen = {name: total(name) for name in names}
         own = parse(daemon.scrape())
     finally:
-        bpfsys.close(fd)
+        syscalls.close(fd)
     own_allocs = sum(v for labels, v in series(own, "pcpu_allocations_total").items()
                      if dict(labels)["call_site"] == SITE)  # fmt: skip
     # The kernel frees a closed map's memory from a kworker, within about a second.

@@ -7,10 +7,10 @@ import logging
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from exporters.prometheus import PcpuCollector
 from pcpu_bpf import __version__
-from pcpu_bpf.exporters.prometheus import PcpuCollector
-from pcpu_bpf.percpu_stats import AllocationInfo, ChunkStats, GlobalStats, PercpuStats
-from pcpu_bpf.snapshot import (
+from pcpu_bpf.kernel.percpu_stats import AllocationInfo, ChunkStats, GlobalStats, PercpuStats
+from pcpu_bpf.model.snapshot import (
     AllocCounts,
     AllocKey,
     KernelStats,

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from exporters.prometheus import PcpuCollector
 from pcpu_bpf.backends.sim import SimBackend
-from pcpu_bpf.exporters.prometheus import PcpuCollector
 from pcpu_bpf.sim.scenarios import SCENARIOS
 
 FIXTURES = Path(__file__).parent / "fixtures" / "metrics"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from pcpu_bpf.errors import ScenarioError
-from pcpu_bpf.percpu_stats import read_percpu_stats
-from pcpu_bpf.procfs import read_possible_cpus
+from pcpu_bpf.kernel.percpu_stats import read_percpu_stats
+from pcpu_bpf.kernel.procfs import read_possible_cpus
 from pcpu_bpf.sim.geometry import CONFIG_L
 from pcpu_bpf.sim.host import host_geometry
 

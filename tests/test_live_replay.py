@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pcpu_bpf.percpu_stats import read_percpu_stats
+from pcpu_bpf.kernel.percpu_stats import read_percpu_stats
 from pcpu_bpf.sim.chunk import Chunk, GlobalCounters
 from pcpu_bpf.sim.geometry import CONFIG_L
 
@@ -65,7 +65,7 @@ def close_and_settle(fd: int, entries: int) -> None:
 def run_workload(inst: Path, rng: random.Random) -> None:
     """Spill into new chunks with large maps, punch holes in them, then create and
     close maps of mixed sizes at random (spec TV13's mix)."""
-    from pcpu_bpf.bpfsys import create_percpu_array
+    from pcpu_bpf.bpf.syscalls import create_percpu_array
 
     stats = read_percpu_stats()
     free_now = sum(c.free_bytes for c in stats.chunks)

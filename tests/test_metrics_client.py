@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from exporters.prometheus import PcpuCollector
+from pcpu_bpf.backends.remote import MetricsSource, normalize_url, parse_metrics
 from pcpu_bpf.backends.sim import SimBackend
 from pcpu_bpf.errors import PcpuError
-from pcpu_bpf.exporters.prometheus import PcpuCollector
-from pcpu_bpf.metrics_client import MetricsSource, normalize_url, parse_metrics
-from pcpu_bpf.snapshot import Snapshot
+from pcpu_bpf.model.snapshot import Snapshot
 
 
 @pytest.mark.parametrize(

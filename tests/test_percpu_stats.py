@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pcpu_bpf.errors import StatsParseError
-from pcpu_bpf.percpu_stats import (
+from pcpu_bpf.kernel.percpu_stats import (
     CHUNK_FIRST,
     CHUNK_NORMAL,
     CHUNK_RESERVED,

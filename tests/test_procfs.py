@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from pcpu_bpf.errors import StatsParseError
-from pcpu_bpf.procfs import (
+from pcpu_bpf.kernel.procfs import (
     kernel_release,
     parse_cpu_list,
     parse_meminfo_percpu,

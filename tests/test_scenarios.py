@@ -9,12 +9,12 @@ import pytest
 
 from pcpu_bpf.backends.sim import SimBackend
 from pcpu_bpf.cli import main
-from pcpu_bpf.events import GFP_ATOMIC, GFP_KERNEL
+from pcpu_bpf.model.events import GFP_ATOMIC, GFP_KERNEL
+from pcpu_bpf.model.snapshot_json import snapshot_to_dict
 from pcpu_bpf.sim.allocator import BALANCE_LOG_LEN, Allocator
 from pcpu_bpf.sim.geometry import CONFIG_L, CONFIG_S, Geometry
 from pcpu_bpf.sim.scenarios import NETNS, SCENARIOS, STEADY_KEEP, SYMBOLS
 from pcpu_bpf.sim.simulation import Simulation
-from pcpu_bpf.snapshot_json import snapshot_to_dict
 
 OPS = 3000
 

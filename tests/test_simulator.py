@@ -7,7 +7,15 @@ import dataclasses
 import pytest
 
 from pcpu_bpf.errors import ScenarioError
-from pcpu_bpf.events import (
+from pcpu_bpf.kernel.percpu_stats import (
+    CHUNK_FIRST,
+    CHUNK_NORMAL,
+    CHUNK_RESERVED,
+    CHUNK_SIDELINED,
+    CHUNK_TO_DEPOPULATE,
+    ChunkStats,
+)
+from pcpu_bpf.model.events import (
     GFP_ACCOUNT,
     GFP_ATOMIC,
     GFP_KERNEL,
@@ -19,14 +27,6 @@ from pcpu_bpf.events import (
     PercpuCreateChunk,
     PercpuDestroyChunk,
     PercpuFree,
-)
-from pcpu_bpf.percpu_stats import (
-    CHUNK_FIRST,
-    CHUNK_NORMAL,
-    CHUNK_RESERVED,
-    CHUNK_SIDELINED,
-    CHUNK_TO_DEPOPULATE,
-    ChunkStats,
 )
 from pcpu_bpf.sim.allocator import Allocator, BalancePolicy
 from pcpu_bpf.sim.chunk import BlockMd, Chunk

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pcpu_bpf.events import (
+from pcpu_bpf.model.events import (
     GFP_ATOMIC,
     GFP_KERNEL,
     GFP_KERNEL_ACCOUNT,

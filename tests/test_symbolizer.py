@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from pcpu_bpf import symbolizer
 from pcpu_bpf.errors import StatsParseError
-from pcpu_bpf.symbolizer import LAST_SYMBOL_SIZE, Symbolizer, hex_label
+from pcpu_bpf.model import symbolizer
+from pcpu_bpf.model.symbolizer import LAST_SYMBOL_SIZE, Symbolizer, hex_label
 
 PROC = Path(__file__).parent / "fixtures" / "proc"
 KALLSYMS = Path("/proc/kallsyms")

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pcpu_bpf.percpu_stats import parse_percpu_stats
-from pcpu_bpf.snapshot import AllocCounts, AllocKey, KernelStats, SiteCounts, Snapshot
-from pcpu_bpf.top_render import (
+from pcpu_bpf.kernel.percpu_stats import parse_percpu_stats
+from pcpu_bpf.model.snapshot import AllocCounts, AllocKey, KernelStats, SiteCounts, Snapshot
+from pcpu_bpf.top.render import (
     SITE_WIDTH,
     SORT_KEYS,
     WIDTH,

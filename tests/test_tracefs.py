@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from bpf_env import FIXTURES
 
-from pcpu_bpf.bpf_loader import build_cflags
+from pcpu_bpf.bpf.loader import build_cflags
+from pcpu_bpf.bpf.tracefs import find_tracefs, parse_format, read_layout
 from pcpu_bpf.errors import BackendUnavailable
-from pcpu_bpf.tracefs import find_tracefs, parse_format, read_layout
 
 ALLOC_6_18 = (
     "call_site", "reserved", "is_atomic", "size", "align", "base_addr", "off", "ptr",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import TracebackType
 
-from pcpu_bpf.snapshot import Snapshot
+from pcpu_bpf.model.snapshot import Snapshot
 
 
 class Backend:

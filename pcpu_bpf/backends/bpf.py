@@ -14,20 +14,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from pcpu_bpf import bpfsys
 from pcpu_bpf.backends.base import Backend
-from pcpu_bpf.bpf_loader import (
+from pcpu_bpf.bpf import syscalls
+from pcpu_bpf.bpf.loader import (
     PROGRAMS,
     LoadedPrograms,
     build_cflags,
     compile_env_check,
     default_bpf_dir,
 )
-from pcpu_bpf.bpf_maps import read_tables
+from pcpu_bpf.bpf.maps import read_tables
+from pcpu_bpf.bpf.tracefs import read_layout
 from pcpu_bpf.errors import BackendUnavailable, StatsParseError
-from pcpu_bpf.procfs import kernel_release, read_possible_cpus
-from pcpu_bpf.snapshot import KernelStats, ProgramStats, Snapshot
-from pcpu_bpf.tables import (
+from pcpu_bpf.kernel.procfs import kernel_release, read_possible_cpus
+from pcpu_bpf.model.snapshot import KernelStats, ProgramStats, Snapshot
+from pcpu_bpf.model.tables import (
     DEFAULT_LIVE_CAPACITY,
     DEFAULT_SITE_CAPACITY,
     SnapshotContext,
@@ -35,7 +36,6 @@ from pcpu_bpf.tables import (
     map_usage,
     tables_to_snapshot,
 )
-from pcpu_bpf.tracefs import read_layout
 
 log = logging.getLogger(__name__)
 
@@ -144,10 +144,10 @@ class BpfBackend(Backend):
 
     def _program_stats(self, programs: LoadedPrograms) -> dict[str, ProgramStats]:
         # run_cnt and run_time_ns only move while bpf_stats are on; then they mean nothing.
-        stats_on = bpfsys.bpf_stats_enabled()
+        stats_on = syscalls.bpf_stats_enabled()
         out = {}
         for p in PROGRAMS:
-            info = bpfsys.prog_info(programs.fds[p.function])
+            info = syscalls.prog_info(programs.fds[p.function])
             out[p.function] = ProgramStats(
                 runs=info.run_cnt if stats_on else None,
                 run_time_ns=info.run_time_ns if stats_on else None,
@@ -164,7 +164,7 @@ class BpfBackend(Backend):
 
 def _symbolizer(given: Symbolize | _Resolver | None) -> Symbolize:
     if given is None:
-        from pcpu_bpf.symbolizer import Symbolizer
+        from pcpu_bpf.model.symbolizer import Symbolizer
 
         try:
             resolver = Symbolizer.from_file("/proc/kallsyms")
@@ -182,6 +182,6 @@ def _symbolizer(given: Symbolize | _Resolver | None) -> Symbolize:
 
 
 def _default_kernel_stats() -> Callable[[], KernelStats | None]:
-    from pcpu_bpf.kernel_stats import read_kernel_stats
+    from pcpu_bpf.kernel.reader import read_kernel_stats
 
     return read_kernel_stats

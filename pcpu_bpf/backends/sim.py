@@ -6,9 +6,9 @@ import time
 from collections.abc import Callable
 
 from pcpu_bpf.backends.base import Backend
+from pcpu_bpf.model.snapshot import Snapshot
+from pcpu_bpf.model.tables import DEFAULT_LIVE_CAPACITY, DEFAULT_SITE_CAPACITY
 from pcpu_bpf.sim.simulation import OPS_PER_SECOND, Simulation
-from pcpu_bpf.snapshot import Snapshot
-from pcpu_bpf.tables import DEFAULT_LIVE_CAPACITY, DEFAULT_SITE_CAPACITY
 
 
 class SimBackend(Backend):

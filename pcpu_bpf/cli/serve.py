@@ -10,11 +10,12 @@ import click
 
 from pcpu_bpf.backends import BACKENDS, open_backend
 from pcpu_bpf.cli import main
-from pcpu_bpf.daemon import DEFAULT_LISTEN, configure_logging, parse_listen, sd_notify, serve
+from pcpu_bpf.daemon.server import DEFAULT_LISTEN, parse_listen, serve
+from pcpu_bpf.daemon.systemd import configure_logging, sd_notify
 from pcpu_bpf.errors import PcpuError
+from pcpu_bpf.model.snapshot import Snapshot
+from pcpu_bpf.model.tables import DEFAULT_LIVE_CAPACITY, DEFAULT_SITE_CAPACITY
 from pcpu_bpf.sim.scenarios import SCENARIOS
-from pcpu_bpf.snapshot import Snapshot
-from pcpu_bpf.tables import DEFAULT_LIVE_CAPACITY, DEFAULT_SITE_CAPACITY
 
 log = logging.getLogger(__name__)
 

@@ -10,14 +10,14 @@ import click
 
 from pcpu_bpf.cli import main
 from pcpu_bpf.errors import PcpuError
-from pcpu_bpf.events import GFP_ATOMIC, GFP_KERNEL
+from pcpu_bpf.model.events import GFP_ATOMIC, GFP_KERNEL
+from pcpu_bpf.model.snapshot import SiteCounts, Snapshot
+from pcpu_bpf.model.snapshot_json import snapshot_to_dict
 from pcpu_bpf.sim.allocator import BalancePolicy
 from pcpu_bpf.sim.geometry import CONFIG_L, CONFIG_S, Geometry
 from pcpu_bpf.sim.host import host_geometry
 from pcpu_bpf.sim.scenarios import SCENARIOS
 from pcpu_bpf.sim.simulation import OPS_PER_SECOND, Simulation
-from pcpu_bpf.snapshot import SiteCounts, Snapshot
-from pcpu_bpf.snapshot_json import snapshot_to_dict
 from pcpu_bpf.units import human_bytes
 
 GEOMETRIES = {"default": CONFIG_L, "small": CONFIG_S}

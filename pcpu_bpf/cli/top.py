@@ -16,9 +16,9 @@ from click.core import ParameterSource
 
 from pcpu_bpf import __version__
 from pcpu_bpf.backends import Backend, open_backend
+from pcpu_bpf.backends.remote import DEFAULT_URL, MetricsSource
 from pcpu_bpf.errors import BackendUnavailable, PcpuError, ProgramLoadError, ScenarioError
-from pcpu_bpf.metrics_client import DEFAULT_URL, MetricsSource
-from pcpu_bpf.top_render import (
+from pcpu_bpf.top.render import (
     DEFAULT_SORT,
     SORT_KEYS,
     build_view,

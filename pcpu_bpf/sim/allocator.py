@@ -13,7 +13,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pcpu_bpf.errors import ScenarioError
-from pcpu_bpf.events import (
+from pcpu_bpf.kernel.percpu_stats import (
+    CHUNK_FIRST,
+    CHUNK_NORMAL,
+    CHUNK_RESERVED,
+    CHUNK_SIDELINED,
+    CHUNK_TO_DEPOPULATE,
+    ChunkStats,
+    GlobalStats,
+    PercpuStats,
+)
+from pcpu_bpf.model.events import (
     GFP_ACCOUNT,
     GFP_DIRECT_RECLAIM,
     GFP_KERNEL,
@@ -23,16 +33,6 @@ from pcpu_bpf.events import (
     PercpuCreateChunk,
     PercpuDestroyChunk,
     PercpuFree,
-)
-from pcpu_bpf.percpu_stats import (
-    CHUNK_FIRST,
-    CHUNK_NORMAL,
-    CHUNK_RESERVED,
-    CHUNK_SIDELINED,
-    CHUNK_TO_DEPOPULATE,
-    ChunkStats,
-    GlobalStats,
-    PercpuStats,
 )
 from pcpu_bpf.sim import balance
 from pcpu_bpf.sim.chunk import (

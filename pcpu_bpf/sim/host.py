@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from pcpu_bpf.errors import ScenarioError
-from pcpu_bpf.percpu_stats import read_percpu_stats
-from pcpu_bpf.procfs import parse_possible_cpus
+from pcpu_bpf.kernel.percpu_stats import read_percpu_stats
+from pcpu_bpf.kernel.procfs import parse_possible_cpus
 from pcpu_bpf.sim.geometry import Geometry
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from pcpu_bpf.errors import ScenarioError
-from pcpu_bpf.events import (
+from pcpu_bpf.model.events import (
     GFP_ACCOUNT,
     GFP_ATOMIC,
     GFP_BPF_MAP,

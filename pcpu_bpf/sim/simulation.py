@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import random
 
-from pcpu_bpf.aggregation import Aggregator
-from pcpu_bpf.events import ALL_FIELDS, Event
-from pcpu_bpf.percpu_stats import parse_percpu_stats, render_percpu_stats
-from pcpu_bpf.sim.allocator import Allocator
-from pcpu_bpf.sim.geometry import CONFIG_L, Geometry
-from pcpu_bpf.sim.scenarios import SYMBOLS, Workload, get_scenario
-from pcpu_bpf.snapshot import KernelStats, Snapshot
-from pcpu_bpf.symbolizer import Symbolizer
-from pcpu_bpf.tables import (
+from pcpu_bpf.kernel.percpu_stats import parse_percpu_stats, render_percpu_stats
+from pcpu_bpf.model.aggregation import Aggregator
+from pcpu_bpf.model.events import ALL_FIELDS, Event
+from pcpu_bpf.model.snapshot import KernelStats, Snapshot
+from pcpu_bpf.model.symbolizer import Symbolizer
+from pcpu_bpf.model.tables import (
     DEFAULT_LIVE_CAPACITY,
     DEFAULT_SITE_CAPACITY,
     SnapshotContext,
     map_usage,
 )
+from pcpu_bpf.sim.allocator import Allocator
+from pcpu_bpf.sim.geometry import CONFIG_L, Geometry
+from pcpu_bpf.sim.scenarios import SYMBOLS, Workload, get_scenario
 
 # The simulator emits the 6.18 events, so every field is there.
 SIM_FIELDS = dict.fromkeys(ALL_FIELDS, True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from pcpu_bpf.snapshot import (
+from pcpu_bpf.model.snapshot import (
     DROP_REASONS,
     NR_SIZE_SLOTS,
     UNKNOWN_SITE,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from pcpu_bpf.events import (
+from pcpu_bpf.model.events import (
     Event,
     PercpuAlloc,
     PercpuAllocFail,
@@ -18,8 +18,8 @@ from pcpu_bpf.events import (
     PercpuDestroyChunk,
     PercpuFree,
 )
-from pcpu_bpf.snapshot import Snapshot, size_slot
-from pcpu_bpf.tables import (
+from pcpu_bpf.model.snapshot import Snapshot, size_slot
+from pcpu_bpf.model.tables import (
     DEFAULT_LIVE_CAPACITY,
     DEFAULT_SITE_CAPACITY,
     LiveEntry,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pcpu_bpf.errors import BackendUnavailable
-from pcpu_bpf.events import ALL_FIELDS, TRACEPOINTS
+from pcpu_bpf.model.events import ALL_FIELDS, TRACEPOINTS
 
 TRACEFS_CANDIDATES: tuple[str, ...] = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 MOUNT_FIX = "mount -t tracefs nodev /sys/kernel/tracing"
@@ -76,7 +76,7 @@ class TracepointLayout:
         return [k for k, ok in self.fields_available().items() if not ok]
 
     def fields_available(self) -> dict[tuple[str, str], bool]:
-        """Every field of the 6.18 events (pcpu_bpf.events) -> present on this kernel."""
+        """Every field of the 6.18 events (pcpu_bpf.model.events) -> present on this kernel."""
         return {(event, name): name in self.fields[event] for event, name in ALL_FIELDS}
 
     def check_required(self) -> None:

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from pcpu_bpf.snapshot import AllocCounts, SiteCounts, Snapshot
+from pcpu_bpf.model.snapshot import AllocCounts, SiteCounts, Snapshot
 from pcpu_bpf.units import human_bytes
 
 SORT_KEYS = ("live-bytes", "allocs", "frees", "bytes", "fails")

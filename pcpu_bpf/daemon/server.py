@@ -1,4 +1,4 @@
-"""The exporter daemon: HTTP /metrics over a Backend, signals, and systemd notification.
+"""The exporter's HTTP server: /metrics over a Backend, signals, readiness.
 
 The caller attaches first (opens the Backend) and only then calls `serve`, which binds,
 reports READY=1, pings the watchdog and returns on SIGTERM/SIGINT after the server has
@@ -9,11 +9,10 @@ scrape time, under a lock, so concurrent scrapes never read a backend twice at o
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from socketserver import ThreadingMixIn
 from types import FrameType
@@ -22,10 +21,11 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
 
+from exporters.prometheus import PcpuCollector
 from pcpu_bpf.backends.base import Backend
+from pcpu_bpf.daemon.systemd import sd_notify, watchdog_interval
 from pcpu_bpf.errors import ListenError
-from pcpu_bpf.exporters.prometheus import PcpuCollector
-from pcpu_bpf.snapshot import Snapshot
+from pcpu_bpf.model.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -55,63 +55,6 @@ def parse_listen(text: str) -> ListenAddress:
     elif ":" in host:
         raise ValueError(f"listen address {text!r}: write IPv6 hosts in brackets, [::1]:9717")
     return ListenAddress(host or "0.0.0.0", int(port))
-
-
-def sd_notify(state: str, env: Mapping[str, str] = os.environ) -> bool:
-    """Send ``state`` (e.g. "READY=1") to systemd's NOTIFY_SOCKET; False when not under it."""
-    path = env.get("NOTIFY_SOCKET", "")
-    if path.startswith("@"):
-        path = "\0" + path[1:]  # abstract socket namespace
-    elif not path.startswith("/"):
-        return False  # unset, or a vsock address this daemon has no use for
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.connect(path)
-            sock.sendall(state.encode())
-    except OSError as exc:
-        log.debug("sd_notify %r failed: %s", state, exc)
-        return False
-    return True
-
-
-def watchdog_interval(env: Mapping[str, str] = os.environ) -> float | None:
-    """Seconds between WATCHDOG=1 pings (half of WATCHDOG_USEC), None when not asked for."""
-    usec, pid = env.get("WATCHDOG_USEC", ""), env.get("WATCHDOG_PID", "")
-    if not usec.isdigit() or int(usec) == 0:
-        return None
-    if pid and pid != str(os.getpid()):
-        return None  # meant for another process (we were started by a wrapper)
-    return int(usec) / 2e6
-
-
-def configure_logging(env: Mapping[str, str] = os.environ) -> None:
-    """Journald-friendly stderr logs: syslog priority prefixes and no timestamps under it."""
-    formatter: logging.Formatter
-    if _stderr_is_journal(env):
-        formatter = _JournalFormatter("%(name)s: %(message)s")
-    else:
-        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for handler in logging.getLogger().handlers:
-        handler.setFormatter(formatter)
-
-
-def _stderr_is_journal(env: Mapping[str, str]) -> bool:
-    # systemd sets JOURNAL_STREAM=dev:ino; only trust it if stderr is still that stream.
-    try:
-        st = os.fstat(2)
-    except OSError:
-        return False
-    return env.get("JOURNAL_STREAM", "") == f"{st.st_dev}:{st.st_ino}"
-
-
-class _JournalFormatter(logging.Formatter):
-    """Prefix <N> syslog priorities, which journald turns into the entry's priority."""
-
-    _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3}
-
-    def format(self, record: logging.LogRecord) -> str:
-        prio = self._PRIORITY.get(record.levelno, 2 if record.levelno > logging.ERROR else 6)
-        return f"<{prio}>{super().format(record)}"
 
 
 class _Handler(WSGIRequestHandler):

@@ -14,8 +14,8 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from pcpu_bpf.snapshot import DROP_REASONS, NR_SIZE_SLOTS
-from pcpu_bpf.tables import Histogram, SiteKey, SiteValue, Tables
+from pcpu_bpf.model.snapshot import DROP_REASONS, NR_SIZE_SLOTS
+from pcpu_bpf.model.tables import Histogram, SiteKey, SiteValue, Tables
 
 log = logging.getLogger(__name__)
 

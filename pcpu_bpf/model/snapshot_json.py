@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from pcpu_bpf.snapshot import SIZE_BUCKETS, SizeHistogram, Snapshot
+from pcpu_bpf.model.snapshot import SIZE_BUCKETS, SizeHistogram, Snapshot
 
 
 def _histogram(h: SizeHistogram) -> dict[str, Any]:

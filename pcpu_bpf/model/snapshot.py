@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from pcpu_bpf.percpu_stats import PercpuStats
+from pcpu_bpf.kernel.percpu_stats import PercpuStats
 
 # Upper bounds of the log2 size histogram: 4, 8, ..., 32768 bytes, then +Inf.
 SIZE_BUCKETS: tuple[int, ...] = tuple(4 << i for i in range(14))

@@ -17,9 +17,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from pcpu_bpf import bpfsys
+from pcpu_bpf.bpf import syscalls
+from pcpu_bpf.bpf.tracefs import TracepointLayout
 from pcpu_bpf.errors import BackendUnavailable, ProgramLoadError
-from pcpu_bpf.tracefs import TracepointLayout
 
 MAPS_SOURCE = "pcpu_maps.bpf.c"
 HEADERS_FIX = (
@@ -80,7 +80,7 @@ _loaded: list[LoadedPrograms] = []
 
 def default_bpf_dir() -> Path:
     """Where the installed package keeps the .bpf.c files."""
-    return Path(str(importlib.resources.files("pcpu_bpf.bpf_programs")))
+    return Path(str(importlib.resources.files("bpf_programs")))
 
 
 def kernel_headers(release: str, modules_root: str | Path = "/lib/modules") -> Path | None:
@@ -152,9 +152,9 @@ class LoadedPrograms:
 
     def _check_bindings(self) -> None:
         # Every program must use exactly the maps this set created (see _loaded).
-        own = {bpfsys.map_id(self.table(name).map_fd) for name in MAP_NAMES}
+        own = {syscalls.map_id(self.table(name).map_fd) for name in MAP_NAMES}
         for function, fd in self.fds.items():
-            foreign = set(bpfsys.prog_map_ids(fd)) - own
+            foreign = set(syscalls.prog_map_ids(fd)) - own
             if foreign:
                 raise ProgramLoadError(
                     f"program {function} is bound to maps {sorted(foreign)} of another bcc "

@@ -1,0 +1,1 @@
+"""The live side: tracepoint formats, compiling and loading the BPF programs, their maps."""

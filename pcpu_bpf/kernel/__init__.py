@@ -1,0 +1,1 @@
+"""What the kernel itself reports: debugfs percpu_stats, /proc and /sys files."""

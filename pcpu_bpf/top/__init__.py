@@ -1,0 +1,1 @@
+"""pcpu-top: views of two Snapshots, drawn as a terminal table or JSON."""
