@@ -163,7 +163,7 @@ def slowdown(reps: int, maps: int, netns: int) -> dict[str, dict[str, float]]:
     times: dict[str, dict[str, list[float]]] = {c: {"maps": [], "netns": []} for c in configs}
     order = list(configs)
     for rep in range(reps):
-        for name in order[rep % 3:] + order[: rep % 3]:
+        for name in order[rep % 3 :] + order[: rep % 3]:
             with configs[name]():  # type: ignore[attr-defined]
                 time.sleep(0.5)
                 t0 = time.perf_counter()
@@ -223,8 +223,10 @@ def main() -> int:
     base = slow["nothing"]
     for name, parts in slow.items():
         rel = {k: 100 * (parts[k] / base[k] - 1) for k in parts}
-        print(f"| {name} | {parts['maps']:.4f} ({rel['maps']:+.1f}%) "
-              f"| {parts['netns']:.5f} ({rel['netns']:+.1f}%) |")
+        print(
+            f"| {name} | {parts['maps']:.4f} ({rel['maps']:+.1f}%) "
+            f"| {parts['netns']:.5f} ({rel['netns']:+.1f}%) |"
+        )
     return 0
 
 

@@ -71,7 +71,7 @@ class SyntheticBackend(Backend):
                 (event, f): True
                 for event, cls in TRACEPOINTS.items()
                 for f in cls.__dataclass_fields__
-            },  # fmt: skip
+            },
             programs={
                 p: ProgramStats(1000, 50_000, 0)
                 for p in (
@@ -81,15 +81,16 @@ class SyntheticBackend(Backend):
                     "on_create_chunk",
                     "on_destroy_chunk",
                 )
-            },  # fmt: skip
+            },
             maps={"live": MapUsage(5000, 262_144), "sites": MapUsage(sites, 4096)},
         )
         self._n = 0
 
     def snapshot(self) -> Snapshot:
         self._n += 1
-        return dataclasses.replace(self._base, timestamp=float(self._n),
-                                   chunk_creations=10 + self._n)  # fmt: skip
+        return dataclasses.replace(
+            self._base, timestamp=float(self._n), chunk_creations=10 + self._n
+        )
 
 
 def child(port: int, sites: int) -> None:
@@ -133,11 +134,15 @@ def measure(url: str, scrapes: int, pid: int | None, gzipped: bool) -> None:
     body = results[-1][1]
     series = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
     print(f"{scrapes} scrapes{' (gzip)' if gzipped else ''}, {len(body)} bytes, {series} series")
-    print(f"latency median {statistics.median(latencies) * 1000:.1f} ms, "
-          f"p99 {p99 * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms")  # fmt: skip
+    print(
+        f"latency median {statistics.median(latencies) * 1000:.1f} ms, "
+        f"p99 {p99 * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms"
+    )
     if pid:
-        print(f"daemon RSS {rss_bytes(pid) / 2**20:.1f} MiB, "
-              f"CPU {(cpu1 - cpu0) / scrapes * 1000:.1f} ms per scrape")  # fmt: skip
+        print(
+            f"daemon RSS {rss_bytes(pid) / 2**20:.1f} MiB, "
+            f"CPU {(cpu1 - cpu0) / scrapes * 1000:.1f} ms per scrape"
+        )
 
 
 def main() -> None:
@@ -157,8 +162,9 @@ def main() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, __file__, "--child", str(port),
-                             "--sites", str(args.sites)])  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--child", str(port), "--sites", str(args.sites)]
+    )
     url = f"http://127.0.0.1:{port}/metrics"
     try:
         for _ in range(200):
@@ -167,8 +173,10 @@ def main() -> None:
                 break
             except OSError:
                 time.sleep(0.05)
-        print(f"{args.sites} call sites, kernel stats from {STATS.name}, python "
-              f"{sys.version.split()[0]}, {os.cpu_count()} CPUs")  # fmt: skip
+        print(
+            f"{args.sites} call sites, kernel stats from {STATS.name}, python "
+            f"{sys.version.split()[0]}, {os.cpu_count()} CPUs"
+        )
         measure(url, args.scrapes, proc.pid, args.gzip)
     finally:
         proc.terminate()

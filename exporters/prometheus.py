@@ -40,59 +40,132 @@ COLLECTORS = ("snapshot", "tracing", "percpu_stats", "meminfo")
 # (type, help, label names) per family, in exposition order.
 _C, _G, _H = "counter", "gauge", "histogram"
 CATALOG: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "pcpu_exporter_info": (_G, "Always 1; labels name the exporter version, the backend "
+    "pcpu_exporter_info": (
+        _G,
+        "Always 1; labels name the exporter version, the backend "
         "(bpf = live kernel, sim = simulated data) and the kernel release.",
-        ("version", "backend", "kernel")),
-    "pcpu_collector_success": (_G, "1 if this part of the metrics was served by the "
+        ("version", "backend", "kernel"),
+    ),
+    "pcpu_collector_success": (
+        _G,
+        "1 if this part of the metrics was served by the "
         "last scrape, 0 if it failed (see the daemon's log) or could not be served.",
-        ("collector",)),
-    "pcpu_collector_errors_total": (_C, "Scrapes in which this part failed; the rest "
-        "of the metrics was still served. The daemon's log says why.", ("collector",)),
-    "pcpu_allocations_total": (_C, "Percpu allocations since the exporter started, by "
+        ("collector",),
+    ),
+    "pcpu_collector_errors_total": (
+        _C,
+        "Scrapes in which this part failed; the rest "
+        "of the metrics was still served. The daemon's log says why.",
+        ("collector",),
+    ),
+    "pcpu_allocations_total": (
+        _C,
+        "Percpu allocations since the exporter started, by "
         "kernel function that asked (call_site), atomic (no sleeping) and reserved-chunk "
-        "use.", ("call_site", "atomic", "reserved")),
-    "pcpu_allocated_bytes_total": (_C, "Bytes really used by percpu allocations since "
-        "the exporter started: all CPUs' copies plus memcg overhead.", ("call_site",)),
-    "pcpu_requested_bytes_total": (_C, "Bytes requested by percpu allocations since the "
-        "exporter started (one CPU's copy, as the caller asked).", ("call_site",)),
-    "pcpu_frees_total": (_C, "Percpu frees since the exporter started, by call site of "
-        "the allocation; call_site=\"untracked\" counts frees of allocations that were not "
-        "tracked (made before tracing began, or dropped by a full table).", ("call_site",)),
-    "pcpu_freed_bytes_total": (_C, "Bytes (all CPUs) returned by frees of tracked "
-        "allocations since the exporter started.", ("call_site",)),
-    "pcpu_live_allocations": (_G, "Percpu allocations made since the exporter started "
+        "use.",
+        ("call_site", "atomic", "reserved"),
+    ),
+    "pcpu_allocated_bytes_total": (
+        _C,
+        "Bytes really used by percpu allocations since "
+        "the exporter started: all CPUs' copies plus memcg overhead.",
+        ("call_site",),
+    ),
+    "pcpu_requested_bytes_total": (
+        _C,
+        "Bytes requested by percpu allocations since the "
+        "exporter started (one CPU's copy, as the caller asked).",
+        ("call_site",),
+    ),
+    "pcpu_frees_total": (
+        _C,
+        "Percpu frees since the exporter started, by call site of "
+        'the allocation; call_site="untracked" counts frees of allocations that were not '
+        "tracked (made before tracing began, or dropped by a full table).",
+        ("call_site",),
+    ),
+    "pcpu_freed_bytes_total": (
+        _C,
+        "Bytes (all CPUs) returned by frees of tracked allocations since the exporter started.",
+        ("call_site",),
+    ),
+    "pcpu_live_allocations": (
+        _G,
+        "Percpu allocations made since the exporter started "
         "and not freed yet; a call site that only grows is a leak suspect.",
-        ("call_site",)),
-    "pcpu_live_bytes": (_G, "Bytes (all CPUs) held by live tracked allocations; "
+        ("call_site",),
+    ),
+    "pcpu_live_bytes": (
+        _G,
+        "Bytes (all CPUs) held by live tracked allocations; "
         "allocated minus freed, exactly, unless tracking dropped some (see "
-        "pcpu_tracking_dropped_total).", ("call_site",)),
-    "pcpu_allocation_size_bytes": (_H, "Requested size of percpu allocations since the "
-        "exporter started (log2 buckets).", ()),
-    "pcpu_allocation_failures_total": (_C, "Percpu allocations that failed since the "
+        "pcpu_tracking_dropped_total).",
+        ("call_site",),
+    ),
+    "pcpu_allocation_size_bytes": (
+        _H,
+        "Requested size of percpu allocations since the exporter started (log2 buckets).",
+        (),
+    ),
+    "pcpu_allocation_failures_total": (
+        _C,
+        "Percpu allocations that failed since the "
         "exporter started; atomic failures mean the atomic reserve ran dry, others mean "
-        "no memory or no address space for a new chunk.", ("atomic", "reserved")),
-    "pcpu_failed_allocation_size_bytes": (_H, "Requested size of failed percpu "
-        "allocations since the exporter started (log2 buckets).", ()),
-    "pcpu_chunk_creations_total": (_C, "Percpu chunks created since the exporter "
-        "started; steady creation and destruction is chunk churn.", ()),
-    "pcpu_chunk_destructions_total": (_C, "Percpu chunks destroyed since the exporter "
-        "started.", ()),
-    "pcpu_tracepoint_field_available": (_G, "1 if this kernel's percpu tracepoint has "
+        "no memory or no address space for a new chunk.",
+        ("atomic", "reserved"),
+    ),
+    "pcpu_failed_allocation_size_bytes": (
+        _H,
+        "Requested size of failed percpu allocations since the exporter started (log2 buckets).",
+        (),
+    ),
+    "pcpu_chunk_creations_total": (
+        _C,
+        "Percpu chunks created since the exporter "
+        "started; steady creation and destruction is chunk churn.",
+        (),
+    ),
+    "pcpu_chunk_destructions_total": (
+        _C,
+        "Percpu chunks destroyed since the exporter started.",
+        (),
+    ),
+    "pcpu_tracepoint_field_available": (
+        _G,
+        "1 if this kernel's percpu tracepoint has "
         "the field, 0 if not (call_site and bytes_alloc need Linux 5.19 or later).",
-        ("event", "field")),
-    "pcpu_tracking_dropped_total": (_C, "Allocations not tracked because a table was "
-        "full; raise --live-capacity or --site-capacity if this grows.", ("reason",)),
-    "pcpu_bpf_program_runs_total": (_C, "Runs of each BPF program (needs sysctl "
-        "kernel.bpf_stats_enabled=1).", ("program",)),
-    "pcpu_bpf_program_run_seconds_total": (_C, "CPU time spent in each BPF program "
-        "(needs sysctl kernel.bpf_stats_enabled=1).", ("program",)),
-    "pcpu_bpf_program_recursion_misses_total": (_C, "Events the kernel did not deliver "
+        ("event", "field"),
+    ),
+    "pcpu_tracking_dropped_total": (
+        _C,
+        "Allocations not tracked because a table was "
+        "full; raise --live-capacity or --site-capacity if this grows.",
+        ("reason",),
+    ),
+    "pcpu_bpf_program_runs_total": (
+        _C,
+        "Runs of each BPF program (needs sysctl kernel.bpf_stats_enabled=1).",
+        ("program",),
+    ),
+    "pcpu_bpf_program_run_seconds_total": (
+        _C,
+        "CPU time spent in each BPF program (needs sysctl kernel.bpf_stats_enabled=1).",
+        ("program",),
+    ),
+    "pcpu_bpf_program_recursion_misses_total": (
+        _C,
+        "Events the kernel did not deliver "
         "to the program because another BPF program was running; those events are "
-        "missing from the counters.", ("program",)),
+        "missing from the counters.",
+        ("program",),
+    ),
     "pcpu_bpf_map_entries": (_G, "Entries in each BPF map now.", ("map",)),
-    "pcpu_bpf_map_capacity": (_G, "Capacity of each BPF map; entries at capacity means "
-        "drops (pcpu_tracking_dropped_total).", ("map",)),
-}  # fmt: skip
+    "pcpu_bpf_map_capacity": (
+        _G,
+        "Capacity of each BPF map; entries at capacity means drops (pcpu_tracking_dropped_total).",
+        ("map",),
+    ),
+}
 
 
 # The exporter's own families, served even when the snapshot fails.
@@ -229,9 +302,12 @@ class PcpuCollector:
         return self._self_families(ok) + out
 
     def _part(
-        self, part: str, build: Callable[[], list[Metric]], out: list[Metric],
+        self,
+        part: str,
+        build: Callable[[], list[Metric]],
+        out: list[Metric],
         ok: dict[str, bool],
-    ) -> None:  # fmt: skip
+    ) -> None:
         try:
             families = build()
         except Exception as exc:  # a bug or bad data spoils one part only

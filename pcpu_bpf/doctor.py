@@ -220,7 +220,9 @@ def check_percpu_stats(paths: Paths) -> Check:
         )
     except OSError as exc:
         return Check(
-            "percpu_stats", WARN, f"{path} unreadable ({exc.strerror}): no pcpu_stats_* metrics",
+            "percpu_stats",
+            WARN,
+            f"{path} unreadable ({exc.strerror}): no pcpu_stats_* metrics",
             CAPS_FIX,
         )
     return Check("percpu_stats", OK, f"{path} readable")

@@ -1,12 +1,12 @@
 """Exceptions raised by pcpu-bpf.
 
-    PcpuError                  root: the CLI turns any of these into a one-line error
-    ├── BackendUnavailable     the bpf backend cannot run here: no bcc, no privileges,
-    │                          no tracefs, a missing tracepoint, no kernel headers
-    ├── ProgramLoadError       bcc failed to compile or attach a program (carries bcc's text)
-    ├── ScenarioError          unknown scenario or bad simulator parameters
-    ├── StatsParseError        a percpu_stats or meminfo text that does not parse
-    └── ListenError            the daemon cannot bind its listen address
+PcpuError                  root: the CLI turns any of these into a one-line error
+├── BackendUnavailable     the bpf backend cannot run here: no bcc, no privileges,
+│                          no tracefs, a missing tracepoint, no kernel headers
+├── ProgramLoadError       bcc failed to compile or attach a program (carries bcc's text)
+├── ScenarioError          unknown scenario or bad simulator parameters
+├── StatsParseError        a percpu_stats or meminfo text that does not parse
+└── ListenError            the daemon cannot bind its listen address
 """
 
 from __future__ import annotations

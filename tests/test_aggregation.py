@@ -23,12 +23,26 @@ def symbolize(addr: int) -> str:
     return SYMS.get(addr, f"{addr:#018x}")
 
 
-def alloc(ptr: int, size: int = 16, site: int | None = 0x1000, *, atomic: bool = False,
-          reserved: bool = False, bytes_alloc: int | None = -1) -> PercpuAlloc:
+def alloc(
+    ptr: int,
+    size: int = 16,
+    site: int | None = 0x1000,
+    *,
+    atomic: bool = False,
+    reserved: bool = False,
+    bytes_alloc: int | None = -1,
+) -> PercpuAlloc:
     return PercpuAlloc(
-        call_site=site, reserved=reserved, is_atomic=atomic, size=size, align=8,
-        base_addr=0xFFFFE8FFFFC00000, off=ptr & 0xFFFF, ptr=ptr,
-        bytes_alloc=4 * size if bytes_alloc == -1 else bytes_alloc, gfp_flags=0xCC0,
+        call_site=site,
+        reserved=reserved,
+        is_atomic=atomic,
+        size=size,
+        align=8,
+        base_addr=0xFFFFE8FFFFC00000,
+        off=ptr & 0xFFFF,
+        ptr=ptr,
+        bytes_alloc=4 * size if bytes_alloc == -1 else bytes_alloc,
+        gfp_flags=0xCC0,
     )
 
 
@@ -88,17 +102,24 @@ def test_kernel_without_call_site_or_bytes_alloc() -> None:
 
 
 def test_histograms_failures_and_chunks() -> None:
-    snap = aggregate([
-        alloc(1, 16), alloc(2, 3000),
-        PercpuAllocFail(reserved=False, is_atomic=True, size=32768, align=8),
-        PercpuCreateChunk(base_addr=1), PercpuCreateChunk(base_addr=2),
-        PercpuDestroyChunk(base_addr=1),
-    ])
+    snap = aggregate(
+        [
+            alloc(1, 16),
+            alloc(2, 3000),
+            PercpuAllocFail(reserved=False, is_atomic=True, size=32768, align=8),
+            PercpuCreateChunk(base_addr=1),
+            PercpuCreateChunk(base_addr=2),
+            PercpuDestroyChunk(base_addr=1),
+        ]
+    )
     assert snap.size_histogram.counts[size_slot(16)] == 1
     assert snap.size_histogram.counts[size_slot(3000)] == 1
     assert snap.size_histogram.sum == 3016
     assert snap.failures == {
-        (False, False): 0, (False, True): 0, (True, False): 1, (True, True): 0,
+        (False, False): 0,
+        (False, True): 0,
+        (True, False): 1,
+        (True, True): 0,
     }
     assert snap.failed_size_histogram.counts[size_slot(32768)] == 1
     assert (snap.chunk_creations, snap.chunk_destructions) == (2, 1)

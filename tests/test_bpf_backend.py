@@ -116,7 +116,11 @@ def test_snapshot_optional_parts(backend) -> None:
     assert s.backend == "bpf"
     assert s.fields_available is not None and all(s.fields_available.values())
     assert s.programs is not None and set(s.programs) == {
-        "on_alloc", "on_free", "on_alloc_fail", "on_create_chunk", "on_destroy_chunk"
+        "on_alloc",
+        "on_free",
+        "on_alloc_fail",
+        "on_create_chunk",
+        "on_destroy_chunk",
     }
     assert s.maps is not None
     assert s.maps["live"].capacity == 262_144 and s.maps["sites"].capacity == 4096
@@ -185,9 +189,11 @@ def test_full_live_table_drops_and_keeps_counts() -> None:
         syscalls.close(fd)
         after = poll(
             small.snapshot,
-            lambda s: s.sites.get("untracked", SiteCounts()).frees
-            - mid.sites.get("untracked", SiteCounts()).frees
-            >= dropped,
+            lambda s: (
+                s.sites.get("untracked", SiteCounts()).frees
+                - mid.sites.get("untracked", SiteCounts()).frees
+                >= dropped
+            ),
         )
         # Frees of dropped allocations are untracked; the tracked ones come back exactly.
         assert site(after).frees - site(mid).frees == tracked

@@ -95,9 +95,7 @@ def edge_events() -> list[Event]:
         for s in (0, 4, 5, 32768, 32769, 1 << 40)
     ]
     for i, size in enumerate((0, 1, 4, 5, 8, 9, 65536, 1 << 33)):
-        out.append(
-            PercpuAlloc(SITES[0], False, True, size, 8, 0, 0, 0x9000 + 8 * i, size * 3, 0)
-        )
+        out.append(PercpuAlloc(SITES[0], False, True, size, 8, 0, 0, 0x9000 + 8 * i, size * 3, 0))
     out.append(PercpuFree(0, 0, 0x9000))
     out.append(PercpuFree(0, 0, 0xDEAD0))  # never allocated: untracked
     # The same pointer allocated again without a free between (a free lost to a

@@ -48,7 +48,9 @@ def test_prog_info_matches_bpftool() -> None:
         info = syscalls.prog_info(fd)
         out = subprocess.run(
             ["bpftool", "--json", "prog", "show", "id", str(info.id)],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout
         tool = json.loads(out)
         assert tool["id"] == info.id

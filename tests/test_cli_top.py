@@ -28,8 +28,15 @@ from pcpu_bpf.cli.top import BANNER, CLEAR, TopDeps, TopOptions, main, run_top
 from pcpu_bpf.errors import BackendUnavailable, PcpuError, ProgramLoadError
 from pcpu_bpf.top.render import WIDTH
 
-SCENARIOS = ["steady", "netns-churn", "memcg-churn", "bpf-maps", "leak", "atomic-pressure",
-             "chunk-churn"]  # fmt: skip
+SCENARIOS = [
+    "steady",
+    "netns-churn",
+    "memcg-churn",
+    "bpf-maps",
+    "leak",
+    "atomic-pressure",
+    "chunk-churn",
+]
 BIN = Path(sys.executable).parent
 
 
@@ -212,8 +219,19 @@ def test_json_one_document_per_interval(runner: CliRunner, deps: TopDeps) -> Non
     ],
 )
 def test_sort_orders_rows(runner: CliRunner, deps: TopDeps, sort: str, field: str) -> None:
-    result = top(runner, deps, "--backend", "sim", "--scenario", "memcg-churn", "--json",
-                 "-s", sort, "-r", "0")  # fmt: skip
+    result = top(
+        runner,
+        deps,
+        "--backend",
+        "sim",
+        "--scenario",
+        "memcg-churn",
+        "--json",
+        "-s",
+        sort,
+        "-r",
+        "0",
+    )
     assert result.exit_code == 0, result.output
     values = [s[field] for s in json.loads(result.stdout)["sites"]]
     assert len(values) >= 3
@@ -240,8 +258,9 @@ def test_limit(runner: CliRunner, deps: TopDeps, limit: str, expected: int) -> N
 
 def test_live_redraws_in_place(runner: CliRunner, deps: TopDeps) -> None:
     deps.terminal_lines = lambda: 9  # room for the 3-line header and 4 rows
-    result = top(runner, deps, "--backend", "sim", "--scenario", "netns-churn", "--live",
-                 "0.5", "3")  # fmt: skip
+    result = top(
+        runner, deps, "--backend", "sim", "--scenario", "netns-churn", "--live", "0.5", "3"
+    )
     assert result.exit_code == 0, result.output
     frames = result.stdout.split(CLEAR)
     assert frames[0] == BANNER + "\n"
@@ -379,9 +398,14 @@ pcpu_meminfo_bytes 3145728
 def exposition(step: int) -> str:
     allocs, frees = 500 + 40 * step, 480 + 30 * step
     return EXPOSITION.format(
-        allocs=allocs, requested=16 * allocs, allocated=64 * allocs, frees=frees,
-        live=allocs - frees, live_bytes=64 * (allocs - frees), fails=step,
-    )  # fmt: skip
+        allocs=allocs,
+        requested=16 * allocs,
+        allocated=64 * allocs,
+        frees=frees,
+        live=allocs - frees,
+        live_bytes=64 * (allocs - frees),
+        fails=step,
+    )
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -432,8 +456,16 @@ def test_from_reads_a_daemon(runner: CliRunner, deps: TopDeps, metrics_server: s
     # Between scrapes: +40 allocs, +30 frees, +1 failure, over 2 s of the fake clock.
     assert "allocs/s 20.0  frees/s 15.0  fails/s 0.5 (1 total)" in head[2]
     assert rows(head)[0].split() == [
-        "bpf_map_alloc_percpu", "0", "0", "1000", "1.9", "MiB", "1000", "B", "-",
-    ]  # fmt: skip
+        "bpf_map_alloc_percpu",
+        "0",
+        "0",
+        "1000",
+        "1.9",
+        "MiB",
+        "1000",
+        "B",
+        "-",
+    ]
     assert rows(head)[1].split() == ["mm_init", "20.0", "15.0", "30", "1.9", "KiB", "16", "B", "-"]
     assert rows(found[1])[2].split()[-1] == "0.5"  # [failed atomic]
 
@@ -484,11 +516,19 @@ def daemon(tmp_path: Path) -> Iterator[str]:
     # The log goes to a file: an unread pipe would fill up and stall the daemon.
     with log.open("wb") as err:
         proc = subprocess.Popen(
-            [str(BIN / "pcpu-bpf"), "serve", "--backend", "sim", "--scenario", "leak",
-             "--listen", address],
+            [
+                str(BIN / "pcpu-bpf"),
+                "serve",
+                "--backend",
+                "sim",
+                "--scenario",
+                "leak",
+                "--listen",
+                address,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=err,
-        )  # fmt: skip
+        )
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -558,9 +598,13 @@ def run_in_pty(args: list[str], frames: int, timeout: float = 60) -> tuple[int, 
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", shim, str(BIN / "pcpu-top"), *args],
-        stdin=slave, stdout=slave, stderr=slave, start_new_session=True, close_fds=True,
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        start_new_session=True,
+        close_fds=True,
         env={**os.environ, "TERM": "xterm"},
-    )  # fmt: skip
+    )
     os.close(slave)
     clear = CLEAR.encode()
     try:

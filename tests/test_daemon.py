@@ -31,9 +31,12 @@ def sim_daemon() -> Iterator[Daemon]:
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [PCPU_BPF, *args], capture_output=True, text=True, timeout=60,
+        [PCPU_BPF, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, **(env or {})},
-    )  # fmt: skip
+    )
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -124,12 +127,15 @@ def test_busy_port_is_a_one_line_error() -> None:
     ("args", "code", "message"),
     [
         (["--backend", "nope"], 2, "Error: unknown backend 'nope'; choose one of: bpf, sim"),
-        (["--listen", "nowhere"], 2,
-         "Error: listen address 'nowhere' is not HOST:PORT (e.g. 127.0.0.1:9717)"),
+        (
+            ["--listen", "nowhere"],
+            2,
+            "Error: listen address 'nowhere' is not HOST:PORT (e.g. 127.0.0.1:9717)",
+        ),
         (["--backend", "sim", "--listen", "no.such.host.invalid:1"], 1, None),
         (["--backend", "sim", "--scenario", "nope"], 2, None),
     ],
-)  # fmt: skip
+)
 def test_bad_configuration_is_one_line(args: list[str], code: int, message: str | None) -> None:
     result = run("serve", *args)
     assert result.returncode == code
@@ -142,9 +148,10 @@ def test_bad_configuration_is_one_line(args: list[str], code: int, message: str 
 def test_environment_variables_configure_serve() -> None:
     port = free_port()
     result = run(
-        "serve", "--check",
+        "serve",
+        "--check",
         env={"PCPU_SERVE_BACKEND": "sim", "PCPU_SERVE_LISTEN": f"127.0.0.1:{port}"},
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ok: backend sim")
 
@@ -171,8 +178,9 @@ def test_ipv6_loopback() -> None:
 
 @pytest.mark.parametrize("abstract", [False, True])
 def test_notify_socket_gets_ready_watchdog_stopping(tmp_path: Path, abstract: bool) -> None:
-    name = f"@pcpu-test-{os.getpid()}-{time.monotonic_ns()}" if abstract else str(
-        tmp_path / "notify")  # fmt: skip
+    name = (
+        f"@pcpu-test-{os.getpid()}-{time.monotonic_ns()}" if abstract else str(tmp_path / "notify")
+    )
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind("\0" + name[1:] if abstract else name)
         sock.settimeout(30)
@@ -235,8 +243,9 @@ def test_bpf_backend_sigterm_detaches(tmp_path: Path) -> None:
         assert elapsed < 1.0
     finally:
         daemon.close()
-    shown = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True,
-                           check=True).stdout  # fmt: skip
+    shown = subprocess.run(
+        ["bpftool", "prog", "show"], capture_output=True, text=True, check=True
+    ).stdout
     left = {int(line.split(":")[0]) for line in shown.splitlines() if line[:1].isdigit()}
     assert not ids & left, f"programs still loaded after exit: {sorted(ids & left)}"
 

@@ -122,11 +122,18 @@ def test_cli_exits_nonzero_with_one_line_per_check(runner, tmp_path: Path) -> No
     result = runner.invoke(
         main,
         [
-            "doctor", "--no-load", "--release", RELEASE,
-            "--proc-root", str(paths.proc_root),
-            "--modules-root", str(paths.modules_root),
-            "--debugfs-root", str(paths.debugfs_root),
-            "--tracefs-root", str(paths.tracefs_candidates[0]),
+            "doctor",
+            "--no-load",
+            "--release",
+            RELEASE,
+            "--proc-root",
+            str(paths.proc_root),
+            "--modules-root",
+            str(paths.modules_root),
+            "--debugfs-root",
+            str(paths.debugfs_root),
+            "--tracefs-root",
+            str(paths.tracefs_candidates[0]),
         ],
     )
     assert result.exit_code == 1

@@ -37,10 +37,16 @@ class Prometheus:
         self.url = f"http://127.0.0.1:{free_port()}"
         self.log = (tmp / "prometheus.log").open("w")
         self.proc = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'data'}",
-             f"--web.listen-address={self.url.removeprefix('http://')}", "--log.level=warn"],
-            stdout=self.log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp / 'data'}",
+                f"--web.listen-address={self.url.removeprefix('http://')}",
+                "--log.level=warn",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
 
     def query(self, promql: str) -> dict[frozenset[tuple[str, str]], tuple[float, float]]:
         """Instant vector: labels (without name, job, instance) -> (sample time, value)."""
@@ -49,10 +55,12 @@ class Prometheus:
             body: dict[str, Any] = json.load(response)
         assert body["status"] == "success", body
         return {
-            frozenset((k, v) for k, v in r["metric"].items() if k not in _TARGET_LABELS):
-            (float(r["value"][0]), float(r["value"][1]))
+            frozenset((k, v) for k, v in r["metric"].items() if k not in _TARGET_LABELS): (
+                float(r["value"][0]),
+                float(r["value"][1]),
+            )
             for r in body["data"]["result"]
-        }  # fmt: skip
+        }
 
     def wait_for(self, promql: str, done: Callable[[dict], bool], timeout: float = 30.0) -> dict:
         deadline = time.monotonic() + timeout
@@ -85,8 +93,9 @@ def stack(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Daem
     prometheus = None
     try:
         daemon.wait_ready()
-        prometheus = Prometheus(daemon.url.removeprefix("http://").removesuffix("/metrics"),
-                                tmp_path)  # fmt: skip
+        prometheus = Prometheus(
+            daemon.url.removeprefix("http://").removesuffix("/metrics"), tmp_path
+        )
         yield daemon, prometheus
     finally:
         if prometheus is not None:
@@ -163,8 +172,12 @@ def map_workload_through_prometheus(daemon: Daemon, prom: Prometheus) -> dict[st
     def sample_after(t: float) -> None:
         prom.wait_for(f"timestamp(pcpu_exporter_info) > {t}", bool)
 
-    names = ("pcpu_allocations_total", "pcpu_requested_bytes_total", "pcpu_live_allocations",
-             "pcpu_frees_total")  # fmt: skip
+    names = (
+        "pcpu_allocations_total",
+        "pcpu_requested_bytes_total",
+        "pcpu_live_allocations",
+        "pcpu_frees_total",
+    )
     sample_after(time.time())
     base = {name: total(name) for name in names}
     fd = syscalls.create_percpu_array(VALUE_SIZE, ENTRIES, "pcpu_e2e")
@@ -175,8 +188,11 @@ def map_workload_through_prometheus(daemon: Daemon, prom: Prometheus) -> dict[st
         own = parse(daemon.scrape())
     finally:
         syscalls.close(fd)
-    own_allocs = sum(v for labels, v in series(own, "pcpu_allocations_total").items()
-                     if dict(labels)["call_site"] == SITE)  # fmt: skip
+    own_allocs = sum(
+        v
+        for labels, v in series(own, "pcpu_allocations_total").items()
+        if dict(labels)["call_site"] == SITE
+    )
     # The kernel frees a closed map's memory from a kworker, within about a second.
     deadline = time.monotonic() + 20
     while total("pcpu_frees_total") < base["pcpu_frees_total"] + ENTRIES:

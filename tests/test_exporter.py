@@ -155,8 +155,13 @@ def test_describe_names_everything_and_takes_no_snapshot() -> None:
 def test_values_in_base_units() -> None:
     registry = registry_for(full_snapshot)
     get = registry.get_sample_value
-    assert get("pcpu_allocations_total",
-               {"call_site": "mm_init", "atomic": "true", "reserved": "false"}) == 1  # fmt: skip
+    assert (
+        get(
+            "pcpu_allocations_total",
+            {"call_site": "mm_init", "atomic": "true", "reserved": "false"},
+        )
+        == 1
+    )
     assert get("pcpu_allocated_bytes_total", {"call_site": "mm_init"}) == 256
     assert get("pcpu_requested_bytes_total", {"call_site": "mm_init"}) == 64
     assert get("pcpu_frees_total", {"call_site": "untracked"}) == 7
@@ -167,8 +172,10 @@ def test_values_in_base_units() -> None:
     assert get("pcpu_stats_max_fragment_bytes") == 250
     assert get("pcpu_stats_contig_free_bytes") == 8000
     assert get("pcpu_meminfo_bytes") == 8 << 20
-    assert get("pcpu_exporter_info",
-               {"version": __version__, "backend": "bpf", "kernel": "6.18.0"}) == 1  # fmt: skip
+    assert (
+        get("pcpu_exporter_info", {"version": __version__, "backend": "bpf", "kernel": "6.18.0"})
+        == 1
+    )
 
 
 def test_histogram_buckets_are_cumulative_and_complete() -> None:

@@ -82,6 +82,8 @@ def test_live_host_geometry_matches_its_percpu_stats() -> None:
     geometry, _ = host_geometry()
     info = read_percpu_stats().info
     assert (geometry.unit_size, geometry.static_size, geometry.dyn_size) == (
-        info.unit_size, info.static_size, info.dyn_size,
+        info.unit_size,
+        info.static_size,
+        info.dyn_size,
     )
     assert geometry.nr_possible_cpus == read_possible_cpus()

@@ -1,4 +1,4 @@
-"""The house rules hold: ruff (E, F, I, B, UP) and mypy strict on the package."""
+"""The house rules hold: ruff format, ruff (E, F, I, B, UP) and mypy strict on the package."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize(
     "command",
-    [["ruff", "check", "."], ["mypy"]],
-    ids=["ruff", "mypy"],
+    [["ruff", "format", "--check", "."], ["ruff", "check", "."], ["mypy"]],
+    ids=["format", "ruff", "mypy"],
 )
 def test_clean(command: list[str]) -> None:
     run = subprocess.run(

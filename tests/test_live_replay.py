@@ -22,8 +22,25 @@ from pcpu_bpf.sim.geometry import CONFIG_L
 
 TRACEFS = Path("/sys/kernel/tracing")
 LINE = re.compile(r"\s(percpu_\w+): (.*)$")
-VALUE_SIZES = (8, 16, 24, 40, 64, 96, 136, 256, 520, 1024, 2048, 4096, 4104, 8192, 12288,
-               16392, 32768)
+VALUE_SIZES = (
+    8,
+    16,
+    24,
+    40,
+    64,
+    96,
+    136,
+    256,
+    520,
+    1024,
+    2048,
+    4096,
+    4104,
+    8192,
+    12288,
+    16392,
+    32768,
+)
 
 pytestmark = pytest.mark.privileged
 

@@ -131,9 +131,11 @@ def test_frag_stats_memo_matches_a_fresh_walk(geometry: Geometry, seed: int) -> 
         if r < 0.55 or not live:
             gfp = GFP_ATOMIC if rng.random() < 0.2 else GFP_KERNEL
             ptr = a.alloc(
-                rng.choice(sizes), rng.choice((4, 8, 64, 4096)),
-                reserved=rng.random() < 0.1, gfp=gfp,
-            )  # fmt: skip
+                rng.choice(sizes),
+                rng.choice((4, 8, 64, 4096)),
+                reserved=rng.random() < 0.1,
+                gfp=gfp,
+            )
             if ptr is not None:
                 live.append(ptr)
         else:

@@ -200,10 +200,18 @@ def test_tv2_first_fit_alignment_scan_hints() -> None:
     assert a.events[-2].bytes_alloc == 8000  # type: ignore[union-attr]
     s = a.percpu_stats()
     assert frag(s.chunks[0]) == dict(
-        nr_alloc=5, max_alloc_size=2000, empty_pop_pages=7, first_bit=313,
-        free_bytes=29492, contig_bytes=29488, sum_frag=4, max_frag=4,
-        cur_min_alloc=4, cur_med_alloc=8, cur_max_alloc=2000,
-    )  # fmt: skip
+        nr_alloc=5,
+        max_alloc_size=2000,
+        empty_pop_pages=7,
+        first_bit=313,
+        free_bytes=29492,
+        contig_bytes=29488,
+        sum_frag=4,
+        max_frag=4,
+        cur_min_alloc=4,
+        cur_med_alloc=8,
+        cur_max_alloc=2000,
+    )
     g = s.globals
     assert (g.nr_alloc, g.nr_dealloc, g.nr_cur_alloc, g.nr_max_alloc) == (7, 2, 5, 6)
     assert (g.min_alloc_size, g.max_alloc_size, g.empty_pop_pages) == (4, 2000, 7)
@@ -254,10 +262,18 @@ def test_tv3_normalisation_and_silent_rejection() -> None:
     assert (v1.list_slot, hint(v1.chunk_md)) == (17, (253952, 8192))
     assert (v1.populated_pages(), v1.nr_empty_pop_pages) == (list(range(8)), 0)
     assert frag(chunk_stats(a, fc)) == dict(
-        nr_alloc=5, max_alloc_size=12, empty_pop_pages=6, first_bit=317, free_bytes=31488,
-        contig_bytes=28660, sum_frag=2828, max_frag=2828,
-        cur_min_alloc=4, cur_med_alloc=8, cur_max_alloc=12,
-    )  # fmt: skip
+        nr_alloc=5,
+        max_alloc_size=12,
+        empty_pop_pages=6,
+        first_bit=317,
+        free_bytes=31488,
+        contig_bytes=28660,
+        sum_frag=2828,
+        max_frag=2828,
+        cur_min_alloc=4,
+        cur_med_alloc=8,
+        cur_max_alloc=12,
+    )
     assert (hint(fc.chunk_md), scan(fc.chunk_md)) == ((7165, 1027), (707, 317))
 
 
@@ -284,8 +300,12 @@ def test_tv4_chunk_creation_and_free_slot() -> None:
     s = a.percpu_stats()
     g = s.globals
     assert (g.nr_alloc, g.nr_dealloc, g.nr_cur_alloc, g.nr_max_alloc, g.nr_chunks) == (
-        2, 1, 1, 2, 2,
-    )  # fmt: skip
+        2,
+        1,
+        1,
+        2,
+        2,
+    )
     assert (g.min_alloc_size, g.max_alloc_size, g.empty_pop_pages) == (4, 32768, 15)
     assert [c.kind for c in s.chunks] == [CHUNK_FIRST, CHUNK_NORMAL]
     assert s.chunks[1] == ChunkStats(CHUNK_NORMAL, 0, 32768, 8, 0, 1 << 20, 1 << 20, 0, 0, 0, 0, 0)
@@ -465,10 +485,18 @@ def test_tv9_stale_hint_parking_last_bit() -> None:
     a.free(x6)
     assert (v1.free_bytes, hint(v1.chunk_md), v1.list_slot) == (1028, (1, 16383), 1)
     assert frag(chunk_stats(a, v1)) == dict(
-        nr_alloc=7, max_alloc_size=32768, empty_pop_pages=0, first_bit=15872, free_bytes=1028,
-        contig_bytes=4, sum_frag=1024, max_frag=1024,
-        cur_min_alloc=508, cur_med_alloc=4096, cur_max_alloc=32768,
-    )  # fmt: skip
+        nr_alloc=7,
+        max_alloc_size=32768,
+        empty_pop_pages=0,
+        first_bit=15872,
+        free_bytes=1028,
+        contig_bytes=4,
+        sum_frag=1024,
+        max_frag=1024,
+        cur_min_alloc=508,
+        cur_med_alloc=4096,
+        cur_max_alloc=32768,
+    )
     assert hint(v1.md_blocks[15]) == (256, 512)
     n = len(a.events)
     a.alloc(512, 4)  # search starts at slot 7: V1 in slot 1 is not looked at
@@ -482,19 +510,39 @@ def test_tv9_stale_hint_parking_last_bit() -> None:
     assert [c.kind for c in s.chunks] == [CHUNK_RESERVED, CHUNK_NORMAL, CHUNK_FIRST, CHUNK_NORMAL]
     assert rc is not None and chunk_stats(a, rc).kind == CHUNK_RESERVED
     assert frag(chunk_stats(a, fc)) == dict(
-        nr_alloc=1, max_alloc_size=21440, empty_pop_pages=0, first_bit=6144, free_bytes=0,
-        contig_bytes=0, sum_frag=0, max_frag=0,
-        cur_min_alloc=21436, cur_med_alloc=21436, cur_max_alloc=21436,
-    )  # fmt: skip
+        nr_alloc=1,
+        max_alloc_size=21440,
+        empty_pop_pages=0,
+        first_bit=6144,
+        free_bytes=0,
+        contig_bytes=0,
+        sum_frag=0,
+        max_frag=0,
+        cur_min_alloc=21436,
+        cur_med_alloc=21436,
+        cur_max_alloc=21436,
+    )
     assert frag(chunk_stats(a, v2)) == dict(
-        nr_alloc=2, max_alloc_size=512, empty_pop_pages=0,
-        first_bit=130, free_bytes=65016, contig_bytes=65016, sum_frag=0, max_frag=0,
-        cur_min_alloc=8, cur_med_alloc=8, cur_max_alloc=512,
-    )  # fmt: skip
+        nr_alloc=2,
+        max_alloc_size=512,
+        empty_pop_pages=0,
+        first_bit=130,
+        free_bytes=65016,
+        contig_bytes=65016,
+        sum_frag=0,
+        max_frag=0,
+        cur_min_alloc=8,
+        cur_med_alloc=8,
+        cur_max_alloc=512,
+    )
     g = s.globals
     assert (g.nr_alloc, g.nr_dealloc, g.nr_cur_alloc, g.nr_max_alloc, g.nr_chunks) == (
-        11, 1, 10, 10, 3,
-    )  # fmt: skip
+        11,
+        1,
+        10,
+        10,
+        3,
+    )
     assert (g.min_alloc_size, g.max_alloc_size, g.empty_pop_pages) == (8, 32768, 0)
 
 
@@ -518,10 +566,18 @@ def test_tv10_reclaim_sideline_reuse() -> None:
     a.free(x1)
     assert v1.isolated and a.balance_pending and a.nr_empty_pop_pages == 5
     want = dict(
-        nr_alloc=1, max_alloc_size=32768, empty_pop_pages=8, first_bit=0, free_bytes=40960,
-        contig_bytes=32768, sum_frag=32768, max_frag=32768,
-        cur_min_alloc=24576, cur_med_alloc=24576, cur_max_alloc=24576,
-    )  # fmt: skip
+        nr_alloc=1,
+        max_alloc_size=32768,
+        empty_pop_pages=8,
+        first_bit=0,
+        free_bytes=40960,
+        contig_bytes=32768,
+        sum_frag=32768,
+        max_frag=32768,
+        cur_min_alloc=24576,
+        cur_med_alloc=24576,
+        cur_max_alloc=24576,
+    )
     cs = chunk_stats(a, v1)
     assert (cs.kind, frag(cs)) == (CHUNK_TO_DEPOPULATE, want)
     a.run_balance()
@@ -556,11 +612,18 @@ def test_tv11_population_failure() -> None:
     assert a.last_rejection is None  # a fail event, not a silent rejection
     g = a.percpu_stats().globals
     assert (g.nr_alloc, g.nr_dealloc, g.nr_cur_alloc, g.nr_max_alloc, g.max_alloc_size) == (
-        2, 1, 1, 2, 32768,
-    )  # fmt: skip
+        2,
+        1,
+        1,
+        2,
+        32768,
+    )
     assert (v1.free_bytes, v1.nr_populated, v1.list_slot, g.nr_chunks) == (
-        65536, 0, a.free_slot, 2,
-    )  # fmt: skip
+        65536,
+        0,
+        a.free_slot,
+        2,
+    )
     n = len(a.events)
     assert a.alloc(32768, 8) is not None
     assert new_events(a, n) == [alloc_ev(a, v1, 0, 32768, 8)]
@@ -745,9 +808,12 @@ def test_sink_receives_events_instead_of_the_list() -> None:
 
 @pytest.mark.parametrize(
     ("text", "policy"),
-    [("manual", BalancePolicy("manual")), ("eager", BalancePolicy("eager")),
-     ("every:3", BalancePolicy("every", 3))],
-)  # fmt: skip
+    [
+        ("manual", BalancePolicy("manual")),
+        ("eager", BalancePolicy("eager")),
+        ("every:3", BalancePolicy("every", 3)),
+    ],
+)
 def test_balance_policy_parse(text: str, policy: BalancePolicy) -> None:
     assert BalancePolicy.parse(text) == policy
 

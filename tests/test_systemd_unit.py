@@ -34,8 +34,11 @@ def analyze() -> str:
 
 
 def unit_settings(key: str) -> list[str]:
-    return [line.split("=", 1)[1] for line in UNIT.read_text().splitlines()
-            if line.startswith(key + "=")]  # fmt: skip
+    return [
+        line.split("=", 1)[1]
+        for line in UNIT.read_text().splitlines()
+        if line.startswith(key + "=")
+    ]
 
 
 def local_unit(tmp_path: Path) -> Path:
@@ -47,8 +50,12 @@ def local_unit(tmp_path: Path) -> Path:
 
 
 def test_unit_verifies(tmp_path: Path) -> None:
-    run = subprocess.run([analyze(), "verify", "--man=no", str(local_unit(tmp_path))],
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    run = subprocess.run(
+        [analyze(), "verify", "--man=no", str(local_unit(tmp_path))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert (run.returncode, run.stdout + run.stderr) == (0, "")
 
 
@@ -56,9 +63,12 @@ def test_exposure_at_most_recorded(tmp_path: Path) -> None:
     readme = (SYSTEMD / "README.md").read_text()
     recorded = re.search(r"Overall exposure level for pcpu-bpf\.service: (\d+\.\d)", readme)
     assert recorded, "systemd/README.md must record the measured exposure"
-    run = subprocess.run([analyze(), "security", "--offline=yes", "--no-pager",
-                          str(local_unit(tmp_path))],
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    run = subprocess.run(
+        [analyze(), "security", "--offline=yes", "--no-pager", str(local_unit(tmp_path))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     measured = re.search(r"Overall exposure level for pcpu-bpf\.service: (\d+\.\d)", run.stdout)
     assert measured, run.stdout + run.stderr
     assert float(measured.group(1)) <= float(recorded.group(1))
@@ -84,8 +94,12 @@ def test_env_file_names_every_option() -> None:
 
 # --- the daemon under exactly the unit's privileges -------------------------------------
 
-CAP_NAMES = {"CAP_BPF": "bpf", "CAP_PERFMON": "perfmon", "CAP_SYSLOG": "syslog",
-             "CAP_DAC_READ_SEARCH": "dac_read_search"}  # fmt: skip
+CAP_NAMES = {
+    "CAP_BPF": "bpf",
+    "CAP_PERFMON": "perfmon",
+    "CAP_SYSLOG": "syslog",
+    "CAP_DAC_READ_SEARCH": "dac_read_search",
+}
 
 
 def unit_caps() -> list[str]:
@@ -97,8 +111,11 @@ def unit_caps() -> list[str]:
 
 def unused_uid() -> int:
     """A uid nobody owns, from systemd's DynamicUser= range (61184-65519)."""
-    taken = {int(line.split(":")[2]) for line in Path("/etc/passwd").read_text().splitlines()
-             if line.count(":") >= 3}  # fmt: skip
+    taken = {
+        int(line.split(":")[2])
+        for line in Path("/etc/passwd").read_text().splitlines()
+        if line.count(":") >= 3
+    }
     return next(uid for uid in range(61184, 65520) if uid not in taken)
 
 
@@ -144,8 +161,10 @@ exec "$@"
 
 # MemoryDenyWriteExecute=: the kernel's own PR_SET_MDWE (kept across execve), set by a
 # Python that then becomes the daemon.
-MDWE = ("import ctypes, os, sys; assert ctypes.CDLL(None).prctl(65, 1, 0, 0, 0) == 0; "
-        "os.execv(sys.argv[1], sys.argv[1:])")  # fmt: skip
+MDWE = (
+    "import ctypes, os, sys; assert ctypes.CDLL(None).prctl(65, 1, 0, 0, 0) == 0; "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
 
 
 def as_unit(args: list[str], caps: list[str], env: dict[str, str]) -> list[str]:
@@ -157,18 +176,41 @@ def as_unit(args: list[str], caps: list[str], env: dict[str, str]) -> list[str]:
     capset = f"-all,{capset}" if caps else "-all"
     clean = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/", "LANG": "C.UTF-8", **env}
     return [
-        "unshare", "--mount", "--propagation", "private",
-        "env", f"CHECKOUT={CHECKOUT}", "sh", "-c", SANDBOX, "sandbox",
-        "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
-        f"--inh-caps={capset}", f"--ambient-caps={capset}", f"--bounding-set={capset}",
-        "--no-new-privs", "env", "-i", *(f"{k}={v}" for k, v in clean.items()),
-        "/usr/bin/python3", "-c", MDWE, PCPU_BPF, *args,
-    ]  # fmt: skip
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "env",
+        f"CHECKOUT={CHECKOUT}",
+        "sh",
+        "-c",
+        SANDBOX,
+        "sandbox",
+        "setpriv",
+        f"--reuid={uid}",
+        f"--regid={uid}",
+        "--clear-groups",
+        f"--inh-caps={capset}",
+        f"--ambient-caps={capset}",
+        f"--bounding-set={capset}",
+        "--no-new-privs",
+        "env",
+        "-i",
+        *(f"{k}={v}" for k, v in clean.items()),
+        "/usr/bin/python3",
+        "-c",
+        MDWE,
+        PCPU_BPF,
+        *args,
+    ]
 
 
 def env_file_values() -> dict[str, str]:
-    pairs = [line.split("=", 1) for line in (SYSTEMD / "pcpu-bpf.env").read_text().splitlines()
-             if line and not line.startswith("#")]  # fmt: skip
+    pairs = [
+        line.split("=", 1)
+        for line in (SYSTEMD / "pcpu-bpf.env").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
     return {k: v for k, v in pairs}
 
 
@@ -186,13 +228,16 @@ def test_daemon_runs_with_exactly_the_unit_privileges() -> None:
     require_bpf()
     port = free_port()
     notify = f"@pcpu-unit-test-{os.getpid()}"
-    env = {**env_file_values(), "PCPU_SERVE_LISTEN": f"127.0.0.1:{port}",
-           "NOTIFY_SOCKET": notify}  # fmt: skip
+    env = {**env_file_values(), "PCPU_SERVE_LISTEN": f"127.0.0.1:{port}", "NOTIFY_SOCKET": notify}
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind("\0" + notify[1:])
         sock.settimeout(120)
-        proc = subprocess.Popen(as_unit(["serve"], unit_caps(), env), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+        proc = subprocess.Popen(
+            as_unit(["serve"], unit_caps(), env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             messages: list[str] = []
             while "READY=1" not in messages:
@@ -208,11 +253,17 @@ def test_daemon_runs_with_exactly_the_unit_privileges() -> None:
             if proc.poll() is None:
                 proc.kill()
             _, err = proc.communicate()
-    success = {dict(labels)["collector"]: v for (name, labels), v in samples.items()
-               if name == "pcpu_collector_success"}  # fmt: skip
+    success = {
+        dict(labels)["collector"]: v
+        for (name, labels), v in samples.items()
+        if name == "pcpu_collector_success"
+    }
     assert success == {"snapshot": 1, "tracing": 1, "percpu_stats": 1, "meminfo": 1}, err
-    sites = {dict(labels)["call_site"] for (name, labels), _ in samples.items()
-             if name == "pcpu_allocations_total"}  # fmt: skip
+    sites = {
+        dict(labels)["call_site"]
+        for (name, labels), _ in samples.items()
+        if name == "pcpu_allocations_total"
+    }
     assert "mm_init" in sites, sites  # CAP_SYSLOG: kallsyms gives names, not hex
     assert "CapEff" not in err and "Traceback" not in err
 
@@ -230,8 +281,9 @@ def test_daemon_runs_with_exactly_the_unit_privileges() -> None:
 def test_each_unit_capability_is_needed(dropped: str, symptom: str) -> None:
     require_bpf()
     caps = [c for c in unit_caps() if c != dropped]
-    run = subprocess.run(as_unit(["serve", "--check"], caps, {}), capture_output=True,
-                         text=True, timeout=120)  # fmt: skip
+    run = subprocess.run(
+        as_unit(["serve", "--check"], caps, {}), capture_output=True, text=True, timeout=120
+    )
     assert symptom in run.stderr, run.stderr
     assert "Traceback" not in run.stderr
 
@@ -240,12 +292,29 @@ def test_each_unit_capability_is_needed(dropped: str, symptom: str) -> None:
 def test_the_emulated_sandbox_is_real(tmp_path: Path) -> None:
     require_bpf()
     probe = Path(__file__).parent / ".sandbox-probe"
-    script = (f"touch {probe} && echo writable; ls -A /root | wc -l; "
-              "echo kmsg:$(timeout 1 head -c1 /proc/kmsg 2>/dev/null | wc -c); "
-              "echo x > /sys/kernel/debug/x 2>/dev/null || echo ro-debugfs; "
-              "test -r /sys/kernel/debug/percpu_stats && echo debugfs-readable")  # fmt: skip
-    run = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                          SANDBOX, "sandbox", "sh", "-c", script],
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    script = (
+        f"touch {probe} && echo writable; ls -A /root | wc -l; "
+        "echo kmsg:$(timeout 1 head -c1 /proc/kmsg 2>/dev/null | wc -c); "
+        "echo x > /sys/kernel/debug/x 2>/dev/null || echo ro-debugfs; "
+        "test -r /sys/kernel/debug/percpu_stats && echo debugfs-readable"
+    )
+    run = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            SANDBOX,
+            "sandbox",
+            "sh",
+            "-c",
+            script,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.stdout.split() == ["0", "kmsg:0", "ro-debugfs", "debugfs-readable"], run.stderr
     assert not probe.exists()

@@ -245,8 +245,16 @@ def test_render_text_layout() -> None:
     assert lines[2] == "traced live 26 (9.3 KiB)  allocs/s 13.0  frees/s 8.0  fails/s 2.5 (8 total)"
     assert lines[3] == ""
     assert lines[4].split() == [
-        "CALL", "SITE", "ALLOCS/s", "FREES/s", "LIVE", "LIVE", "BYTES", "AVG", "FAIL/s",
-    ]  # fmt: skip
+        "CALL",
+        "SITE",
+        "ALLOCS/s",
+        "FREES/s",
+        "LIVE",
+        "LIVE",
+        "BYTES",
+        "AVG",
+        "FAIL/s",
+    ]
     assert lines[5].split() == ["new_site", "1.0", "0", "2", "7.8", "KiB", "1000", "B", "-"]
     assert lines[6].split() == ["mm_init", "12.0", "5.0", "24", "1.5", "KiB", "16", "B", "-"]
     assert lines[7].split() == ["untracked", "0", "3.0", "0", "0", "B", "-", "-"]

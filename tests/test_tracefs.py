@@ -12,8 +12,16 @@ from pcpu_bpf.bpf.tracefs import find_tracefs, parse_format, read_layout
 from pcpu_bpf.errors import BackendUnavailable
 
 ALLOC_6_18 = (
-    "call_site", "reserved", "is_atomic", "size", "align", "base_addr", "off", "ptr",
-    "bytes_alloc", "gfp_flags",
+    "call_site",
+    "reserved",
+    "is_atomic",
+    "size",
+    "align",
+    "base_addr",
+    "off",
+    "ptr",
+    "bytes_alloc",
+    "gfp_flags",
 )
 ALLOC_5_15 = ("reserved", "is_atomic", "size", "align", "base_addr", "off", "ptr")
 
@@ -37,8 +45,14 @@ def test_fields_in_tp_proto_order(version: str, event: str, fields: tuple[str, .
 
 @pytest.mark.parametrize(
     ("version", "field", "index"),
-    [("6.18", "ptr", 7), ("6.18", "call_site", 0), ("6.18", "bytes_alloc", 8),
-     ("5.15", "ptr", 6), ("5.15", "size", 2), ("5.15", "call_site", None)],
+    [
+        ("6.18", "ptr", 7),
+        ("6.18", "call_site", 0),
+        ("6.18", "bytes_alloc", 8),
+        ("5.15", "ptr", 6),
+        ("5.15", "size", 2),
+        ("5.15", "call_site", None),
+    ],
 )
 def test_arg_index(version: str, field: str, index: int | None) -> None:
     layout = read_layout(FIXTURES / version)
@@ -63,7 +77,7 @@ def test_fields_available_reports_pre_5_19_gaps() -> None:
         ("\tfield:char comm[16];\toffset:8;\tsize:16;\tsigned:0;", "comm"),
         ("\tfield:__data_loc char[] name;\toffset:8;\tsize:4;\tsigned:0;", "name"),
         ("\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;", None),
-        ("print fmt: \"x=%d\", REC->x", None),
+        ('print fmt: "x=%d", REC->x', None),
     ],
 )
 def test_parse_format_lines(line: str, name: str | None) -> None:
@@ -96,8 +110,13 @@ def test_missing_tracepoint(tmp_path: Path) -> None:
 
 
 def test_missing_required_field(tmp_path: Path) -> None:
-    for event in ("percpu_alloc_percpu", "percpu_free_percpu", "percpu_alloc_percpu_fail",
-                  "percpu_create_chunk", "percpu_destroy_chunk"):
+    for event in (
+        "percpu_alloc_percpu",
+        "percpu_free_percpu",
+        "percpu_alloc_percpu_fail",
+        "percpu_create_chunk",
+        "percpu_destroy_chunk",
+    ):
         src = FIXTURES / "6.18/events/percpu" / event / "format"
         dst = tmp_path / "events/percpu" / event / "format"
         dst.parent.mkdir(parents=True)

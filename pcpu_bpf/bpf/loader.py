@@ -170,9 +170,7 @@ class LoadedPrograms:
         try:
             for p in PROGRAMS:
                 module = self._modules[p.source]
-                module.attach_raw_tracepoint(
-                    tp=p.tracepoint.encode(), fn_name=p.function.encode()
-                )
+                module.attach_raw_tracepoint(tp=p.tracepoint.encode(), fn_name=p.function.encode())
                 self._attached.append((module, p.tracepoint))
         except Exception as exc:
             self.detach()

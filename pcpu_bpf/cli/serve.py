@@ -100,7 +100,7 @@ def _opt(name: str, **kwargs: Any) -> Callable[[_F], _F]:
     help="Directory of the BPF C sources (bpf only) [default: the installed package's].",
 )
 def serve_command(backend: str, check: bool, listen: str, **options: Any) -> None:
-    """Export percpu allocator metrics for Prometheus (the pcpu-bpf daemon)."""  # fmt: skip
+    """Export percpu allocator metrics for Prometheus (the pcpu-bpf daemon)."""
     configure_logging()
     if backend not in BACKENDS:
         raise _OneLineError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
@@ -145,16 +145,18 @@ def _backend_kwargs(backend: str, options: dict[str, Any]) -> dict[str, Any]:
         if name in accepted:
             kwargs[name] = value
         elif value != defaults.get(name):
-            log.warning("--%s does not apply to backend %s; ignored", name.replace("_", "-"),
-                        backend)  # fmt: skip
+            log.warning(
+                "--%s does not apply to backend %s; ignored", name.replace("_", "-"), backend
+            )
     return kwargs
 
 
 def check_report(snap: Snapshot) -> str:
     """One line: what is attached and the first snapshot's totals."""
     programs = sorted(snap.programs) if snap.programs is not None else []
-    attached = f"{len(programs)} BPF programs ({', '.join(programs)})" if programs else (
-        "no BPF programs")  # fmt: skip
+    attached = (
+        f"{len(programs)} BPF programs ({', '.join(programs)})" if programs else ("no BPF programs")
+    )
     by_site = snap.allocations_by_site()
     allocs = sum(c.allocations for c in by_site.values())
     frees = sum(s.frees for s in snap.sites.values())

@@ -56,8 +56,13 @@ def _check_balance(ctx: click.Context, param: click.Parameter, value: str | None
     show_default=True,
     help="Workload to run.",
 )
-@click.option("--ops", type=click.IntRange(min=0), default=10_000, show_default=True,
-              help="Workload steps (each one allocation or free).")
+@click.option(
+    "--ops",
+    type=click.IntRange(min=0),
+    default=10_000,
+    show_default=True,
+    help="Workload steps (each one allocation or free).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option(
     "--geometry",
@@ -67,10 +72,20 @@ def _check_balance(ctx: click.Context, param: click.Parameter, value: str | None
     help="Machine geometry: this project's reference 2-CPU box, a small 4-CPU box with a "
     "reserved chunk, or the live machine's (from percpu_stats and sysfs).",
 )
-@click.option("--balance", default=None, metavar="POLICY", callback=_check_balance,
-              help="Balance work: manual, eager or every:N (default: the scenario's).")
-@click.option("--alloc", "requests", multiple=True, metavar="SIZE[/ALIGN][,atomic]",
-              help="After the scenario, request one allocation (repeatable).")
+@click.option(
+    "--balance",
+    default=None,
+    metavar="POLICY",
+    callback=_check_balance,
+    help="Balance work: manual, eager or every:N (default: the scenario's).",
+)
+@click.option(
+    "--alloc",
+    "requests",
+    multiple=True,
+    metavar="SIZE[/ALIGN][,atomic]",
+    help="After the scenario, request one allocation (repeatable).",
+)
 @click.option("--stats", is_flag=True, help="Also print percpu_stats in the kernel's format.")
 @click.option("--json", "as_json", is_flag=True, help="Print the Snapshot as JSON.")
 def simulate(
@@ -114,9 +129,7 @@ def _geometry(name: str) -> Geometry:
     try:
         geo, assumptions = host_geometry()
     except OSError as exc:
-        raise PcpuError(
-            f"--geometry host needs the live percpu_stats and sysfs: {exc}"
-        ) from exc
+        raise PcpuError(f"--geometry host needs the live percpu_stats and sysfs: {exc}") from exc
     for a in assumptions:
         click.echo(f"geometry host: assuming {a}", err=True)
     return geo

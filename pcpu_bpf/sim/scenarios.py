@@ -285,6 +285,7 @@ LARGE_MAP_VALUE_SIZES = (8192, 16384, 24576, 32768)
 def chunk_churn(w: Workload) -> Steps:
     """Waves of large allocations that need new chunks, then free everything, so surplus
     chunks are destroyed by the balance work."""
+
     def large_value() -> Request:
         size = w.rng.choice(LARGE_MAP_VALUE_SIZES)
         return Request("bpf_map_alloc_percpu", size, 8, GFP_BPF_MAP, 0x59)

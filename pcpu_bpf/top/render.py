@@ -30,7 +30,6 @@ _COLUMNS = (
 SITE_WIDTH = WIDTH - sum(w + 1 for _, w in _COLUMNS)
 
 
-
 @dataclass(frozen=True, slots=True)
 class Row:
     """One table row: a call site, or a failure class (the kernel's fail event has no site)."""
