@@ -23,7 +23,8 @@ from prometheus_client.core import (
 
 from pcpu_bpf import __version__
 from pcpu_bpf.model.events import ALL_FIELDS
-from pcpu_bpf.model.snapshot import DROP_REASONS, SizeHistogram, Snapshot
+from pcpu_bpf.model.layout import DROP_REASONS
+from pcpu_bpf.model.snapshot import SizeHistogram, Snapshot
 
 from .kernel_stats import (
     describe_kernel_stats,

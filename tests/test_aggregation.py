@@ -12,7 +12,8 @@ from pcpu_bpf.model.events import (
     PercpuDestroyChunk,
     PercpuFree,
 )
-from pcpu_bpf.model.snapshot import SIZE_BUCKETS, AllocCounts, AllocKey, SiteCounts, size_slot
+from pcpu_bpf.model.layout import SIZE_BUCKETS, size_slot
+from pcpu_bpf.model.snapshot import AllocCounts, AllocKey, SiteCounts
 from pcpu_bpf.model.tables import SnapshotContext
 
 SYMS = {0x1000: "mm_init", 0x1010: "mm_init", 0x2000: "ipv4_mib_init_net"}

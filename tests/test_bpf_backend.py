@@ -21,7 +21,8 @@ from bpf_env import TRACEFS, require_bpf
 from pcpu_bpf.bpf import syscalls
 from pcpu_bpf.errors import BackendUnavailable
 from pcpu_bpf.kernel.percpu_stats import read_percpu_stats
-from pcpu_bpf.model.snapshot import AllocKey, SiteCounts, Snapshot, size_slot
+from pcpu_bpf.model.layout import size_slot
+from pcpu_bpf.model.snapshot import AllocKey, SiteCounts, Snapshot
 
 pytestmark = pytest.mark.privileged
 

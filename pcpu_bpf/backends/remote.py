@@ -23,9 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from pcpu_bpf.backends.base import Backend
 from pcpu_bpf.errors import PcpuError
 from pcpu_bpf.kernel.percpu_stats import AllocationInfo, GlobalStats, PercpuStats
+from pcpu_bpf.model.layout import NR_SIZE_SLOTS, SIZE_BUCKETS
 from pcpu_bpf.model.snapshot import (
-    NR_SIZE_SLOTS,
-    SIZE_BUCKETS,
     AllocCounts,
     AllocKey,
     KernelStats,

@@ -6,8 +6,8 @@ import time
 from collections.abc import Callable
 
 from pcpu_bpf.backends.base import Backend
+from pcpu_bpf.model.layout import DEFAULT_LIVE_CAPACITY, DEFAULT_SITE_CAPACITY
 from pcpu_bpf.model.snapshot import Snapshot
-from pcpu_bpf.model.tables import DEFAULT_LIVE_CAPACITY, DEFAULT_SITE_CAPACITY
 from pcpu_bpf.sim.simulation import OPS_PER_SECOND, Simulation
 
 

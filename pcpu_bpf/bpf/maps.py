@@ -14,7 +14,14 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from pcpu_bpf.model.snapshot import DROP_REASONS, NR_SIZE_SLOTS
+from pcpu_bpf.model.layout import (
+    CHUNK_CREATED,
+    CHUNK_DESTROYED,
+    DROP_REASONS,
+    LIVE_DELETED,
+    LIVE_INSERTED,
+    NR_SIZE_SLOTS,
+)
 from pcpu_bpf.model.tables import Histogram, SiteKey, SiteValue, Tables
 
 log = logging.getLogger(__name__)
@@ -29,10 +36,6 @@ _FIELDS = (
     "frees",
     "freed_bytes",
 )
-
-# Slots of the small per-CPU arrays (the #defines in pcpu_maps.h).
-CHUNK_CREATED, CHUNK_DESTROYED = 0, 1
-LIVE_INSERTED, LIVE_DELETED = 0, 1
 
 
 def _u64(total: int) -> int:

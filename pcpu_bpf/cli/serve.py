@@ -13,8 +13,8 @@ from pcpu_bpf.cli import main
 from pcpu_bpf.daemon.server import DEFAULT_LISTEN, parse_listen, serve
 from pcpu_bpf.daemon.systemd import configure_logging, sd_notify
 from pcpu_bpf.errors import PcpuError
+from pcpu_bpf.model.layout import DEFAULT_LIVE_CAPACITY, DEFAULT_SITE_CAPACITY
 from pcpu_bpf.model.snapshot import Snapshot
-from pcpu_bpf.model.tables import DEFAULT_LIVE_CAPACITY, DEFAULT_SITE_CAPACITY
 from pcpu_bpf.sim.scenarios import SCENARIOS
 
 log = logging.getLogger(__name__)

@@ -18,15 +18,18 @@ from pcpu_bpf.model.events import (
     PercpuDestroyChunk,
     PercpuFree,
 )
-from pcpu_bpf.model.snapshot import Snapshot, size_slot
-from pcpu_bpf.model.tables import (
+from pcpu_bpf.model.layout import (
     DEFAULT_LIVE_CAPACITY,
     DEFAULT_SITE_CAPACITY,
+    failure_index,
+    size_slot,
+)
+from pcpu_bpf.model.snapshot import Snapshot
+from pcpu_bpf.model.tables import (
     LiveEntry,
     SiteValue,
     SnapshotContext,
     Tables,
-    failure_index,
     tables_to_snapshot,
 )
 

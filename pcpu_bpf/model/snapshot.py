@@ -13,24 +13,11 @@ from types import MappingProxyType
 from typing import Any
 
 from pcpu_bpf.kernel.percpu_stats import PercpuStats
-
-# Upper bounds of the log2 size histogram: 4, 8, ..., 32768 bytes, then +Inf.
-SIZE_BUCKETS: tuple[int, ...] = tuple(4 << i for i in range(14))
-NR_SIZE_SLOTS = len(SIZE_BUCKETS) + 1
-
-# Reasons a tracking table refused an entry (DESIGN.md "Capacities").
-DROP_REASONS: tuple[str, ...] = ("live_table_full", "site_table_full")
+from pcpu_bpf.model.layout import NR_SIZE_SLOTS, SIZE_BUCKETS
 
 # Call-site labels that are not symbols.
 UNKNOWN_SITE = "unknown"  # kernel without the call_site field
 UNTRACKED_SITE = "untracked"  # free of an allocation made before tracing began
-
-
-def size_slot(size: int) -> int:
-    """Index of the histogram bucket counting ``size`` (the same formula as the BPF side)."""
-    if size <= SIZE_BUCKETS[0]:
-        return 0
-    return min((size - 1).bit_length() - 2, NR_SIZE_SLOTS - 1)
 
 
 def _frozen(mapping: Mapping[Any, Any] | None = None) -> Mapping[Any, Any]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from pcpu_bpf.model.snapshot import SIZE_BUCKETS, SizeHistogram, Snapshot
+from pcpu_bpf.model.layout import SIZE_BUCKETS
+from pcpu_bpf.model.snapshot import SizeHistogram, Snapshot
 
 
 def _histogram(h: SizeHistogram) -> dict[str, Any]:

@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from pcpu_bpf.model.layout import DROP_REASONS, NR_SIZE_SLOTS, failure_index
 from pcpu_bpf.model.snapshot import (
-    DROP_REASONS,
-    NR_SIZE_SLOTS,
     UNKNOWN_SITE,
     UNTRACKED_SITE,
     AllocCounts,
@@ -25,9 +24,6 @@ from pcpu_bpf.model.snapshot import (
     SizeHistogram,
     Snapshot,
 )
-
-DEFAULT_LIVE_CAPACITY = 262_144
-DEFAULT_SITE_CAPACITY = 4_096
 
 # A site key is (call_site address, atomic, reserved); address 0 = the kernel has no
 # call_site field.
@@ -68,11 +64,6 @@ class Histogram:
 
     def frozen(self) -> SizeHistogram:
         return SizeHistogram(tuple(self.counts), self.sum)
-
-
-def failure_index(atomic: bool, reserved: bool) -> int:
-    """Index into the failure counters (same layout as the BPF array)."""
-    return int(atomic) * 2 + int(reserved)
 
 
 @dataclass(slots=True)

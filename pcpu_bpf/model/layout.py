@@ -1,0 +1,36 @@
+"""Numbers the BPF programs and the Python side share, defined here and only here.
+
+The loader passes each of them to the C as a -D define (bpf_programs/ defines none of
+them itself), and the reference aggregator, the map reader and the Snapshot read them
+from here, so the two sides cannot drift apart.
+"""
+
+from __future__ import annotations
+
+# Upper bounds of the log2 size histogram: 4, 8, ..., 32768 bytes, then +Inf.
+SIZE_BUCKETS: tuple[int, ...] = tuple(4 << i for i in range(14))
+NR_SIZE_SLOTS = len(SIZE_BUCKETS) + 1
+
+# Reasons a tracking table refused an entry, in the order of their counter slots.
+DROP_REASONS: tuple[str, ...] = ("live_table_full", "site_table_full")
+
+# Default capacities of the live-allocation table and the call-site table.
+DEFAULT_LIVE_CAPACITY = 262_144
+DEFAULT_SITE_CAPACITY = 4_096
+
+# Slots of the chunk counter: chunks created, chunks destroyed.
+CHUNK_CREATED, CHUNK_DESTROYED = 0, 1
+# Slots of the live-table counter: entries inserted, entries deleted.
+LIVE_INSERTED, LIVE_DELETED = 0, 1
+
+
+def size_slot(size: int) -> int:
+    """Index of the histogram bucket counting ``size`` (the BPF side computes the same)."""
+    if size <= SIZE_BUCKETS[0]:
+        return 0
+    return min((size - 1).bit_length() - 2, NR_SIZE_SLOTS - 1)
+
+
+def failure_index(atomic: bool, reserved: bool) -> int:
+    """Slot of the failure counter for one (atomic, reserved) class."""
+    return int(atomic) * 2 + int(reserved)
