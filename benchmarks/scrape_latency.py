@@ -25,14 +25,13 @@ from pathlib import Path
 from pcpu_bpf.backends.base import Backend
 from pcpu_bpf.kernel.percpu_stats import parse_percpu_stats
 from pcpu_bpf.model.events import TRACEPOINTS
+from pcpu_bpf.model.kernel_stats import KernelStats
+from pcpu_bpf.model.layout import NR_SIZE_SLOTS
 from pcpu_bpf.model.snapshot import (
-    NR_SIZE_SLOTS,
-    AllocCounts,
-    AllocKey,
-    KernelStats,
     MapUsage,
     ProgramStats,
-    SiteCounts,
+    SiteKey,
+    SiteRecord,
     SizeHistogram,
     Snapshot,
 )
@@ -47,19 +46,19 @@ class SyntheticBackend(Backend):
     name = "synthetic"
 
     def __init__(self, sites: int) -> None:
-        allocations, counts = {}, {}
+        records = {}
         for i in range(sites):
             site = f"synthetic_site_{i:04d}"
-            allocations[AllocKey(site, False, False)] = AllocCounts(1000 + i, 16_000, 64_000)
+            records[SiteKey(site)] = SiteRecord(
+                1000 + i, 16_000, 64_000, 900, 57_600, 100 + i, 6_400
+            )
             if i % 5 == 0:  # some sites also allocate atomically
-                allocations[AllocKey(site, True, False)] = AllocCounts(10, 160, 640)
-            counts[site] = SiteCounts(900, 57_600, 100 + i, 6_400)
+                records[SiteKey(site, atomic=True)] = SiteRecord(10, 160, 640)
         self._base = Snapshot(
             backend="synthetic",
             kernel=os.uname().release,
             timestamp=0.0,
-            allocations=allocations,
-            sites=counts,
+            sites=records,
             size_histogram=SizeHistogram(tuple(range(NR_SIZE_SLOTS)), 123_456),
             failures={(a, r): 1 for a in (False, True) for r in (False, True)},
             failed_size_histogram=SizeHistogram((1,) * NR_SIZE_SLOTS, 99_999),

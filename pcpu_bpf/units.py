@@ -1,4 +1,4 @@
-"""Human-readable units for terminal output (pcpu-top, pcpu-bpf simulate)."""
+"""Human-readable numbers for terminal output (pcpu-top, pcpu-bpf simulate)."""
 
 from __future__ import annotations
 
@@ -16,3 +16,38 @@ def human_bytes(n: float) -> str:
         if abs(value) < 1023.5 or unit == _UNITS[-1]:
             return f"{value:.1f} {unit}" if abs(value) < 9.95 else f"{value:.0f} {unit}"
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def human_rate(x: float) -> str:
+    """A per-second rate in at most 6 characters: "0", "0.5", "42.0", "1234", "12.3k"."""
+    if x == 0:
+        return "0"
+    if abs(x) < 99.95:
+        return f"{x:.1f}"
+    if abs(x) < 99_999.5:
+        return f"{x:.0f}"
+    return human_int(round(x))
+
+
+def human_int(n: int) -> str:
+    """A count in at most 6 characters: exact up to 999999, then "1.2M", "345G", "7.0T"."""
+    if abs(n) < 1_000_000:
+        return str(n)
+    for scale, suffix in ((1e6, "M"), (1e9, "G"), (1e12, "T"), (1e15, "P")):
+        v = abs(n) / scale
+        if v < 99.95:
+            return f"{n / scale:.1f}{suffix}"
+        if v < 999.5 or suffix == "P":
+            return f"{n / scale:.0f}{suffix}"
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def fit(text: str, width: int) -> str:
+    """Shorten ``text`` to ``width`` keeping both ends: kernel names differ at either end."""
+    if len(text) <= width:
+        return text
+    if width < 5:
+        return text[:width]
+    head = (width - 2 + 1) // 2
+    tail = width - 2 - head
+    return text[:head] + ".." + text[len(text) - tail :]

@@ -13,7 +13,7 @@ from pcpu_bpf.model.events import (
     PercpuFree,
 )
 from pcpu_bpf.model.layout import SIZE_BUCKETS, size_slot
-from pcpu_bpf.model.snapshot import AllocCounts, AllocKey, SiteCounts
+from pcpu_bpf.model.snapshot import SiteKey, SiteRecord
 from pcpu_bpf.model.tables import SnapshotContext
 
 SYMS = {0x1000: "mm_init", 0x1010: "mm_init", 0x2000: "ipv4_mib_init_net"}
@@ -69,37 +69,37 @@ def test_size_slot_is_log2_upper_bound(size: int, bucket: int) -> None:
 
 def test_alloc_then_free_balances_exactly() -> None:
     snap = aggregate([alloc(1, 16), alloc(2, 100), free(1)])
-    assert snap.allocations == {AllocKey("mm_init", False, False): AllocCounts(2, 116, 464)}
-    assert snap.sites == {"mm_init": SiteCounts(1, 64, 1, 400)}
-    a, s = snap.allocations_by_site()["mm_init"], snap.sites["mm_init"]
-    assert a.allocated_bytes - s.freed_bytes == s.live_bytes
+    assert snap.sites == {SiteKey("mm_init"): SiteRecord(2, 116, 464, 1, 64, 1, 400)}
+    s = snap.by_call_site["mm_init"]
+    assert s.allocated_bytes - s.freed_bytes == s.live_bytes
 
 
 def test_addresses_in_one_function_fold_into_one_label() -> None:
     snap = aggregate([alloc(1, site=0x1000), alloc(2, site=0x1010), alloc(3, site=0x2000)])
-    assert snap.site_names() == ["ipv4_mib_init_net", "mm_init"]
-    assert snap.allocations[AllocKey("mm_init", False, False)].allocations == 2
+    assert list(snap.by_call_site) == ["ipv4_mib_init_net", "mm_init"]
+    assert snap.sites[SiteKey("mm_init")].allocations == 2
 
 
 def test_labels_split_by_atomic_and_reserved() -> None:
     snap = aggregate([alloc(1), alloc(2, atomic=True), alloc(3, reserved=True)])
-    assert {k for k in snap.allocations} == {
-        AllocKey("mm_init", False, False),
-        AllocKey("mm_init", True, False),
-        AllocKey("mm_init", False, True),
+    assert set(snap.sites) == {
+        SiteKey("mm_init", False, False),
+        SiteKey("mm_init", True, False),
+        SiteKey("mm_init", False, True),
     }
-    assert snap.sites["mm_init"].live_allocations == 3
+    assert snap.by_call_site["mm_init"].live_allocations == 3
 
 
 def test_free_of_unknown_pointer_is_untracked() -> None:
     snap = aggregate([free(7), free(8)])
-    assert snap.sites == {"untracked": SiteCounts(frees=2)}
+    assert snap.sites == {}
+    assert snap.untracked_frees == 2
 
 
 def test_kernel_without_call_site_or_bytes_alloc() -> None:
     # Pre-5.19 kernels: site "unknown", memory used = size x possible CPUs.
     snap = aggregate([alloc(1, 24, site=None, bytes_alloc=None)])
-    assert snap.allocations == {AllocKey("unknown", False, False): AllocCounts(1, 24, 48)}
+    assert snap.sites == {SiteKey("unknown"): SiteRecord(1, 24, 48, 0, 0, 1, 48)}
 
 
 def test_histograms_failures_and_chunks() -> None:
@@ -129,16 +129,17 @@ def test_histograms_failures_and_chunks() -> None:
 def test_full_live_table_drops_new_entries_and_keeps_counts() -> None:
     snap = aggregate([alloc(p) for p in range(1, 6)] + [free(5)], live_capacity=3)
     assert snap.dropped["live_table_full"] == 2
-    assert snap.allocations[AllocKey("mm_init", False, False)].allocations == 5
+    assert snap.sites[SiteKey("mm_init")].allocations == 5
     # Pointers 4 and 5 were never tracked: the free of 5 is untracked.
-    assert snap.sites["mm_init"].live_allocations == 3
-    assert snap.sites["untracked"].frees == 1
+    assert snap.sites[SiteKey("mm_init")].live_allocations == 3
+    assert snap.untracked_frees == 1
 
 
 def test_full_site_table_drops_the_allocation() -> None:
     snap = aggregate([alloc(1, site=0x1000), alloc(2, site=0x2000), free(2)], site_capacity=1)
     assert snap.dropped == {"live_table_full": 0, "site_table_full": 1}
-    assert snap.site_names() == ["mm_init", "untracked"]
+    assert list(snap.by_call_site) == ["mm_init"]
+    assert snap.untracked_frees == 1
 
 
 def test_known_series_exist_before_any_event() -> None:

@@ -22,12 +22,12 @@ from pcpu_bpf.bpf import syscalls
 from pcpu_bpf.errors import BackendUnavailable
 from pcpu_bpf.kernel.percpu_stats import read_percpu_stats
 from pcpu_bpf.model.layout import size_slot
-from pcpu_bpf.model.snapshot import AllocKey, SiteCounts, Snapshot
+from pcpu_bpf.model.snapshot import SiteKey, SiteRecord, Snapshot
 
 pytestmark = pytest.mark.privileged
 
 SITE = "bpf_map_alloc_percpu"
-KEY = AllocKey(SITE, atomic=False, reserved=False)
+KEY = SiteKey(SITE, atomic=False, reserved=False)
 
 
 @pytest.fixture
@@ -43,13 +43,12 @@ def backend() -> Iterator[object]:
         b.close()
 
 
-def site(s: Snapshot) -> SiteCounts:
-    return s.sites.get(SITE, SiteCounts())
+def site(s: Snapshot) -> SiteRecord:
+    return s.by_call_site.get(SITE, SiteRecord())
 
 
 def allocs(s: Snapshot) -> int:
-    a = s.allocations.get(KEY)
-    return a.allocations if a else 0
+    return s.sites.get(KEY, SiteRecord()).allocations
 
 
 def poll(
@@ -92,11 +91,11 @@ def test_exact_counts_for_per_cpu_maps(backend, value_size: int, entries: int) -
     assert len(reported) == entries and len(set(reported)) == 1, reported
     used = reported[0]
 
-    a0 = before.allocations.get(KEY)
-    a1 = mid.allocations[KEY]
-    assert a1.allocations - (a0.allocations if a0 else 0) == entries
-    assert a1.requested_bytes - (a0.requested_bytes if a0 else 0) == entries * value_size
-    assert a1.allocated_bytes - (a0.allocated_bytes if a0 else 0) == entries * used
+    a0 = before.sites.get(KEY, SiteRecord())
+    a1 = mid.sites[KEY]
+    assert a1.allocations - a0.allocations == entries
+    assert a1.requested_bytes - a0.requested_bytes == entries * value_size
+    assert a1.allocated_bytes - a0.allocated_bytes == entries * used
     assert site(mid).live_allocations - site(before).live_allocations == entries
     assert site(mid).live_bytes - site(before).live_bytes == entries * used
     assert mid.size_histogram.counts[slot] - before.size_histogram.counts[slot] == entries
@@ -107,7 +106,9 @@ def test_exact_counts_for_per_cpu_maps(backend, value_size: int, entries: int) -
     assert site(after).freed_bytes - site(mid).freed_bytes == entries * used
     assert site(after).live_bytes == site(before).live_bytes
     assert site(after).live_allocations == site(before).live_allocations
-    assert after.allocations[KEY] == a1  # frees never touch the allocation counters
+    # frees never touch the allocation counters
+    assert after.sites[KEY].allocations == a1.allocations
+    assert after.sites[KEY].allocated_bytes == a1.allocated_bytes
 
 
 def test_snapshot_optional_parts(backend) -> None:
@@ -190,16 +191,12 @@ def test_full_live_table_drops_and_keeps_counts() -> None:
         syscalls.close(fd)
         after = poll(
             small.snapshot,
-            lambda s: (
-                s.sites.get("untracked", SiteCounts()).frees
-                - mid.sites.get("untracked", SiteCounts()).frees
-                >= dropped
-            ),
+            lambda s: s.untracked_frees - mid.untracked_frees >= dropped,
         )
         # Frees of dropped allocations are untracked; the tracked ones come back exactly.
         assert site(after).frees - site(mid).frees == tracked
         assert site(after).live_allocations == site(before).live_allocations
-        assert after.allocations[KEY] == mid.allocations[KEY]
+        assert after.sites[KEY].allocations == mid.sites[KEY].allocations
         assert after.dropped["live_table_full"] >= mid.dropped["live_table_full"]
 
 
@@ -221,7 +218,7 @@ def test_agrees_with_percpu_stats_over_a_quiet_window(backend) -> None:
         return g0.nr_alloc, g0.nr_dealloc, s, g1.nr_alloc, g1.nr_dealloc
 
     def counted(s: Snapshot) -> tuple[int, int]:
-        frees = sum(c.frees for c in s.sites.values())  # includes "untracked"
+        frees = s.totals.frees + s.untracked_frees
         return s.size_histogram.count, frees
 
     a_alloc0, a_free0, s_a, a_alloc1, a_free1 = read()

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -22,11 +22,16 @@ import pytest
 from bpf_env import bpf_unavailable_reason
 from click.testing import CliRunner, Result
 
+from pcpu_bpf.backends import BackendOptions, Constructor
 from pcpu_bpf.backends.base import Backend
+from pcpu_bpf.backends.remote import RemoteBackend
 from pcpu_bpf.backends.sim import SimBackend
-from pcpu_bpf.cli.top import BANNER, CLEAR, TopDeps, TopOptions, main, run_top
+from pcpu_bpf.cli.top import main
 from pcpu_bpf.errors import BackendUnavailable, PcpuError, ProgramLoadError
 from pcpu_bpf.top.render import WIDTH
+from pcpu_bpf.top.run import CLEAR, TopDeps, TopOptions, run_top
+
+BANNER = Backend.banner
 
 SCENARIOS = [
     "steady",
@@ -55,8 +60,9 @@ class FakeClock:
         self.t += seconds
 
 
-class Recorder:
-    """open_backend stand-in: sim backends on the fake clock; bpf raises what it is told."""
+class Recorder(Mapping[str, Constructor]):
+    """The backend constructors, recorded: sim and remote on the fake clock; bpf raises
+    what it is told."""
 
     def __init__(self, clock: FakeClock, bpf_error: Exception | None = None) -> None:
         self.clock = clock
@@ -64,11 +70,26 @@ class Recorder:
         self.opened: list[tuple[str, dict[str, Any]]] = []
         self.backends: list[Backend] = []
 
-    def __call__(self, name: str, **options: Any) -> Backend:
-        self.opened.append((name, options))
+    def __getitem__(self, name: str) -> Constructor:
+        return lambda options: self.open(name, options)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(("bpf", "sim", "remote"))
+
+    def __len__(self) -> int:
+        return 3
+
+    def open(self, name: str, options: BackendOptions) -> Backend:
+        self.opened.append((name, options.given()))
         if name == "bpf":
             raise self.bpf_error or AssertionError("tests never load BPF here")
-        backend = _Closing(SimBackend(clock=self.clock.now, **options))
+        if name == "remote":
+            assert options.url is not None
+            return RemoteBackend(options.url, clock=self.clock.now)
+        sim = SimBackend(
+            clock=self.clock.now, scenario=options.scenario or "steady", seed=options.seed or 0
+        )
+        backend = _Closing(sim)
         self.backends.append(backend)
         return backend
 
@@ -81,6 +102,10 @@ class _Closing(Backend):
     def __init__(self, inner: SimBackend) -> None:
         self.inner = inner
         self.closed = False
+
+    @property
+    def label(self) -> str:
+        return self.inner.label
 
     def snapshot(self):  # type: ignore[no-untyped-def]
         return self.inner.snapshot()
@@ -100,9 +125,8 @@ def clock() -> FakeClock:
 @pytest.fixture
 def deps(clock: FakeClock) -> TopDeps:
     return TopDeps(
-        open_backend=Recorder(clock, NOT_ROOT),
+        constructors=Recorder(clock, NOT_ROOT),
         sleep=clock.sleep,
-        monotonic=clock.now,
         clock_text=lambda: "12:00:00",
         terminal_lines=lambda: None,
         iso_time=lambda: "2026-11-26T12:00:00+00:00",
@@ -156,14 +180,14 @@ def test_leak_two_tables(runner: CliRunner, deps: TopDeps, clock: FakeClock) -> 
         int(next(r for r in rows(t) if r.startswith("leaky_driver_open")).split()[3]) for t in found
     ]
     assert live[1] > live[0] > 0
-    assert deps.open_backend.backends[0].closed  # type: ignore[attr-defined]
+    assert deps.constructors.backends[0].closed  # type: ignore[attr-defined]
 
 
 def test_deterministic_with_a_fake_clock(runner: CliRunner, clock: FakeClock) -> None:
     outputs = []
     for _ in range(2):
         c = FakeClock()
-        d = TopDeps(Recorder(c), c.sleep, c.now, lambda: "12:00:00", lambda: None)
+        d = TopDeps(Recorder(c), c.sleep, lambda: "12:00:00", lambda: None)
         outputs.append(top(runner, d, "--backend", "sim", "--scenario", "netns-churn", "1", "3"))
     assert outputs[0].exit_code == 0
     assert outputs[0].stdout == outputs[1].stdout
@@ -176,7 +200,7 @@ def test_defaults_one_table_after_one_second(
     assert result.exit_code == 0, result.output
     assert clock.sleeps == [1.0]
     assert len(tables(result.stdout)) == 1
-    assert deps.open_backend.opened == [("sim", {"scenario": "steady"})]  # type: ignore[attr-defined]
+    assert deps.constructors.opened == [("sim", {})]  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -282,7 +306,7 @@ def test_ctrl_c_exits_cleanly(runner: CliRunner, deps: TopDeps, clock: FakeClock
     assert result.exception is None
     assert "Traceback" not in result.output and "Aborted" not in result.output
     assert result.stdout.count(CLEAR) == 1
-    assert deps.open_backend.backends[0].closed  # type: ignore[attr-defined]
+    assert deps.constructors.backends[0].closed  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(
@@ -295,25 +319,25 @@ def test_ctrl_c_exits_cleanly(runner: CliRunner, deps: TopDeps, clock: FakeClock
 def test_auto_falls_back_to_sim_with_one_line_notice(
     runner: CliRunner, clock: FakeClock, deps: TopDeps, error: Exception, what: str
 ) -> None:
-    deps.open_backend = Recorder(clock, error)
+    deps.constructors = Recorder(clock, error)
     result = top(runner, deps)
     assert result.exit_code == 0, result.output
     notice = result.stderr.splitlines()
     assert len(notice) == 1
     assert notice[0].startswith("pcpu-top: " + what)
     assert notice[0].endswith("; showing the simulator (scenario steady)")
-    assert [name for name, _ in deps.open_backend.opened] == ["bpf", "sim"]  # type: ignore[attr-defined]
+    assert [name for name, _ in deps.constructors.opened] == ["bpf", "sim"]  # type: ignore[attr-defined]
     assert tables(result.stdout)[0][0].startswith("12:00:00  sim (steady)")
 
 
 def test_naming_a_scenario_picks_the_simulator(
     runner: CliRunner, clock: FakeClock, deps: TopDeps
 ) -> None:
-    deps.open_backend = Recorder(clock, None)
+    deps.constructors = Recorder(clock, None)
     result = top(runner, deps, "--scenario", "leak")
     assert result.exit_code == 0, result.output
     assert result.stderr == ""
-    assert [name for name, _ in deps.open_backend.opened] == ["sim"]  # type: ignore[attr-defined]
+    assert [name for name, _ in deps.constructors.opened] == ["sim"]  # type: ignore[attr-defined]
     assert tables(result.stdout)[0][0].startswith("12:00:00  sim (leak)")
 
 
@@ -332,7 +356,7 @@ def test_backend_error_during_run_is_one_line(runner: CliRunner, deps: TopDeps) 
         def snapshot(self):  # type: ignore[no-untyped-def]
             raise PcpuError("percpu maps vanished\nsecond line")
 
-    deps.open_backend = lambda name, **_: Broken()
+    deps.constructors = {"sim": lambda options: Broken()}
     result = top(runner, deps, "--backend", "sim")
     assert result.exit_code == 1
     assert result.stderr == "Error: percpu maps vanished\n"
@@ -374,19 +398,19 @@ pcpu_exporter_info{{backend="bpf",kernel="6.18.44",version="0.1.0"}} 1
 pcpu_allocations_total{{atomic="false",call_site="mm_init",reserved="false"}} {allocs}
 pcpu_allocations_total{{atomic="false",call_site="bpf_map_alloc_percpu",reserved="false"}} 1000
 # TYPE pcpu_requested_bytes_total counter
-pcpu_requested_bytes_total{{call_site="mm_init"}} {requested}
-pcpu_requested_bytes_total{{call_site="bpf_map_alloc_percpu"}} 1000000
+pcpu_requested_bytes_total{{atomic="false",call_site="mm_init",reserved="false"}} {requested}
+pcpu_requested_bytes_total{bpf_map} 1000000
 # TYPE pcpu_allocated_bytes_total counter
-pcpu_allocated_bytes_total{{call_site="mm_init"}} {allocated}
-pcpu_allocated_bytes_total{{call_site="bpf_map_alloc_percpu"}} 2000000
+pcpu_allocated_bytes_total{{atomic="false",call_site="mm_init",reserved="false"}} {allocated}
+pcpu_allocated_bytes_total{bpf_map} 2000000
 # TYPE pcpu_frees_total counter
-pcpu_frees_total{{call_site="mm_init"}} {frees}
+pcpu_frees_total{{atomic="false",call_site="mm_init",reserved="false"}} {frees}
 # TYPE pcpu_live_allocations gauge
-pcpu_live_allocations{{call_site="mm_init"}} {live}
-pcpu_live_allocations{{call_site="bpf_map_alloc_percpu"}} 1000
+pcpu_live_allocations{{atomic="false",call_site="mm_init",reserved="false"}} {live}
+pcpu_live_allocations{{atomic="false",call_site="bpf_map_alloc_percpu",reserved="false"}} 1000
 # TYPE pcpu_live_bytes gauge
-pcpu_live_bytes{{call_site="mm_init"}} {live_bytes}
-pcpu_live_bytes{{call_site="bpf_map_alloc_percpu"}} 2000000
+pcpu_live_bytes{{atomic="false",call_site="mm_init",reserved="false"}} {live_bytes}
+pcpu_live_bytes{{atomic="false",call_site="bpf_map_alloc_percpu",reserved="false"}} 2000000
 # TYPE pcpu_allocation_failures_total counter
 pcpu_allocation_failures_total{{atomic="false",reserved="false"}} 0
 pcpu_allocation_failures_total{{atomic="true",reserved="false"}} {fails}
@@ -398,6 +422,7 @@ pcpu_meminfo_bytes 3145728
 def exposition(step: int) -> str:
     allocs, frees = 500 + 40 * step, 480 + 30 * step
     return EXPOSITION.format(
+        bpf_map='{atomic="false",call_site="bpf_map_alloc_percpu",reserved="false"}',
         allocs=allocs,
         requested=16 * allocs,
         allocated=64 * allocs,
@@ -444,7 +469,7 @@ def metrics_server() -> Iterator[str]:
 def test_from_reads_a_daemon(runner: CliRunner, deps: TopDeps, metrics_server: str) -> None:
     result = top(runner, deps, "--from", metrics_server, "2", "2")
     assert result.exit_code == 0, result.output
-    assert deps.open_backend.opened == []  # type: ignore[attr-defined]
+    assert deps.constructors.opened == [("remote", {"url": metrics_server})]  # type: ignore[attr-defined]
     assert result.stdout.startswith(
         f"Reading {metrics_server} (counts since the daemon started)... Hit Ctrl-C to end.\n"
     )

@@ -9,19 +9,23 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from exporters.prometheus import PcpuCollector
 from pcpu_bpf import __version__
-from pcpu_bpf.kernel.percpu_stats import AllocationInfo, ChunkStats, GlobalStats, PercpuStats
-from pcpu_bpf.model.snapshot import (
-    AllocCounts,
-    AllocKey,
+from pcpu_bpf.model.kernel_stats import (
+    AllocationInfo,
+    ChunkStats,
+    GlobalStats,
     KernelStats,
+    PercpuStats,
+)
+from pcpu_bpf.model.snapshot import (
     MapUsage,
     ProgramStats,
-    SiteCounts,
+    SiteKey,
+    SiteRecord,
     SizeHistogram,
     Snapshot,
 )
 
-STATS = PercpuStats(
+STATS = PercpuStats.of(
     AllocationInfo(1 << 20, 185560, 0, 31528, 1 << 21, 1 << 21),
     GlobalStats(100, 40, 60, 70, 2, 3, 4, 4096, 5),
     (
@@ -36,16 +40,12 @@ def full_snapshot(**changes: object) -> Snapshot:
         backend="bpf",
         kernel="6.18.0",
         timestamp=1.0,
-        allocations={
-            AllocKey("mm_init", False, False): AllocCounts(3, 48, 192),
-            AllocKey("mm_init", True, False): AllocCounts(1, 16, 64),
-            AllocKey("bpf_map_alloc_percpu", False, False): AllocCounts(2, 2000, 4000),
-        },
         sites={
-            "mm_init": SiteCounts(1, 64, 3, 192),
-            "bpf_map_alloc_percpu": SiteCounts(0, 0, 2, 4000),
-            "untracked": SiteCounts(frees=7),
+            SiteKey("mm_init", False, False): SiteRecord(3, 48, 192, 1, 64, 2, 128),
+            SiteKey("mm_init", True, False): SiteRecord(1, 16, 64, 0, 0, 1, 64),
+            SiteKey("bpf_map_alloc_percpu"): SiteRecord(2, 2000, 4000, 0, 0, 2, 4000),
         },
+        untracked_frees=7,
         size_histogram=SizeHistogram((0, 0, 4, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0), 2064),
         failures={(True, False): 2},
         failed_size_histogram=SizeHistogram((0,) * 14 + (2,), 2 * 65536),
@@ -92,6 +92,7 @@ EXPECTED_TYPES = {
     "pcpu_allocated_bytes": "counter",
     "pcpu_requested_bytes": "counter",
     "pcpu_frees": "counter",
+    "pcpu_untracked_frees": "counter",
     "pcpu_freed_bytes": "counter",
     "pcpu_live_allocations": "gauge",
     "pcpu_live_bytes": "gauge",
@@ -162,10 +163,11 @@ def test_values_in_base_units() -> None:
         )
         == 1
     )
-    assert get("pcpu_allocated_bytes_total", {"call_site": "mm_init"}) == 256
-    assert get("pcpu_requested_bytes_total", {"call_site": "mm_init"}) == 64
-    assert get("pcpu_frees_total", {"call_site": "untracked"}) == 7
-    assert get("pcpu_live_bytes", {"call_site": "bpf_map_alloc_percpu"}) == 4000
+    plain = {"atomic": "false", "reserved": "false"}
+    assert get("pcpu_allocated_bytes_total", {"call_site": "mm_init", **plain}) == 192
+    assert get("pcpu_requested_bytes_total", {"call_site": "mm_init", **plain}) == 48
+    assert get("pcpu_untracked_frees_total") == 7
+    assert get("pcpu_live_bytes", {"call_site": "bpf_map_alloc_percpu", **plain}) == 4000
     assert get("pcpu_bpf_program_run_seconds_total", {"program": "pcpu_alloc"}) == 2.5
     assert get("pcpu_bpf_program_recursion_misses_total", {"program": "pcpu_alloc"}) == 1
     assert get("pcpu_stats_free_bytes") == 10000
@@ -238,7 +240,7 @@ def test_failing_kernel_part_is_counted_and_the_rest_served(
     assert value(samples, "pcpu_collector_success", collector="meminfo") == 1
     assert value(samples, "pcpu_collector_errors_total", collector="meminfo") == 0
     assert value(samples, "pcpu_meminfo_bytes") == 4096
-    assert value(samples, "pcpu_frees_total", call_site="untracked") == 7
+    assert value(samples, "pcpu_untracked_frees_total") == 7
     # Logged once, not on every scrape.
     assert [r.getMessage() for r in caplog.records] == [
         "collector percpu_stats failed, rest of /metrics served: Permission denied"
@@ -272,7 +274,7 @@ def test_snapshot_raising_serves_self_metrics_and_counts() -> None:
 
 
 def test_bad_tracing_data_spoils_only_its_part() -> None:
-    bad = full_snapshot(sites={"mm_init": object()})  # a backend bug: not a SiteCounts
+    bad = full_snapshot(programs={"on_alloc": object()})  # a bug: not a ProgramStats
     samples = read(registry_for(lambda: bad))
     assert value(samples, "pcpu_collector_success", collector="tracing") == 0
     assert value(samples, "pcpu_collector_errors_total", collector="tracing") == 1

@@ -10,6 +10,11 @@ from hypothesis import strategies as st
 
 from pcpu_bpf.errors import StatsParseError
 from pcpu_bpf.kernel.percpu_stats import (
+    parse_percpu_stats,
+    read_percpu_stats,
+    render_percpu_stats,
+)
+from pcpu_bpf.model.kernel_stats import (
     CHUNK_FIRST,
     CHUNK_NORMAL,
     CHUNK_RESERVED,
@@ -17,15 +22,9 @@ from pcpu_bpf.kernel.percpu_stats import (
     CHUNK_TO_DEPOPULATE,
     AllocationInfo,
     ChunkStats,
+    ChunkTotals,
     GlobalStats,
     PercpuStats,
-    fragmented_bytes,
-    free_bytes,
-    max_contig_bytes,
-    max_fragment_bytes,
-    parse_percpu_stats,
-    read_percpu_stats,
-    render_percpu_stats,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures" / "percpu_stats"
@@ -82,17 +81,12 @@ def test_negative_empty_pop_pages():
 )
 def test_summaries(name, free, frag, max_frag, contig):
     stats = parse_percpu_stats(sample(name))
-    assert free_bytes(stats) == free
-    assert fragmented_bytes(stats) == frag
-    assert max_fragment_bytes(stats) == max_frag
-    assert max_contig_bytes(stats) == contig
+    assert stats.totals == ChunkTotals(free, frag, max_frag, contig)
 
 
 def test_summaries_without_chunks():
     stats = parse_percpu_stats(sample("boot"))
-    empty = PercpuStats(stats.info, stats.globals, ())
-    assert (free_bytes(empty), fragmented_bytes(empty)) == (0, 0)
-    assert (max_fragment_bytes(empty), max_contig_bytes(empty)) == (0, 0)
+    assert PercpuStats.of(stats.info, stats.globals, ()).totals == ChunkTotals(0, 0, 0, 0)
 
 
 @pytest.mark.parametrize(
@@ -183,7 +177,7 @@ _kinds = st.sampled_from(
 )
 _chunk = st.builds(ChunkStats, _kinds, *[_signed] * 11)
 _stats = st.builds(
-    PercpuStats,
+    PercpuStats.of,
     st.builds(AllocationInfo, *[_counts] * 6),
     st.builds(GlobalStats, *[_counts] * 8, _signed),
     st.lists(_chunk, min_size=1, max_size=6).map(tuple),

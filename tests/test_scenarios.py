@@ -34,20 +34,18 @@ def test_scenario_is_deterministic_and_agrees_with_kernel_stats(name: str) -> No
     # Tracing started at boot, so every live allocation is tracked: the tables' live
     # count must equal the allocator's own nr_cur_alloc.
     assert snap.kernel_stats is not None and snap.kernel_stats.percpu_stats is not None
-    live = sum(s.live_allocations for s in snap.sites.values())
-    assert live == snap.kernel_stats.percpu_stats.globals.nr_cur_alloc
-    assert "untracked" not in snap.sites
-    for site, counts in snap.allocations_by_site().items():
-        s = snap.sites[site]
-        assert counts.allocated_bytes - s.freed_bytes == s.live_bytes
-    assert set(snap.site_names()) <= set(SYMBOLS)
+    assert snap.totals.live_allocations == snap.kernel_stats.percpu_stats.globals.nr_cur_alloc
+    assert snap.untracked_frees == 0
+    for s in snap.sites.values():
+        assert s.allocated_bytes - s.freed_bytes == s.live_bytes
+    assert set(snap.by_call_site) <= set(SYMBOLS)
 
 
 def test_leak_has_a_site_that_never_frees() -> None:
     sim = run("leak")
-    early = sim.snapshot(0.0).sites["leaky_driver_open"]
+    early = sim.snapshot(0.0).by_call_site["leaky_driver_open"]
     sim.advance(OPS)
-    late = sim.snapshot(1.0).sites["leaky_driver_open"]
+    late = sim.snapshot(1.0).by_call_site["leaky_driver_open"]
     assert early.frees == late.frees == 0
     assert late.live_allocations > early.live_allocations > 0
 
@@ -79,7 +77,7 @@ def test_atomic_pressure_keeps_failing_after_warm_up() -> None:
 
 def test_atomic_pressure_uses_atomic_callers() -> None:
     snap = run("atomic-pressure").snapshot(1.0)
-    assert set(snap.site_names()) == {"alloc_bulk", "dst_cache_init"}
+    assert set(snap.by_call_site) == {"alloc_bulk", "dst_cache_init"}
 
 
 def test_memcg_churn_live_bytes_grow() -> None:
@@ -87,7 +85,7 @@ def test_memcg_churn_live_bytes_grow() -> None:
     live = []
     for _ in range(4):
         sim.advance(4_000)
-        live.append(sum(s.live_bytes for s in sim.snapshot(1.0).sites.values()))
+        live.append(sim.snapshot(1.0).totals.live_bytes)
     assert live == sorted(live) and len(set(live)) == len(live), live
     assert live[-1] > 2 * live[0]
 
@@ -96,7 +94,7 @@ def test_leak_fills_the_live_table_slowly() -> None:
     # One leaked allocation per 2,000 steps (one a second for the sim daemon), the
     # first at step 250: 262,144 live entries take about three days.
     sim = run("leak", ops=20_000)
-    assert sim.snapshot(1.0).sites["leaky_driver_open"].live_allocations == 10
+    assert sim.snapshot(1.0).by_call_site["leaky_driver_open"].live_allocations == 10
 
 
 def test_balance_log_is_bounded() -> None:
@@ -158,14 +156,14 @@ def test_frag_stats_is_memoized() -> None:
 
 def test_netns_churn_uses_the_networking_call_sites() -> None:
     snap = run("netns-churn").snapshot(1.0)
-    assert {r.site for r in NETNS} <= set(snap.site_names())
+    assert {r.site for r in NETNS} <= set(snap.by_call_site)
 
 
 def test_bpf_maps_allocates_multiples_of_eight_from_one_site() -> None:
     snap = run("bpf-maps").snapshot(1.0)
-    assert snap.site_names() == ["bpf_map_alloc_percpu"]
+    assert list(snap.by_call_site) == ["bpf_map_alloc_percpu"]
     # bytes_alloc = 4 x size on the 2-CPU memcg geometry
-    counts = snap.allocations_by_site()["bpf_map_alloc_percpu"]
+    counts = snap.by_call_site["bpf_map_alloc_percpu"]
     assert counts.allocated_bytes == 4 * counts.requested_bytes
     assert counts.requested_bytes % 8 == 0
 
@@ -224,7 +222,7 @@ def test_simulate_json_is_the_snapshot(runner) -> None:
     assert result.exit_code == 0, result.output
     doc = json.loads(result.output)
     assert doc["backend"] == "sim"
-    assert "leaky_driver_open" in doc["sites"]
+    assert "leaky_driver_open" in {s["call_site"] for s in doc["sites"]}
 
 
 def test_unknown_scenario_lists_the_known_ones(runner) -> None:

@@ -8,22 +8,18 @@ from pathlib import Path
 import pytest
 
 from pcpu_bpf.kernel.percpu_stats import parse_percpu_stats
-from pcpu_bpf.model.snapshot import AllocCounts, AllocKey, KernelStats, SiteCounts, Snapshot
-from pcpu_bpf.top.render import (
-    SITE_WIDTH,
+from pcpu_bpf.model.kernel_stats import KernelStats
+from pcpu_bpf.model.snapshot import SiteKey, SiteRecord, Snapshot
+from pcpu_bpf.top.render import SITE_WIDTH, WIDTH, fit, render_json, render_text
+from pcpu_bpf.top.view import (
     SORT_KEYS,
-    WIDTH,
+    UNTRACKED_LABEL,
     Row,
     build_view,
     failure_label,
-    fit,
-    human_bytes,
-    human_int,
-    human_rate,
-    render_json,
-    render_text,
     sort_rows,
 )
+from pcpu_bpf.units import human_bytes, human_int, human_rate
 
 FIXTURES = Path(__file__).parent / "fixtures"
 BOOT_STATS = parse_percpu_stats((FIXTURES / "percpu_stats/boot.txt").read_text())
@@ -31,22 +27,22 @@ BOOT_STATS = parse_percpu_stats((FIXTURES / "percpu_stats/boot.txt").read_text()
 
 def snap(
     ts: float,
-    allocs: dict[tuple[str, bool, bool], tuple[int, int, int]] | None = None,
-    sites: dict[str, tuple[int, int, int, int]] | None = None,
+    sites: dict[tuple[str, bool, bool], tuple[int, ...]] | None = None,
     failures: dict[tuple[bool, bool], int] | None = None,
     *,
+    untracked: int = 0,
     kernel_stats: KernelStats | None = None,
     dropped: dict[str, int] | None = None,
     chunks: tuple[int, int] = (0, 0),
 ) -> Snapshot:
-    """A hand-made Snapshot: allocs = key -> (n, requested, allocated), sites = key ->
-    (frees, freed bytes, live, live bytes)."""
+    """A hand-made Snapshot: sites = key -> (allocations, requested, allocated, frees,
+    freed bytes, live, live bytes)."""
     return Snapshot(
         backend="test",
         kernel="6.18.0-test",
         timestamp=ts,
-        allocations={AllocKey(*k): AllocCounts(*v) for k, v in (allocs or {}).items()},
-        sites={k: SiteCounts(*v) for k, v in (sites or {}).items()},
+        sites={SiteKey(*k): SiteRecord(*v) for k, v in (sites or {}).items()},
+        untracked_frees=untracked,
         failures=failures or {},
         kernel_stats=kernel_stats,
         dropped=dropped or {"live_table_full": 0, "site_table_full": 0},
@@ -148,24 +144,21 @@ def test_failure_label(atomic: bool, reserved: bool, label: str) -> None:
 
 BEFORE = snap(
     10.0,
-    allocs={("mm_init", False, False): (100, 1600, 6400), ("old_site", False, False): (5, 40, 80)},
-    sites={"mm_init": (90, 5760, 10, 640), "old_site": (5, 80, 0, 0)},
+    sites={
+        ("mm_init", False, False): (100, 1600, 6400, 90, 5760, 10, 640),
+        ("old_site", False, False): (5, 40, 80, 5, 80, 0, 0),
+    },
     failures={(True, False): 3},
 )
 AFTER = snap(
     12.0,
-    allocs={
-        ("mm_init", False, False): (120, 1920, 7680),
-        ("mm_init", True, False): (4, 64, 256),
-        ("old_site", False, False): (5, 40, 80),
-        ("new_site", False, True): (2, 2000, 8000),
-    },
     sites={
-        "mm_init": (100, 6400, 24, 1536),
-        "old_site": (5, 80, 0, 0),
-        "new_site": (0, 0, 2, 8000),
-        "untracked": (6, 0, 0, 0),
+        ("mm_init", False, False): (120, 1920, 7680, 100, 6400, 24, 1536),
+        ("mm_init", True, False): (4, 64, 256, 0, 0, 0, 0),
+        ("old_site", False, False): (5, 40, 80, 5, 80, 0, 0),
+        ("new_site", False, True): (2, 2000, 8000, 0, 0, 2, 8000),
     },
+    untracked=6,
     failures={(True, False): 7, (False, False): 0, (False, True): 1},
     kernel_stats=KernelStats(BOOT_STATS, 1_409_024),
     chunks=(1, 0),
@@ -179,7 +172,7 @@ def test_build_view_rates_over_the_interval() -> None:
     assert set(rows) == {
         "mm_init",
         "new_site",
-        "untracked",
+        UNTRACKED_LABEL,
         "[failed atomic]",
         "[failed reserved]",
     }
@@ -190,8 +183,8 @@ def test_build_view_rates_over_the_interval() -> None:
     assert (mm.live_allocations, mm.live_bytes) == (24, 1536)
     assert mm.avg_size == pytest.approx((1920 + 64) / 124)
     assert mm.fails_per_s is None
-    assert rows["untracked"].frees_per_s == pytest.approx(3.0)
-    assert rows["untracked"].avg_size is None
+    assert rows[UNTRACKED_LABEL].frees_per_s == pytest.approx(3.0)
+    assert rows[UNTRACKED_LABEL].avg_size is None
     assert rows["[failed atomic]"].fails_per_s == pytest.approx(2.0)
     assert rows["[failed atomic]"].failures == 7
     assert rows["[failed reserved]"].fail_class == (False, True)
@@ -211,17 +204,17 @@ def test_build_view_without_elapsed_time_has_zero_rates() -> None:
     assert all(r.allocs_per_s in (0.0, None) for r in view.rows)
 
 
-FA, FR = "[failed atomic]", "[failed reserved]"
+FA, FR, UT = "[failed atomic]", "[failed reserved]", UNTRACKED_LABEL
 
 
 @pytest.mark.parametrize(
     ("sort", "order"),
     [
-        ("live-bytes", ["new_site", "mm_init", "untracked", FA, FR]),
-        ("allocs", ["mm_init", "new_site", "untracked", FA, FR]),
-        ("frees", ["mm_init", "untracked", "new_site", FA, FR]),
-        ("bytes", ["new_site", "mm_init", "untracked", FA, FR]),
-        ("fails", [FA, FR, "new_site", "mm_init", "untracked"]),
+        ("live-bytes", ["new_site", "mm_init", UT, FA, FR]),
+        ("allocs", ["mm_init", "new_site", UT, FA, FR]),
+        ("frees", ["mm_init", UT, "new_site", FA, FR]),
+        ("bytes", ["new_site", "mm_init", UT, FA, FR]),
+        ("fails", [FA, FR, "new_site", "mm_init", UT]),
     ],
 )
 def test_sort_rows(sort: str, order: list[str]) -> None:
@@ -257,7 +250,7 @@ def test_render_text_layout() -> None:
     ]
     assert lines[5].split() == ["new_site", "1.0", "0", "2", "7.8", "KiB", "1000", "B", "-"]
     assert lines[6].split() == ["mm_init", "12.0", "5.0", "24", "1.5", "KiB", "16", "B", "-"]
-    assert lines[7].split() == ["untracked", "0", "3.0", "0", "0", "B", "-", "-"]
+    assert lines[7].split() == ["[untracked", "frees]", "0", "3.0", "-", "-", "-", "-"]
     assert lines[8].split() == ["[failed", "atomic]", "-", "-", "-", "-", "-", "2.0"]
     assert all(len(line) <= WIDTH for line in lines)
     # Columns line up under their headers (right-aligned).
@@ -276,8 +269,7 @@ def test_render_text_huge_values_stay_under_80_columns() -> None:
     before = snap(0.0)
     after = snap(
         0.001,
-        allocs={(name, True, True): (10**9, 10**12, 10**15)},
-        sites={name: (10**9 - 5, 10**15, 10**7, 10**15)},
+        sites={(name, True, True): (10**9, 10**12, 10**15, 10**9 - 5, 10**15, 10**7, 10**15)},
         failures={(True, True): 10**9},
         kernel_stats=KernelStats(BOOT_STATS, 10**14),
         dropped={"live_table_full": 10**9, "site_table_full": 10**9},

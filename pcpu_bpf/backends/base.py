@@ -8,11 +8,11 @@ from pcpu_bpf.model.snapshot import Snapshot
 
 
 class Backend:
-    """A source of Snapshots: the live kernel through BPF, or the simulator.
+    """A source of Snapshots: the live kernel, the simulator, or a running daemon.
 
     Usage::
 
-        with open_backend("sim", scenario="leak") as backend:
+        with open_backend("sim", BackendOptions(scenario="leak")) as backend:
             before = backend.snapshot()
             ...
             after = backend.snapshot()   # counters are cumulative since start
@@ -22,6 +22,13 @@ class Backend:
     """
 
     name: str = "base"
+    # What the numbers cover, for a person: pcpu-top prints it when it starts.
+    banner: str = "Tracing percpu allocations... Hit Ctrl-C to end."
+
+    @property
+    def label(self) -> str:
+        """The source as a table header names it ("bpf", "sim (leak)", ...)."""
+        return self.name
 
     def snapshot(self) -> Snapshot:
         """Everything counted since the backend started, plus current kernel stats."""

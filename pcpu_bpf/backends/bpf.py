@@ -27,8 +27,9 @@ from pcpu_bpf.bpf.maps import read_tables
 from pcpu_bpf.bpf.tracefs import read_layout
 from pcpu_bpf.errors import BackendUnavailable, StatsParseError
 from pcpu_bpf.kernel.procfs import kernel_release, read_possible_cpus
+from pcpu_bpf.model.kernel_stats import KernelStats
 from pcpu_bpf.model.layout import DEFAULT_LIVE_CAPACITY, DEFAULT_SITE_CAPACITY
-from pcpu_bpf.model.snapshot import KernelStats, ProgramStats, Snapshot
+from pcpu_bpf.model.snapshot import ProgramStats, Snapshot
 from pcpu_bpf.model.tables import (
     SnapshotContext,
     Tables,

@@ -42,6 +42,10 @@ class SimBackend(Backend):
         self._clock = clock
         self._start = clock()
 
+    @property
+    def label(self) -> str:
+        return f"sim ({self.simulation.scenario.name})"
+
     def advance(self, ops: int) -> None:
         """Run `ops` workload steps now, independent of the clock."""
         self.simulation.advance(ops)

@@ -22,7 +22,7 @@ from pcpu_bpf.model.layout import (
     LIVE_INSERTED,
     NR_SIZE_SLOTS,
 )
-from pcpu_bpf.model.tables import Histogram, SiteKey, SiteValue, Tables
+from pcpu_bpf.model.tables import Histogram, SiteAddressKey, SiteValue, Tables
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +71,9 @@ def _site_items(table: Any) -> Iterable[tuple[Any, Any]]:
         return list(table.items())
 
 
-def read_sites(table: Any) -> dict[SiteKey, SiteValue]:
+def read_sites(table: Any) -> dict[SiteAddressKey, SiteValue]:
     """The per-CPU site table: (call_site, atomic, reserved) -> summed SiteValue."""
-    out: dict[SiteKey, SiteValue] = {}
+    out: dict[SiteAddressKey, SiteValue] = {}
     for key, per_cpu in _site_items(table):
         f = {name: _u64(sum(getattr(v, name) for v in per_cpu)) for name in _FIELDS}
         out[(int(key.call_site), bool(key.atomic), bool(key.reserved))] = SiteValue(

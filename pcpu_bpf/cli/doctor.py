@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from pcpu_bpf import doctor as checks
+from pcpu_bpf.backends import open_backend
 from pcpu_bpf.cli import main
 
 EPILOG = """\b
@@ -17,9 +18,7 @@ Examples:
 
 
 def _start_backend() -> object:
-    from pcpu_bpf.backends.bpf import BpfBackend
-
-    return BpfBackend(kernel_stats=lambda: None)
+    return open_backend("bpf")
 
 
 @main.command(epilog=EPILOG)

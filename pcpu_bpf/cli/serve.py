@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
-from pcpu_bpf.backends import BACKENDS, open_backend
+from pcpu_bpf.backends import BackendOptions, ignored_options, open_backend
 from pcpu_bpf.cli import main
 from pcpu_bpf.daemon.server import DEFAULT_LISTEN, parse_listen, serve
 from pcpu_bpf.daemon.systemd import configure_logging, sd_notify
@@ -19,11 +19,8 @@ from pcpu_bpf.sim.scenarios import SCENARIOS
 
 log = logging.getLogger(__name__)
 
-# Which options each backend takes; the rest are ignored for it, with a warning.
-_BACKEND_OPTIONS = {
-    "bpf": ("live_capacity", "site_capacity", "bpf_dir"),
-    "sim": ("scenario", "seed", "live_capacity", "site_capacity"),
-}
+# A daemon serves the live kernel, or the simulator for demos; it never falls back.
+SERVE_BACKENDS = ("bpf", "sim")
 
 EPILOG = """\b
 Every option can also come from the environment variable shown with it
@@ -64,11 +61,10 @@ def _opt(name: str, **kwargs: Any) -> Callable[[_F], _F]:
 @_opt(
     "--scenario",
     type=click.Choice(list(SCENARIOS)),
-    default="steady",
-    show_default=True,
-    help="Simulated workload (sim only).",
+    default=None,
+    help="Simulated workload (sim only) [default: steady].",
 )
-@_opt("--seed", type=int, default=0, show_default=True, help="Simulator seed (sim only).")
+@_opt("--seed", type=int, default=None, help="Simulator seed (sim only) [default: 0].")
 @_opt(
     "--listen",
     default=DEFAULT_LISTEN,
@@ -102,17 +98,20 @@ def _opt(name: str, **kwargs: Any) -> Callable[[_F], _F]:
 def serve_command(backend: str, check: bool, listen: str, **options: Any) -> None:
     """Export percpu allocator metrics for Prometheus (the pcpu-bpf daemon)."""
     configure_logging()
-    if backend not in BACKENDS:
-        raise _OneLineError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    if backend not in SERVE_BACKENDS:
+        choices = ", ".join(SERVE_BACKENDS)
+        raise _OneLineError(f"unknown backend {backend!r}; choose one of: {choices}")
     try:
         address = parse_listen(listen)
     except ValueError as exc:
         raise _OneLineError(str(exc)) from None
-    kwargs = _backend_kwargs(backend, options)
+    backend_options = BackendOptions(**options)
+    for name in ignored_options(backend, backend_options):
+        log.warning("--%s does not apply to backend %s; ignored", name.replace("_", "-"), backend)
     log.info("starting backend %s", backend)
     sd_notify(f"STATUS=starting backend {backend} (compiling and attaching)")
     try:
-        source = open_backend(backend, **kwargs)
+        source = open_backend(backend, backend_options)
     except PcpuError as exc:
         raise click.ClickException(f"backend {backend} cannot start: {exc}") from None
     except Exception as exc:  # a bug below must still be one line; -v shows the traceback
@@ -135,37 +134,18 @@ def serve_command(backend: str, check: bool, listen: str, **options: Any) -> Non
     log.info("detached; exiting")
 
 
-def _backend_kwargs(backend: str, options: dict[str, Any]) -> dict[str, Any]:
-    accepted = _BACKEND_OPTIONS[backend]
-    defaults = {"scenario": "steady", "seed": 0}
-    kwargs = {}
-    for name, value in options.items():
-        if value is None:
-            continue  # unset: the backend's own default
-        if name in accepted:
-            kwargs[name] = value
-        elif value != defaults.get(name):
-            log.warning(
-                "--%s does not apply to backend %s; ignored", name.replace("_", "-"), backend
-            )
-    return kwargs
-
-
 def check_report(snap: Snapshot) -> str:
     """One line: what is attached and the first snapshot's totals."""
     programs = sorted(snap.programs) if snap.programs is not None else []
     attached = (
         f"{len(programs)} BPF programs ({', '.join(programs)})" if programs else ("no BPF programs")
     )
-    by_site = snap.allocations_by_site()
-    allocs = sum(c.allocations for c in by_site.values())
-    frees = sum(s.frees for s in snap.sites.values())
-    live = sum(s.live_allocations for s in snap.sites.values())
-    live_bytes = sum(s.live_bytes for s in snap.sites.values())
+    t = snap.totals
     parts = [
         f"ok: backend {snap.backend}, kernel {snap.kernel}, attached {attached}",
-        f"{allocs} allocations, {frees} frees, {live} live ({live_bytes} bytes) "
-        f"at {len(snap.site_names())} call sites, {snap.total_failures} failures",
+        f"{t.allocations} allocations, {t.frees + snap.untracked_frees} frees, "
+        f"{t.live_allocations} live ({t.live_bytes} bytes) "
+        f"at {len(snap.by_call_site)} call sites, {snap.total_failures} failures",
     ]
     ks = snap.kernel_stats
     if ks is not None and ks.meminfo_percpu_bytes is not None:

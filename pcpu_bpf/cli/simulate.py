@@ -11,7 +11,7 @@ import click
 from pcpu_bpf.cli import main
 from pcpu_bpf.errors import PcpuError
 from pcpu_bpf.model.events import GFP_ATOMIC, GFP_KERNEL
-from pcpu_bpf.model.snapshot import SiteCounts, Snapshot
+from pcpu_bpf.model.snapshot import Snapshot
 from pcpu_bpf.model.snapshot_json import snapshot_to_dict
 from pcpu_bpf.sim.allocator import BalancePolicy
 from pcpu_bpf.sim.geometry import CONFIG_L, CONFIG_S, Geometry
@@ -25,8 +25,6 @@ _REQUEST = re.compile(r"^(?P<size>\d+)(?:/(?P<align>\d+))?(?P<atomic>,atomic)?$"
 # --alloc requests come from a caller outside the scenario's symbol table (a module
 # address), so they show under their own hex label.
 REQUEST_CALL_SITE = 0xFFFFFFFFC0DE0000
-
-_ZERO = SiteCounts()
 
 EPILOG = """\b
 Examples:
@@ -157,11 +155,9 @@ def _request(sim: Simulation, size: int, align: int, atomic: bool) -> str:
 
 
 def _summary(sim: Simulation, snap: Snapshot, geo: Geometry, elapsed: float) -> None:
-    by_site = snap.allocations_by_site()
-    allocs = sum(a.allocations for a in by_site.values())
-    frees = sum(s.frees for s in snap.sites.values())
-    live = sum(s.live_allocations for s in snap.sites.values())
-    live_bytes = sum(s.live_bytes for s in snap.sites.values())
+    t = snap.totals
+    allocs, frees = t.allocations, t.frees + snap.untracked_frees
+    live, live_bytes = t.live_allocations, t.live_bytes
     rate = sim.events / elapsed if elapsed > 0 else 0.0
     echo = click.echo
     echo(f"scenario {sim.scenario.name} (seed {sim.seed}): {sim.scenario.description}")
@@ -185,11 +181,11 @@ def _summary(sim: Simulation, snap: Snapshot, geo: Geometry, elapsed: float) -> 
         )
     echo()
     echo(f"{'CALL SITE':<32} {'ALLOCS':>8} {'FREES':>8} {'LIVE':>7} {'LIVE BYTES':>11}")
-    rows = sorted(snap.site_names(), key=lambda n: -snap.sites.get(n, _ZERO).live_bytes)
-    for name in rows:
-        s = snap.sites.get(name, _ZERO)
-        a = by_site.get(name)
+    rows = sorted(snap.by_call_site.items(), key=lambda item: (-item[1].live_bytes, item[0]))
+    for name, s in rows:
         echo(
-            f"{name[:32]:<32} {a.allocations if a else 0:>8} {s.frees:>8} "
+            f"{name[:32]:<32} {s.allocations:>8} {s.frees:>8} "
             f"{s.live_allocations:>7} {human_bytes(s.live_bytes):>11}"
         )
+    if snap.untracked_frees:
+        echo(f"{'[untracked frees]':<32} {0:>8} {snap.untracked_frees:>8} {0:>7} {'-':>11}")

@@ -3,34 +3,17 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
-from typing import TextIO
 
 import click
 from click.core import ParameterSource
 
 from pcpu_bpf import __version__
-from pcpu_bpf.backends import Backend, open_backend
-from pcpu_bpf.backends.remote import DEFAULT_URL, MetricsSource
+from pcpu_bpf.backends import Backend, BackendOptions, bpf_failure, first_line, open_backend
+from pcpu_bpf.backends.remote import DEFAULT_URL
 from pcpu_bpf.errors import BackendUnavailable, PcpuError, ProgramLoadError, ScenarioError
-from pcpu_bpf.top.render import (
-    DEFAULT_SORT,
-    SORT_KEYS,
-    build_view,
-    render_json,
-    render_text,
-)
-
-BANNER = "Tracing percpu allocations... Hit Ctrl-C to end."
-# Home the cursor and clear the screen: the live view redraws in place like top(1).
-CLEAR = "\x1b[H\x1b[2J"
-DEFAULT_SCENARIO = "steady"
-DEFAULT_LIMIT = 20  # bcc's slabratetop -r default
+from pcpu_bpf.top.run import DEFAULT_LIMIT, TopDeps, TopOptions, run_top
+from pcpu_bpf.top.view import DEFAULT_SORT, SORT_KEYS
 
 EXAMPLES = f"""\b
 Columns:
@@ -61,122 +44,6 @@ Examples:
   pcpu-top --backend sim --scenario leak 1 2
   pcpu-top --from {DEFAULT_URL}
 """
-
-
-def _clock_text() -> str:
-    return time.strftime("%H:%M:%S")
-
-
-def _iso_time() -> str:
-    return datetime.now().astimezone().isoformat(timespec="seconds")
-
-
-def _terminal_lines() -> int | None:
-    if not sys.stdout.isatty():
-        return None
-    return shutil.get_terminal_size().lines
-
-
-@dataclass
-class TopDeps:
-    """pcpu-top's contact with the world; tests pass their own through ``obj=``."""
-
-    open_backend: Callable[..., Backend] = open_backend
-    sleep: Callable[[float], None] = time.sleep
-    monotonic: Callable[[], float] = time.monotonic
-    clock_text: Callable[[], str] = _clock_text
-    terminal_lines: Callable[[], int | None] = _terminal_lines
-    iso_time: Callable[[], str] = _iso_time  # JSON's "time": for machines, with the zone
-
-
-@dataclass(frozen=True)
-class TopOptions:
-    """What to show and how often."""
-
-    interval: float = 1.0
-    count: int | None = 1  # None: until Ctrl-C
-    live: bool = False
-    sort: str = DEFAULT_SORT
-    limit: int = DEFAULT_LIMIT
-    as_json: bool = False
-    source: str = ""  # names the data source on the first header line
-
-
-def run_top(
-    backend: Backend,
-    out: TextIO,
-    opts: TopOptions,
-    *,
-    deps: TopDeps | None = None,
-    banner: str | None = BANNER,
-) -> None:
-    """Print ``opts.count`` tables (or JSON documents) of ``backend``, one per interval."""
-    deps = deps or TopDeps(terminal_lines=lambda: None)
-    before = backend.snapshot()
-    # After the first snapshot, as bcc prints after attaching: a source that cannot
-    # deliver fails before anything promises output.
-    if banner and not opts.as_json:
-        out.write(banner + "\n")
-        out.flush()
-    shown = 0
-    while opts.count is None or shown < opts.count:
-        deps.sleep(opts.interval)
-        after = backend.snapshot()
-        view = build_view(before, after)
-        if opts.as_json:
-            out.write(
-                render_json(
-                    view, sort=opts.sort, limit=opts.limit, source=opts.source, time=deps.iso_time()
-                )
-                + "\n"
-            )
-        else:
-            text = render_text(
-                view,
-                sort=opts.sort,
-                limit=opts.limit,
-                source=opts.source,
-                clock=deps.clock_text(),
-                max_lines=deps.terminal_lines() if opts.live else None,
-            )
-            out.write((CLEAR if opts.live else "\n") + text)
-        out.flush()
-        before = after
-        shown += 1
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _open_sim(deps: TopDeps, scenario: str) -> Backend:
-    try:
-        return deps.open_backend("sim", scenario=scenario)
-    except ScenarioError as exc:
-        raise click.BadParameter(_first_line(exc), param_hint="'--scenario'") from exc
-
-
-def _open(deps: TopDeps, backend: str, scenario: str | None) -> tuple[Backend, str]:
-    """Open the chosen backend; return it with the name the header shows."""
-    sim_name = f"sim ({scenario or DEFAULT_SCENARIO})"
-    # Naming a scenario asks for the simulator; auto must not trace the kernel instead.
-    if backend == "sim" or (backend == "auto" and scenario is not None):
-        return _open_sim(deps, scenario or DEFAULT_SCENARIO), sim_name
-    try:
-        return deps.open_backend("bpf"), "bpf"
-    except (BackendUnavailable, ProgramLoadError) as exc:
-        what = "BPF unavailable" if isinstance(exc, BackendUnavailable) else "BPF load failed"
-        if backend == "bpf":
-            hint = "" if "doctor" in str(exc) else "; run `pcpu-bpf doctor` for the fix"
-            raise click.ClickException(f"{what}: {_first_line(exc)}{hint}") from exc
-        # auto: say once, on stderr, why the numbers are simulated.
-        click.echo(
-            f"pcpu-top: {what} ({_first_line(exc)}); "
-            f"showing the simulator (scenario {scenario or DEFAULT_SCENARIO})",
-            err=True,
-        )
-        return _open_sim(deps, scenario or DEFAULT_SCENARIO), sim_name
 
 
 def _explicit(ctx: click.Context, name: str) -> bool:
@@ -263,6 +130,7 @@ def main(
     from percpu_stats) and the traced live allocations and rates. Rates are the
     difference of two snapshots over the interval; nothing is cleared.
     """
+
     deps = ctx.obj if isinstance(ctx.obj, TopDeps) else TopDeps()
     if live and as_json:
         raise click.UsageError("--live redraws a terminal; --json writes lines: choose one")
@@ -272,17 +140,7 @@ def main(
         raise click.UsageError("--scenario applies to the sim backend only")
     out = sys.stdout
     try:
-        banner = BANNER
-        source: Backend
-        if from_url is not None:
-            remote = MetricsSource(from_url, clock=deps.monotonic)
-            source, name = remote, f"daemon {remote.netloc}"
-            # Not the interval: a daemon's counters and live numbers start with the daemon.
-            banner = (
-                f"Reading {remote.netloc} (counts since the daemon started)... Hit Ctrl-C to end."
-            )
-        else:
-            source, name = _open(deps, backend, scenario)
+        source = _open(deps, "remote" if from_url is not None else backend, scenario, from_url)
         opts = TopOptions(
             interval=interval,
             count=count if count is not None else (None if live else 1),
@@ -290,16 +148,10 @@ def main(
             sort=sort,
             limit=limit,
             as_json=as_json,
-            source=name,
+            source=source.label,
         )
         with source:
-            run_top(
-                source,
-                out,
-                opts,
-                deps=deps,
-                banner=banner,
-            )
+            run_top(source, out, opts, deps=deps)
     except KeyboardInterrupt:
         # Ctrl-C is how a person ends the live view: not an error, no traceback.
         if live:
@@ -308,4 +160,20 @@ def main(
     except BrokenPipeError:
         _quiet_broken_pipe()
     except PcpuError as exc:
-        raise click.ClickException(_first_line(exc)) from exc
+        raise click.ClickException(first_line(exc)) from exc
+
+
+def _open(deps: TopDeps, backend: str, scenario: str | None, url: str | None) -> Backend:
+    """Open the chosen source through the one chooser; failures are one line."""
+    try:
+        return open_backend(
+            backend,
+            BackendOptions(scenario=scenario, url=url),
+            on_fallback=lambda why: click.echo(f"pcpu-top: {why}", err=True),
+            constructors=deps.constructors,
+        )
+    except ScenarioError as exc:
+        raise click.BadParameter(first_line(exc), param_hint="'--scenario'") from exc
+    except (BackendUnavailable, ProgramLoadError) as exc:
+        hint = "" if "doctor" in str(exc) else "; run `pcpu-bpf doctor` for the fix"
+        raise click.ClickException(f"{bpf_failure(exc)}: {first_line(exc)}{hint}") from exc

@@ -1,74 +1,23 @@
-"""The kernel's debugfs ``percpu_stats`` (mm/percpu-stats.c): data, parser, renderer."""
+"""The kernel's debugfs ``percpu_stats`` text (mm/percpu-stats.c): parser, renderer, reader."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 
 from pcpu_bpf.errors import StatsParseError
-
-# Chunk kinds, by the header line the kernel prints for them.
-CHUNK_RESERVED = "reserved"  # "Chunk: <- Reserved Chunk"
-CHUNK_FIRST = "first"  # "Chunk: <- First Chunk"
-CHUNK_TO_DEPOPULATE = "to_depopulate"  # "Chunk (to_depopulate)"
-CHUNK_SIDELINED = "sidelined"  # "Chunk (sidelined):"
-CHUNK_NORMAL = "normal"  # "Chunk:"
-
-
-@dataclass(frozen=True, slots=True)
-class AllocationInfo:
-    """The "Allocation Info" block: the boot-time geometry (pcpu_alloc_info)."""
-
-    unit_size: int
-    static_size: int
-    reserved_size: int
-    dyn_size: int
-    atom_size: int
-    alloc_size: int
-
-
-@dataclass(frozen=True, slots=True)
-class GlobalStats:
-    """The "Global Stats" block."""
-
-    nr_alloc: int
-    nr_dealloc: int
-    nr_cur_alloc: int
-    nr_max_alloc: int
-    nr_chunks: int
-    nr_max_chunks: int
-    min_alloc_size: int
-    max_alloc_size: int
-    empty_pop_pages: int  # signed in the kernel
-
-
-@dataclass(frozen=True, slots=True)
-class ChunkStats:
-    """One chunk's block under "Per Chunk Stats", in print order."""
-
-    kind: str  # one of the CHUNK_* constants
-    nr_alloc: int
-    max_alloc_size: int
-    empty_pop_pages: int
-    first_bit: int
-    free_bytes: int
-    contig_bytes: int
-    sum_frag: int
-    max_frag: int
-    cur_min_alloc: int
-    cur_med_alloc: int
-    cur_max_alloc: int
-
-
-@dataclass(frozen=True, slots=True)
-class PercpuStats:
-    """The whole percpu_stats file."""
-
-    info: AllocationInfo
-    globals: GlobalStats
-    chunks: tuple[ChunkStats, ...]
-
+from pcpu_bpf.model.kernel_stats import (
+    CHUNK_FIRST,
+    CHUNK_NORMAL,
+    CHUNK_RESERVED,
+    CHUNK_SIDELINED,
+    CHUNK_TO_DEPOPULATE,
+    AllocationInfo,
+    ChunkStats,
+    GlobalStats,
+    PercpuStats,
+)
 
 # Section headers and the rule under them, verbatim from percpu_stats_show().
 _TITLE = "Percpu Memory Statistics"
@@ -188,7 +137,7 @@ def parse_percpu_stats(text: str) -> PercpuStats:
         chunks.append(ChunkStats(kind, *lines.values(_CHUNK_FIELDS)))
         if not lines.at_end():
             lines.expect("")
-    return PercpuStats(info, global_stats, tuple(chunks))
+    return PercpuStats.of(info, global_stats, tuple(chunks))
 
 
 def read_percpu_stats(debugfs_root: str | Path = "/sys/kernel/debug") -> PercpuStats:
@@ -200,23 +149,3 @@ def read_percpu_stats(debugfs_root: str | Path = "/sys/kernel/debug") -> PercpuS
     # errors="replace": stray bytes become a StatsParseError, never a UnicodeDecodeError.
     path = Path(debugfs_root) / "percpu_stats"
     return parse_percpu_stats(path.read_text(encoding="ascii", errors="replace"))
-
-
-def free_bytes(stats: PercpuStats) -> int:
-    """Free bytes summed over every chunk, the reserved one included."""
-    return sum(c.free_bytes for c in stats.chunks)
-
-
-def fragmented_bytes(stats: PercpuStats) -> int:
-    """Sum of sum_frag over chunks: free bytes stranded below each chunk's last allocation."""
-    return sum(c.sum_frag for c in stats.chunks)
-
-
-def max_fragment_bytes(stats: PercpuStats) -> int:
-    """Largest max_frag of any chunk (0 without chunks)."""
-    return max((c.max_frag for c in stats.chunks), default=0)
-
-
-def max_contig_bytes(stats: PercpuStats) -> int:
-    """Largest contig_bytes of any chunk: the kernel's (possibly stale) hint, 0 without chunks."""
-    return max((c.contig_bytes for c in stats.chunks), default=0)

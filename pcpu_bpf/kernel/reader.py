@@ -11,9 +11,9 @@ import logging
 from pathlib import Path
 
 from pcpu_bpf.errors import StatsParseError
-from pcpu_bpf.kernel.percpu_stats import PercpuStats, read_percpu_stats
+from pcpu_bpf.kernel.percpu_stats import read_percpu_stats
 from pcpu_bpf.kernel.procfs import read_meminfo_percpu
-from pcpu_bpf.model.snapshot import KernelStats
+from pcpu_bpf.model.kernel_stats import KernelStats, PercpuStats
 
 log = logging.getLogger(__name__)
 

@@ -2,22 +2,22 @@
 
 Both backends produce Snapshots and every consumer (exporter, pcpu-top) reads only
 Snapshots, so the two behave identically on live and simulated data. Counters are
-cumulative since the backend started; rates are differences of two Snapshots.
+cumulative since tracing began; rates are differences of two Snapshots.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
-from pcpu_bpf.kernel.percpu_stats import PercpuStats
-from pcpu_bpf.model.layout import NR_SIZE_SLOTS, SIZE_BUCKETS
+from pcpu_bpf.model.events import ALL_FIELDS
+from pcpu_bpf.model.kernel_stats import KernelStats
+from pcpu_bpf.model.layout import DROP_REASONS, NR_SIZE_SLOTS, SIZE_BUCKETS
 
-# Call-site labels that are not symbols.
-UNKNOWN_SITE = "unknown"  # kernel without the call_site field
-UNTRACKED_SITE = "untracked"  # free of an allocation made before tracing began
+# The call-site label of an allocation on a kernel without the call_site field.
+UNKNOWN_SITE = "unknown"
 
 
 def _frozen(mapping: Mapping[Any, Any] | None = None) -> Mapping[Any, Any]:
@@ -46,72 +46,68 @@ class SizeHistogram:
 
 
 @dataclass(frozen=True, slots=True, order=True)
-class AllocKey:
-    """Label set of the allocation counters."""
+class SiteKey:
+    """Who allocated, and how: the label set of every per-site figure."""
 
     call_site: str
-    atomic: bool
-    reserved: bool
+    atomic: bool = False
+    reserved: bool = False
 
 
 @dataclass(frozen=True, slots=True)
-class AllocCounts:
-    """Allocations under one AllocKey: how many, bytes requested, bytes really used."""
+class SiteRecord:
+    """Everything counted under one site key: allocations, frees and what is still live.
+
+    Bytes: ``requested`` is the size asked for (one CPU's copy); ``allocated``, ``freed``
+    and ``live`` are the tracepoint's bytes_alloc, the memory really used.
+    """
 
     allocations: int = 0
     requested_bytes: int = 0
     allocated_bytes: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class SiteCounts:
-    """Frees and live state of one call site."""
-
     frees: int = 0
     freed_bytes: int = 0
     live_allocations: int = 0
     live_bytes: int = 0
 
+    def __add__(self, other: SiteRecord) -> SiteRecord:
+        return SiteRecord(*(getattr(self, f) + getattr(other, f) for f in _RECORD_FIELDS))
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(SiteRecord))
+
 
 @dataclass(frozen=True, slots=True)
 class ProgramStats:
-    """One BPF program's kernel-side counters; ``run_time_ns`` is None without bpf_stats."""
+    """One BPF program's kernel-side counters; runs and run time need bpf_stats."""
 
-    runs: int | None
-    run_time_ns: int | None
-    recursion_misses: int
+    runs: int | None = None
+    run_time_ns: int | None = None
+    recursion_misses: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class MapUsage:
     """Fill level of one BPF map."""
 
-    entries: int
-    capacity: int
-
-
-@dataclass(frozen=True, slots=True)
-class KernelStats:
-    """The kernel's own accounting: debugfs percpu_stats and the meminfo Percpu line.
-
-    Either part may be missing (no debugfs, no CONFIG_PERCPU_STATS); ``errors`` names
-    the parts that could not be read on this occasion, with the reason.
-    """
-
-    percpu_stats: PercpuStats | None = None
-    meminfo_percpu_bytes: int | None = None
-    errors: Mapping[str, str] = field(default_factory=_frozen)
+    entries: int = 0
+    capacity: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """Cumulative profiler state at one instant."""
+    """Cumulative profiler state at one instant.
+
+    ``by_call_site`` and ``totals`` are computed once, from ``sites``.
+    """
 
     backend: str
     kernel: str
     timestamp: float  # seconds; monotonic on the live kernel, simulated time in the sim
-    allocations: Mapping[AllocKey, AllocCounts] = field(default_factory=_frozen)
-    sites: Mapping[str, SiteCounts] = field(default_factory=_frozen)
+    sites: Mapping[SiteKey, SiteRecord] = field(default_factory=_frozen)
+    # Frees of allocations tracing never saw (made before it began, or dropped by a full
+    # table): they belong to no known site.
+    untracked_frees: int = 0
     size_histogram: SizeHistogram = SizeHistogram()
     # (atomic, reserved) -> failures
     failures: Mapping[tuple[bool, bool], int] = field(default_factory=_frozen)
@@ -125,23 +121,27 @@ class Snapshot:
     fields_available: Mapping[tuple[str, str], bool] | None = None
     programs: Mapping[str, ProgramStats] | None = None
     maps: Mapping[str, MapUsage] | None = None
+    by_call_site: Mapping[str, SiteRecord] = field(init=False, repr=False, compare=False)
+    totals: SiteRecord = field(init=False, repr=False, compare=False)
 
-    def site_names(self) -> list[str]:
-        """Every call site that appears anywhere in the Snapshot, sorted."""
-        names = {key.call_site for key in self.allocations} | set(self.sites)
-        return sorted(names)
-
-    def allocations_by_site(self) -> dict[str, AllocCounts]:
-        """Allocation counters summed over atomic/reserved, per call site."""
-        out: dict[str, AllocCounts] = {}
-        for key, c in self.allocations.items():
-            prev = out.get(key.call_site, AllocCounts())
-            out[key.call_site] = AllocCounts(
-                prev.allocations + c.allocations,
-                prev.requested_bytes + c.requested_bytes,
-                prev.allocated_bytes + c.allocated_bytes,
+    def __post_init__(self) -> None:
+        # Series whose label values are known in advance exist from the start, at 0, so
+        # queries and alerts never meet a gap.
+        failures = {(a, r): 0 for a in (False, True) for r in (False, True)}
+        object.__setattr__(self, "failures", _frozen({**failures, **self.failures}))
+        dropped = dict.fromkeys(DROP_REASONS, 0)
+        object.__setattr__(self, "dropped", _frozen({**dropped, **self.dropped}))
+        if self.fields_available is not None:
+            known = dict.fromkeys(ALL_FIELDS, False)
+            object.__setattr__(
+                self, "fields_available", _frozen({**known, **self.fields_available})
             )
-        return out
+        by_site: dict[str, SiteRecord] = {}
+        for key in sorted(self.sites):
+            by_site[key.call_site] = by_site.get(key.call_site, SiteRecord()) + self.sites[key]
+        totals = sum(by_site.values(), SiteRecord())
+        object.__setattr__(self, "by_call_site", MappingProxyType(by_site))
+        object.__setattr__(self, "totals", totals)
 
     @property
     def total_failures(self) -> int:

@@ -24,16 +24,16 @@ def snapshot_to_dict(s: Snapshot) -> dict[str, Any]:
         "backend": s.backend,
         "kernel": s.kernel,
         "timestamp": s.timestamp,
-        "allocations": [
+        "sites": [
             {
                 "call_site": k.call_site,
                 "atomic": _flag(k.atomic),
                 "reserved": _flag(k.reserved),
                 **dataclasses.asdict(v),
             }
-            for k, v in sorted(s.allocations.items())
+            for k, v in sorted(s.sites.items())
         ],
-        "sites": {name: dataclasses.asdict(v) for name, v in sorted(s.sites.items())},
+        "untracked_frees": s.untracked_frees,
         "size_histogram": _histogram(s.size_histogram),
         "failures": [
             {"atomic": _flag(a), "reserved": _flag(r), "count": n}

@@ -11,23 +11,21 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from pcpu_bpf.model.kernel_stats import KernelStats
 from pcpu_bpf.model.layout import DROP_REASONS, NR_SIZE_SLOTS, failure_index
 from pcpu_bpf.model.snapshot import (
     UNKNOWN_SITE,
-    UNTRACKED_SITE,
-    AllocCounts,
-    AllocKey,
-    KernelStats,
     MapUsage,
     ProgramStats,
-    SiteCounts,
+    SiteKey,
+    SiteRecord,
     SizeHistogram,
     Snapshot,
 )
 
-# A site key is (call_site address, atomic, reserved); address 0 = the kernel has no
-# call_site field.
-SiteKey = tuple[int, bool, bool]
+# The key of the site table: (call_site address, atomic, reserved); address 0 = the
+# kernel has no call_site field.
+SiteAddressKey = tuple[int, bool, bool]
 
 
 @dataclass(slots=True)
@@ -70,7 +68,7 @@ class Histogram:
 class Tables:
     """Everything the BPF maps hold, after summing per-CPU values."""
 
-    sites: dict[SiteKey, SiteValue] = field(default_factory=dict)
+    sites: dict[SiteAddressKey, SiteValue] = field(default_factory=dict)
     untracked_frees: int = 0
     sizes: Histogram = field(default_factory=Histogram)
     failures: list[int] = field(default_factory=lambda: [0] * 4)
@@ -107,28 +105,21 @@ def tables_to_snapshot(
 ) -> Snapshot:
     """Fold addresses into function names and freeze the tables into a Snapshot."""
     names: dict[int, str] = {}
-    allocations: dict[AllocKey, AllocCounts] = {}
-    sites: dict[str, SiteCounts] = {}
+    sites: dict[SiteKey, SiteRecord] = {}
     for (addr, atomic, reserved), v in sorted(tables.sites.items()):
         if addr not in names:
             names[addr] = UNKNOWN_SITE if addr == 0 else symbolize(addr)
-        name = names[addr]
-        key = AllocKey(name, atomic, reserved)
-        a = allocations.get(key, AllocCounts())
-        allocations[key] = AllocCounts(
-            a.allocations + v.allocations,
-            a.requested_bytes + v.requested_bytes,
-            a.allocated_bytes + v.allocated_bytes,
+        key = SiteKey(names[addr], atomic, reserved)
+        record = SiteRecord(
+            v.allocations,
+            v.requested_bytes,
+            v.allocated_bytes,
+            v.frees,
+            v.freed_bytes,
+            v.live_allocations,
+            v.live_bytes,
         )
-        s = sites.get(name, SiteCounts())
-        sites[name] = SiteCounts(
-            s.frees + v.frees,
-            s.freed_bytes + v.freed_bytes,
-            s.live_allocations + v.live_allocations,
-            s.live_bytes + v.live_bytes,
-        )
-    if tables.untracked_frees:
-        sites[UNTRACKED_SITE] = SiteCounts(frees=tables.untracked_frees)
+        sites[key] = sites[key] + record if key in sites else record
     failures = {
         (atomic, reserved): tables.failures[failure_index(atomic, reserved)]
         for atomic in (False, True)
@@ -138,8 +129,8 @@ def tables_to_snapshot(
         backend=ctx.backend,
         kernel=ctx.kernel,
         timestamp=ctx.timestamp,
-        allocations=allocations,
         sites=sites,
+        untracked_frees=tables.untracked_frees,
         size_histogram=tables.sizes.frozen(),
         failures=failures,
         failed_size_histogram=tables.failed_sizes.frozen(),

@@ -13,16 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pcpu_bpf.errors import ScenarioError
-from pcpu_bpf.kernel.percpu_stats import (
-    CHUNK_FIRST,
-    CHUNK_NORMAL,
-    CHUNK_RESERVED,
-    CHUNK_SIDELINED,
-    CHUNK_TO_DEPOPULATE,
-    ChunkStats,
-    GlobalStats,
-    PercpuStats,
-)
 from pcpu_bpf.model.events import (
     GFP_ACCOUNT,
     GFP_DIRECT_RECLAIM,
@@ -33,6 +23,16 @@ from pcpu_bpf.model.events import (
     PercpuCreateChunk,
     PercpuDestroyChunk,
     PercpuFree,
+)
+from pcpu_bpf.model.kernel_stats import (
+    CHUNK_FIRST,
+    CHUNK_NORMAL,
+    CHUNK_RESERVED,
+    CHUNK_SIDELINED,
+    CHUNK_TO_DEPOPULATE,
+    ChunkStats,
+    GlobalStats,
+    PercpuStats,
 )
 from pcpu_bpf.sim import balance
 from pcpu_bpf.sim.chunk import (
@@ -582,7 +582,7 @@ class Allocator:
             else:
                 kind = CHUNK_NORMAL
             chunks.append(self._chunk_stats(c, kind))
-        return PercpuStats(
+        return PercpuStats.of(
             info=g.allocation_info(),
             globals=GlobalStats(
                 nr_alloc=self.nr_alloc,

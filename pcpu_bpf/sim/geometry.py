@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from pcpu_bpf.kernel.percpu_stats import AllocationInfo
+from pcpu_bpf.model.kernel_stats import AllocationInfo
 
 PAGE_SIZE = 4096
 

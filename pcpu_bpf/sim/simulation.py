@@ -7,8 +7,9 @@ import random
 from pcpu_bpf.kernel.percpu_stats import parse_percpu_stats, render_percpu_stats
 from pcpu_bpf.model.aggregation import Aggregator
 from pcpu_bpf.model.events import ALL_FIELDS, Event
+from pcpu_bpf.model.kernel_stats import KernelStats
 from pcpu_bpf.model.layout import DEFAULT_LIVE_CAPACITY, DEFAULT_SITE_CAPACITY
-from pcpu_bpf.model.snapshot import KernelStats, Snapshot
+from pcpu_bpf.model.snapshot import Snapshot
 from pcpu_bpf.model.symbolizer import Symbolizer
 from pcpu_bpf.model.tables import (
     SnapshotContext,

@@ -1,0 +1,604 @@
+"""The metric catalog: every family pcpu-bpf exports, and the place of the Snapshot it shows.
+
+This table is the one description of the exposition. The collector (prometheus.py) writes
+families from it, the exposition reader (exposition.py) rebuilds a Snapshot from it, and
+docs/metrics.md is checked against it. Each family binds to one place of the Snapshot and
+the binding knows both directions (Snapshot -> samples, sample -> Snapshot draft), so
+nothing is written twice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from pcpu_bpf.model.layout import SIZE_BUCKETS
+from pcpu_bpf.model.snapshot import SiteKey, Snapshot
+
+COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
+
+# Parts of a scrape that succeed or fail on their own: pcpu_collector_success{collector}.
+# "snapshot" is the backend read itself; when it fails only the exporter's families remain.
+SNAPSHOT, TRACING, PERCPU_STATS, MEMINFO = "snapshot", "tracing", "percpu_stats", "meminfo"
+COLLECTORS = (SNAPSHOT, TRACING, PERCPU_STATS, MEMINFO)
+EXPORTER = "exporter"  # families about the exporter itself, not taken from a Snapshot
+
+LabelValues = tuple[str, ...]
+Sample = tuple[LabelValues, float]
+# What the exposition reader fills: nested dicts along the bindings' paths.
+Draft = dict[str, Any]
+
+
+def bool_label(value: bool) -> str:
+    """How a boolean label value is spelled."""
+    return "true" if value else "false"
+
+
+def _parse_bool(text: str) -> bool:
+    if text not in ("true", "false"):
+        raise ValueError(f"not a boolean label value: {text!r}")
+    return text == "true"
+
+
+def _get(obj: Any, path: tuple[str, ...]) -> Any:
+    for name in path:
+        if obj is None:
+            return None
+        obj = getattr(obj, name)
+    return obj
+
+
+def _slot(draft: Draft, path: tuple[str, ...]) -> dict[Any, Any]:
+    for name in path:
+        draft = draft.setdefault(name, {})
+    return draft
+
+
+# ---- keys: how a mapping's key becomes label values and back --------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """A mapping key as label values: a str, a tuple of str/bool, or a dataclass of them."""
+
+    kinds: tuple[type, ...]  # str or bool, one per label
+    of: Callable[..., Any] | None = None  # key constructor; None: a plain str or tuple
+
+    def labels(self, key: Any) -> LabelValues:
+        if isinstance(key, str):
+            values: tuple[Any, ...] = (key,)
+        elif self.of is not None:
+            values = tuple(getattr(key, f.name) for f in fields(key))
+        else:
+            values = tuple(key)
+        return tuple(
+            bool_label(v) if k is bool else str(v) for k, v in zip(self.kinds, values, strict=True)
+        )
+
+    def key(self, labels: LabelValues) -> Any:
+        values = tuple(
+            _parse_bool(v) if k is bool else v for k, v in zip(self.kinds, labels, strict=True)
+        )
+        if self.of is not None:
+            return self.of(*values)
+        return values[0] if len(values) == 1 else values
+
+
+NAME = Key((str,))
+FLAGS = Key((bool, bool))
+PAIR = Key((str, str))
+SITE = Key((str, bool, bool), SiteKey)
+
+
+# ---- bindings: where in a Snapshot a family's numbers live -----------------------------
+
+
+class Binding:
+    """Where a family's numbers live in a Snapshot; both directions."""
+
+    def samples(self, snap: Snapshot) -> list[Sample]:
+        """The family's samples in this Snapshot (none where the part is absent)."""
+        raise NotImplementedError
+
+    def load(self, draft: Draft, labels: LabelValues, value: float) -> None:
+        """Put one sample back into a draft of the Snapshot."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class Scalar(Binding):
+    """One number at an attribute path; ``scale`` turns the stored unit into the exported."""
+
+    path: tuple[str, ...]
+    scale: float = 1.0
+
+    def samples(self, snap: Snapshot) -> list[Sample]:
+        value = _get(snap, self.path)
+        return [] if value is None else [((), value * self.scale)]
+
+    def load(self, draft: Draft, labels: LabelValues, value: float) -> None:
+        _slot(draft, self.path[:-1])[self.path[-1]] = value / self.scale
+
+
+@dataclass(frozen=True, slots=True)
+class Table(Binding):
+    """A mapping at ``path``: keys become labels, ``attr`` of each value (or the value)."""
+
+    path: tuple[str, ...]
+    key: Key
+    attr: str | None = None
+    scale: float = 1.0
+
+    def samples(self, snap: Snapshot) -> list[Sample]:
+        mapping: Mapping[Any, Any] | None = _get(snap, self.path)
+        out: list[Sample] = []
+        for key, record in sorted((mapping or {}).items()):
+            value = record if self.attr is None else getattr(record, self.attr)
+            if value is not None:
+                out.append((self.key.labels(key), value * self.scale))
+        return out
+
+    def load(self, draft: Draft, labels: LabelValues, value: float) -> None:
+        table = _slot(draft, self.path)
+        key = self.key.key(labels)
+        if self.attr is None:
+            table[key] = value / self.scale
+        else:
+            table.setdefault(key, {})[self.attr] = value / self.scale
+
+
+@dataclass(frozen=True, slots=True)
+class Histogram(Binding):
+    """A SizeHistogram at ``path``: per-bucket counts become cumulative buckets."""
+
+    path: tuple[str, ...]
+
+    def samples(self, snap: Snapshot) -> list[Sample]:
+        raise TypeError("a histogram is written with buckets(), not samples()")
+
+    def buckets(self, snap: Snapshot) -> tuple[list[tuple[str, float]], float]:
+        """(le, cumulative count) pairs and the sum, as HistogramMetricFamily takes them."""
+        hist = _get(snap, self.path)
+        return [(le_label(b), float(n)) for b, n in hist.cumulative()], float(hist.sum)
+
+    def load_bucket(self, draft: Draft, le: str, value: float) -> None:
+        _slot(draft, self.path).setdefault("buckets", {})[float(le)] = value
+
+    def load(self, draft: Draft, labels: LabelValues, value: float) -> None:
+        _slot(draft, self.path)["sum"] = value
+
+
+def le_label(bound: float) -> str:
+    """The le spelling client_python's own Histogram uses: "4.0", ..., "+Inf"."""
+    return "+Inf" if math.isinf(bound) else str(bound)
+
+
+HISTOGRAM_BOUNDS = tuple(float(b) for b in SIZE_BUCKETS) + (math.inf,)
+
+
+class ExporterState(Binding):
+    """A family about the exporter itself (its version, which parts it served)."""
+
+    def samples(self, snap: Snapshot) -> list[Sample]:
+        return []
+
+    def load(self, draft: Draft, labels: LabelValues, value: float) -> None:
+        pass
+
+
+# ---- the catalog -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    """One metric family: what it is called, what it means, where its numbers come from."""
+
+    name: str
+    kind: str  # COUNTER, GAUGE or HISTOGRAM
+    help: str
+    labels: tuple[str, ...]
+    part: str  # the collector part that serves it (COLLECTORS), or EXPORTER
+    binding: Binding
+    backends: tuple[str, ...] = ("bpf", "sim")  # which backends fill it
+
+    @property
+    def unit(self) -> str:
+        """The unit its name ends in (Prometheus naming): bytes, seconds or none."""
+        base = self.name.removesuffix("_total")
+        return next((u for u in ("bytes", "seconds") if base.endswith("_" + u)), "")
+
+
+def _site(attr: str) -> Binding:
+    return Table(("sites",), SITE, attr)
+
+
+def _stat(*path: str) -> Binding:
+    return Scalar(("kernel_stats", "percpu_stats", *path))
+
+
+_SITE_LABELS = ("call_site", "atomic", "reserved")
+_BPF = ("bpf",)
+
+CATALOG: tuple[Family, ...] = (
+    # The exporter itself.
+    Family(
+        "pcpu_exporter_info",
+        GAUGE,
+        "Always 1; labels name the exporter version, the backend (bpf = live kernel, "
+        "sim = simulated data) and the kernel release.",
+        ("version", "backend", "kernel"),
+        EXPORTER,
+        ExporterState(),
+    ),
+    Family(
+        "pcpu_collector_success",
+        GAUGE,
+        "1 if this part of the metrics was served by the last scrape, 0 if it failed "
+        "(see the daemon's log) or could not be served.",
+        ("collector",),
+        EXPORTER,
+        ExporterState(),
+    ),
+    Family(
+        "pcpu_collector_errors_total",
+        COUNTER,
+        "Scrapes in which this part failed; the rest of the metrics was still served. "
+        "The daemon's log says why.",
+        ("collector",),
+        EXPORTER,
+        ExporterState(),
+    ),
+    # Tracing: per call site.
+    Family(
+        "pcpu_allocations_total",
+        COUNTER,
+        "Percpu allocations since tracing began, by kernel function that asked "
+        "(call_site), atomic (no sleeping) and reserved-chunk use.",
+        _SITE_LABELS,
+        TRACING,
+        _site("allocations"),
+    ),
+    Family(
+        "pcpu_requested_bytes_total",
+        COUNTER,
+        "Bytes requested by percpu allocations since tracing began (one CPU's copy, as "
+        "the caller asked).",
+        _SITE_LABELS,
+        TRACING,
+        _site("requested_bytes"),
+    ),
+    Family(
+        "pcpu_allocated_bytes_total",
+        COUNTER,
+        "Bytes really used by percpu allocations since tracing began: all CPUs' copies "
+        "plus the memory-cgroup extension (the tracepoint's bytes_alloc).",
+        _SITE_LABELS,
+        TRACING,
+        _site("allocated_bytes"),
+    ),
+    Family(
+        "pcpu_frees_total",
+        COUNTER,
+        "Frees of traced percpu allocations, by the call site that allocated them.",
+        _SITE_LABELS,
+        TRACING,
+        _site("frees"),
+    ),
+    Family(
+        "pcpu_freed_bytes_total",
+        COUNTER,
+        "Bytes (as allocated) returned by frees of traced allocations.",
+        _SITE_LABELS,
+        TRACING,
+        _site("freed_bytes"),
+    ),
+    Family(
+        "pcpu_live_allocations",
+        GAUGE,
+        "Traced percpu allocations not freed yet; a call site that only grows is a leak suspect.",
+        _SITE_LABELS,
+        TRACING,
+        _site("live_allocations"),
+    ),
+    Family(
+        "pcpu_live_bytes",
+        GAUGE,
+        "Bytes (as allocated) held by live traced allocations: allocated minus freed, "
+        "exactly, unless tracking dropped some (pcpu_tracking_dropped_total).",
+        _SITE_LABELS,
+        TRACING,
+        _site("live_bytes"),
+    ),
+    Family(
+        "pcpu_untracked_frees_total",
+        COUNTER,
+        "Frees of percpu allocations tracing never saw: made before it began, or not "
+        "tracked because a table was full.",
+        (),
+        TRACING,
+        Scalar(("untracked_frees",)),
+    ),
+    # Tracing: sizes, failures, chunks.
+    Family(
+        "pcpu_allocation_size_bytes",
+        HISTOGRAM,
+        "Requested size of percpu allocations since tracing began (log2 buckets).",
+        (),
+        TRACING,
+        Histogram(("size_histogram",)),
+    ),
+    Family(
+        "pcpu_allocation_failures_total",
+        COUNTER,
+        "Percpu allocations that failed since tracing began; atomic failures mean the "
+        "atomic reserve ran dry, others mean no memory or no address space for a new chunk.",
+        ("atomic", "reserved"),
+        TRACING,
+        Table(("failures",), FLAGS),
+    ),
+    Family(
+        "pcpu_failed_allocation_size_bytes",
+        HISTOGRAM,
+        "Requested size of failed percpu allocations since tracing began (log2 buckets).",
+        (),
+        TRACING,
+        Histogram(("failed_size_histogram",)),
+    ),
+    Family(
+        "pcpu_chunk_creations_total",
+        COUNTER,
+        "Percpu chunks created since tracing began; steady creation and destruction is "
+        "chunk churn.",
+        (),
+        TRACING,
+        Scalar(("chunk_creations",)),
+    ),
+    Family(
+        "pcpu_chunk_destructions_total",
+        COUNTER,
+        "Percpu chunks destroyed since tracing began.",
+        (),
+        TRACING,
+        Scalar(("chunk_destructions",)),
+    ),
+    # Tracing: the tracer's own state.
+    Family(
+        "pcpu_tracepoint_field_available",
+        GAUGE,
+        "1 if this kernel's percpu tracepoint has the field, 0 if not (call_site and "
+        "bytes_alloc need Linux 5.19 or later).",
+        ("event", "field"),
+        TRACING,
+        Table(("fields_available",), PAIR),
+    ),
+    Family(
+        "pcpu_tracking_dropped_total",
+        COUNTER,
+        "Allocations not tracked because a table was full; raise --live-capacity or "
+        "--site-capacity if this grows.",
+        ("reason",),
+        TRACING,
+        Table(("dropped",), NAME),
+    ),
+    Family(
+        "pcpu_bpf_program_runs_total",
+        COUNTER,
+        "Runs of each BPF program (needs sysctl kernel.bpf_stats_enabled=1).",
+        ("program",),
+        TRACING,
+        Table(("programs",), NAME, "runs"),
+        _BPF,
+    ),
+    Family(
+        "pcpu_bpf_program_run_seconds_total",
+        COUNTER,
+        "CPU time spent in each BPF program (needs sysctl kernel.bpf_stats_enabled=1).",
+        ("program",),
+        TRACING,
+        Table(("programs",), NAME, "run_time_ns", scale=1e-9),
+        _BPF,
+    ),
+    Family(
+        "pcpu_bpf_program_recursion_misses_total",
+        COUNTER,
+        "Events the kernel did not deliver to the program because another BPF program was "
+        "running on that CPU; those events are missing from the counters.",
+        ("program",),
+        TRACING,
+        Table(("programs",), NAME, "recursion_misses"),
+        _BPF,
+    ),
+    Family(
+        "pcpu_bpf_map_entries",
+        GAUGE,
+        "Entries in each tracking table now.",
+        ("map",),
+        TRACING,
+        Table(("maps",), NAME, "entries"),
+    ),
+    Family(
+        "pcpu_bpf_map_capacity",
+        GAUGE,
+        "Capacity of each tracking table; entries at capacity means drops "
+        "(pcpu_tracking_dropped_total).",
+        ("map",),
+        TRACING,
+        Table(("maps",), NAME, "capacity"),
+    ),
+    # The kernel's own accounting: debugfs percpu_stats.
+    Family(
+        "pcpu_stats_allocations_total",
+        COUNTER,
+        "Percpu allocations since boot, from the kernel's percpu_stats (nr_alloc).",
+        (),
+        PERCPU_STATS,
+        _stat("globals", "nr_alloc"),
+    ),
+    Family(
+        "pcpu_stats_frees_total",
+        COUNTER,
+        "Percpu frees since boot, from the kernel's percpu_stats (nr_dealloc).",
+        (),
+        PERCPU_STATS,
+        _stat("globals", "nr_dealloc"),
+    ),
+    Family(
+        "pcpu_stats_live_allocations",
+        GAUGE,
+        "Percpu allocations live now, all callers since boot (nr_cur_alloc); a steady "
+        "climb is a leak candidate.",
+        (),
+        PERCPU_STATS,
+        _stat("globals", "nr_cur_alloc"),
+    ),
+    Family(
+        "pcpu_stats_max_live_allocations",
+        GAUGE,
+        "Highest number of simultaneously live percpu allocations since boot (nr_max_alloc).",
+        (),
+        PERCPU_STATS,
+        _stat("globals", "nr_max_alloc"),
+    ),
+    Family(
+        "pcpu_stats_chunks",
+        GAUGE,
+        "Percpu chunks now (nr_chunks); each costs a unit per possible CPU.",
+        (),
+        PERCPU_STATS,
+        _stat("globals", "nr_chunks"),
+    ),
+    Family(
+        "pcpu_stats_max_chunks",
+        GAUGE,
+        "Most percpu chunks ever present at once since boot (nr_max_chunks).",
+        (),
+        PERCPU_STATS,
+        _stat("globals", "nr_max_chunks"),
+    ),
+    Family(
+        "pcpu_stats_min_allocation_size_bytes",
+        GAUGE,
+        "Smallest percpu request size since boot (min_alloc_size).",
+        (),
+        PERCPU_STATS,
+        _stat("globals", "min_alloc_size"),
+    ),
+    Family(
+        "pcpu_stats_max_allocation_size_bytes",
+        GAUGE,
+        "Largest percpu request size since boot (max_alloc_size).",
+        (),
+        PERCPU_STATS,
+        _stat("globals", "max_alloc_size"),
+    ),
+    Family(
+        "pcpu_stats_empty_populated_pages",
+        GAUGE,
+        "Populated but unused percpu pages (empty_pop_pages); the kernel keeps a few for "
+        "atomic allocations and reclaims the excess in its balance work.",
+        (),
+        PERCPU_STATS,
+        _stat("globals", "empty_pop_pages"),
+    ),
+    Family(
+        "pcpu_stats_free_bytes",
+        GAUGE,
+        "Free bytes summed over all chunks, per unit (one CPU's copy).",
+        (),
+        PERCPU_STATS,
+        _stat("totals", "free_bytes"),
+    ),
+    Family(
+        "pcpu_stats_fragmented_bytes",
+        GAUGE,
+        "Free bytes stranded between allocations, summed over chunks (sum_frag); high "
+        "values with many chunks mean fragmentation, not demand.",
+        (),
+        PERCPU_STATS,
+        _stat("totals", "fragmented_bytes"),
+    ),
+    Family(
+        "pcpu_stats_max_fragment_bytes",
+        GAUGE,
+        "Largest stranded free fragment of any chunk (max_frag).",
+        (),
+        PERCPU_STATS,
+        _stat("totals", "max_fragment_bytes"),
+    ),
+    Family(
+        "pcpu_stats_contig_free_bytes",
+        GAUGE,
+        "Largest contiguous free area of any chunk (contig_bytes, a kernel hint); a "
+        "request larger than this needs a new chunk.",
+        (),
+        PERCPU_STATS,
+        _stat("totals", "max_contig_bytes"),
+    ),
+    Family(
+        "pcpu_stats_unit_size_bytes",
+        GAUGE,
+        "Size of one CPU's unit in every chunk (boot-time geometry).",
+        (),
+        PERCPU_STATS,
+        _stat("info", "unit_size"),
+    ),
+    Family(
+        "pcpu_stats_static_size_bytes",
+        GAUGE,
+        "Static percpu variables of the kernel and modules (boot-time geometry).",
+        (),
+        PERCPU_STATS,
+        _stat("info", "static_size"),
+    ),
+    Family(
+        "pcpu_stats_reserved_size_bytes",
+        GAUGE,
+        "Reserved area for module static percpu variables (boot-time geometry).",
+        (),
+        PERCPU_STATS,
+        _stat("info", "reserved_size"),
+    ),
+    Family(
+        "pcpu_stats_dynamic_size_bytes",
+        GAUGE,
+        "Dynamic area of the first chunk (boot-time geometry).",
+        (),
+        PERCPU_STATS,
+        _stat("info", "dyn_size"),
+    ),
+    Family(
+        "pcpu_stats_atom_size_bytes",
+        GAUGE,
+        "Allocation atom size of the first chunk (boot-time geometry).",
+        (),
+        PERCPU_STATS,
+        _stat("info", "atom_size"),
+    ),
+    Family(
+        "pcpu_stats_alloc_size_bytes",
+        GAUGE,
+        "Size of each first-chunk allocation (boot-time geometry).",
+        (),
+        PERCPU_STATS,
+        _stat("info", "alloc_size"),
+    ),
+    # The kernel's own accounting: /proc/meminfo.
+    Family(
+        "pcpu_meminfo_bytes",
+        GAUGE,
+        "Memory used by the percpu allocator on all CPUs (the Percpu: line of "
+        "/proc/meminfo); compare with pcpu_live_bytes to see how much tracing explains.",
+        (),
+        MEMINFO,
+        Scalar(("kernel_stats", "meminfo_percpu_bytes")),
+    ),
+)
+
+BY_NAME: dict[str, Family] = {f.name: f for f in CATALOG}
+
+
+def families_of(part: str) -> Iterable[Family]:
+    """The catalog's families served by one collector part, in exposition order."""
+    return (f for f in CATALOG if f.part == part)
