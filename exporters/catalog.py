@@ -9,6 +9,7 @@ nothing is written twice.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
@@ -67,15 +68,7 @@ class Key:
     of: Callable[..., Any] | None = None  # key constructor; None: a plain str or tuple
 
     def labels(self, key: Any) -> LabelValues:
-        if isinstance(key, str):
-            values: tuple[Any, ...] = (key,)
-        elif self.of is not None:
-            values = tuple(getattr(key, f.name) for f in fields(key))
-        else:
-            values = tuple(key)
-        return tuple(
-            bool_label(v) if k is bool else str(v) for k, v in zip(self.kinds, values, strict=True)
-        )
+        return _labels(self.kinds, self.of is not None, key)
 
     def key(self, labels: LabelValues) -> Any:
         values = tuple(
@@ -84,6 +77,18 @@ class Key:
         if self.of is not None:
             return self.of(*values)
         return values[0] if len(values) == 1 else values
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _labels(kinds: tuple[type, ...], is_dataclass: bool, key: Any) -> LabelValues:
+    # Cached: every scrape labels the same few thousand keys once per family.
+    if isinstance(key, str):
+        values: tuple[Any, ...] = (key,)
+    elif is_dataclass:
+        values = tuple(getattr(key, f.name) for f in fields(key))
+    else:
+        values = tuple(key)
+    return tuple(bool_label(v) if k is bool else str(v) for k, v in zip(kinds, values, strict=True))
 
 
 NAME = Key((str,))
