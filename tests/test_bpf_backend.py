@@ -1,7 +1,7 @@
 """The bpf backend on the live kernel: exact counts from a workload only the test causes.
 
 Per-CPU array maps with value size V and N entries make exactly N percpu allocations of
-V bytes from bpf_map_alloc_percpu (DESIGN.md, "Facts about these machines"). Other
+V bytes from bpf_map_alloc_percpu (map_create -> array_map_alloc). Other
 processes allocate too, so exact assertions are kept to that call site and to sizes
 nothing else requests in the window (1000, 3000); a private tracefs instance records
 what bytes_alloc the kernel itself reports for those events.

@@ -687,8 +687,8 @@ def test_smoke_on_the_live_kernel() -> None:
     """bcc's test_tools_smoke: `timeout 30 pcpu-top 2 1` exits 0 and shows a table.
 
     A per-CPU map of 7 values of 3000 bytes, made once tracing is attached, gives the
-    table a row this test caused (DESIGN.md: exactly 7 allocations at
-    bpf_map_alloc_percpu); other processes may add to that row, never subtract.
+    table a row this test caused (exactly 7 allocations at bpf_map_alloc_percpu,
+    one per element); other processes may add to that row, never subtract.
     """
     if reason := bpf_unavailable_reason():
         pytest.skip(reason)
