@@ -1,12 +1,39 @@
-"""Shared fixtures, the --update-golden switch, and CI's rule that nothing skips."""
+"""Shared fixtures, the --update-golden switch, where marked tests can run, and CI's rule
+that nothing skips."""
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
+import shutil
 from collections.abc import Generator
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, settings
+
+TRACEFS = Path("/sys/kernel/tracing")
+DEBUGFS = Path("/sys/kernel/debug")
+KALLSYMS = Path("/proc/kallsyms")
+
+# Where each program a test asks for with @pytest.mark.needs_tool comes from.
+TOOL_SOURCES = {
+    "bpftool": "Debian package bpftool; setup.sh installs it",
+    "prometheus": "Debian package prometheus; setup.sh installs it",
+    "promtool": "Debian package prometheus; setup.sh installs it",
+    "tmux": "Debian package tmux; setup.sh installs it",
+    "systemd-analyze": "Debian package systemd; setup.sh installs it",
+    "setpriv": "Debian package util-linux",
+    "unshare": "Debian package util-linux",
+    "findmnt": "Debian package util-linux",
+}
+
+# Hypothesis' per-example deadline and too_slow check are claims about speed; a loaded
+# machine breaks them without anything being wrong.
+settings.register_profile("pcpu-bpf", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("pcpu-bpf")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -25,6 +52,53 @@ def update_golden(request: pytest.FixtureRequest) -> bool:
 @pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()
+
+
+@functools.cache
+def privileged_unavailable() -> str | None:
+    """Why tests marked privileged cannot run here, with the fix; None when they can."""
+    if os.geteuid() != 0:
+        return "not root: privileged tests load BPF programs and read debugfs"
+    if importlib.util.find_spec("bcc") is None:
+        return (
+            "bcc is not importable: apt-get install python3-bpfcc and make the venv with "
+            "--system-site-packages (setup.sh does both)"
+        )
+    if not (TRACEFS / "events/percpu/percpu_alloc_percpu").is_dir():
+        return f"no percpu tracepoints under {TRACEFS}: mount -t tracefs nodev {TRACEFS}"
+    if not (DEBUGFS / "percpu_stats").is_file():
+        if not os.path.ismount(DEBUGFS):
+            return f"debugfs is not mounted: mount -t debugfs nodev {DEBUGFS}"
+        return f"no {DEBUGFS / 'percpu_stats'}: the kernel needs CONFIG_PERCPU_STATS=y"
+    with KALLSYMS.open() as kallsyms:
+        first = kallsyms.readline().split()
+        if not first or int(first[0], 16) == 0:
+            return (
+                f"{KALLSYMS} shows no addresses: needs CAP_SYSLOG and "
+                "sysctl -w kernel.kptr_restrict=1"
+            )
+    return None
+
+
+def missing_tools(item: pytest.Item) -> list[str]:
+    """The programs the item's needs_tool markers name that are not on PATH, with the fix."""
+    names = dict.fromkeys(name for mark in item.iter_markers("needs_tool") for name in mark.args)
+    return [
+        f"{name} not installed ({TOOL_SOURCES.get(name, 'not on PATH')})"
+        for name in names
+        if shutil.which(name) is None
+    ]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # The one place that decides whether a marked test can run here: before its fixtures,
+    # so nothing half-starts; the reason names the fix.
+    reasons = missing_tools(item)
+    if item.get_closest_marker("privileged") and (reason := privileged_unavailable()):
+        reasons.insert(0, reason)
+    if reasons:
+        pytest.skip("; ".join(reasons))
 
 
 def _skips_are_failures() -> bool:

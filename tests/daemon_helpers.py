@@ -7,13 +7,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
+from waiting import wait_until
 
 PCPU_BPF = str(Path(sys.executable).with_name("pcpu-bpf"))
 
@@ -72,35 +72,36 @@ class Daemon:
         self._closed = False
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
+        def answers() -> bool:
             if self.proc.poll() is not None:
                 err = self.close()
                 raise AssertionError(f"daemon exited {self.proc.returncode}: {err}")
             try:
                 self.scrape()
-                return
             except (urllib.error.URLError, ConnectionError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+                return False
+            return True
+
+        wait_until(answers, timeout=timeout, what=f"pcpu-bpf serve to answer on {self.url}")
 
     def scrape(self) -> str:
         with urllib.request.urlopen(self.url, timeout=10) as response:
             body: bytes = response.read()
         return body.decode()
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> tuple[int, float, str]:
-        """Send ``sig``; return (exit code, seconds until exit, stderr)."""
-        start = time.monotonic()
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> tuple[int, str]:
+        """Send ``sig``; (exit code, stderr) once it exits, a failure if not within ``timeout``."""
         self.proc.send_signal(sig)
         try:
-            self.proc.wait(timeout)
+            wait_until(
+                lambda: self.proc.poll() is not None,
+                timeout=timeout,
+                what=f"pcpu-bpf serve to exit on {signal.Signals(sig).name}",
+            )
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
-        elapsed = time.monotonic() - start
-        return self.proc.returncode, elapsed, self.close()
+        return self.proc.returncode, self.close()
 
     def close(self) -> str:
         """Kill if still running, reap, close the pipes; stderr (once)."""

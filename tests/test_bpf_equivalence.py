@@ -12,9 +12,9 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from bpf_env import FIXTURES, require_bpf
 
 from pcpu_bpf.bpf import syscalls
 from pcpu_bpf.bpf.loader import PROGRAMS
@@ -37,6 +37,7 @@ from pcpu_bpf.sim.geometry import CONFIG_S
 
 pytestmark = pytest.mark.privileged
 
+FIXTURES = Path(__file__).parent / "fixtures" / "tracefs"
 LIVE_CAPACITY = 64
 SITE_CAPACITY = 16
 SITES = [0xFFFFFFFF81000000 + i * 0x1234 for i in range(40)]  # 40 sites > 16 slots
@@ -128,7 +129,6 @@ def normalized(s: Snapshot) -> Snapshot:
 
 @pytest.fixture(params=["6.18", "5.15"])
 def kernel(request: pytest.FixtureRequest) -> Iterator[tuple[str, object, object]]:
-    require_bpf()
     from pcpu_bpf.backends.bpf import BpfBackend
 
     root = FIXTURES / request.param

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 
 import pytest
-from bpf_env import require_bpf
 
 from pcpu_bpf.bpf import syscalls
 
@@ -20,7 +18,6 @@ def test_test_run_rejects_bad_arity(n: int) -> None:
 
 @pytest.mark.privileged
 def test_create_and_close_percpu_array() -> None:
-    require_bpf()
     fd = syscalls.create_percpu_array(1000, 3, "pcpu_test")
     assert fd > 2
     assert syscalls.map_id(fd) > 0
@@ -29,16 +26,13 @@ def test_create_and_close_percpu_array() -> None:
 
 @pytest.mark.privileged
 def test_bad_map_is_an_oserror() -> None:
-    require_bpf()
     with pytest.raises(OSError, match=r"bpf\(BPF_MAP_CREATE\)"):
         syscalls.create_percpu_array(1 << 20, 1)  # larger than a percpu unit allows
 
 
 @pytest.mark.privileged
+@pytest.mark.needs_tool("bpftool")
 def test_prog_info_matches_bpftool() -> None:
-    require_bpf()
-    if shutil.which("bpftool") is None:
-        pytest.skip("bpftool not installed (apt install bpftool)")
     from pcpu_bpf.backends.bpf import BpfBackend
 
     with BpfBackend(attach=False, kernel_stats=lambda: None) as b:

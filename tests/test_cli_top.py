@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bpf_env import bpf_unavailable_reason
 from click.testing import CliRunner, Result
+from waiting import wait_until
 
 from pcpu_bpf.backends import BackendOptions, Constructor
 from pcpu_bpf.backends.base import Backend
@@ -554,16 +554,20 @@ def daemon(tmp_path: Path) -> Iterator[str]:
             stdout=subprocess.DEVNULL,
             stderr=err,
         )
+
+    def answers() -> bool:
+        if proc.poll() is not None:
+            pytest.fail(f"pcpu-bpf serve exited: {log.read_text()}")
+        try:
+            urllib.request.urlopen(f"http://{address}/metrics", timeout=10).close()
+        except OSError:
+            return False
+        return True
+
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                urllib.request.urlopen(f"http://{address}/metrics", timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"pcpu-bpf serve did not come up: {log.read_text()}")
-                time.sleep(0.1)
+        wait_until(
+            answers, timeout=60, what=lambda: f"pcpu-bpf serve to come up: {log.read_text()}"
+        )
         yield address
     finally:
         proc.terminate()
@@ -676,8 +680,6 @@ privileged = pytest.mark.privileged
 
 @privileged
 def test_live_in_a_pseudo_terminal_live_kernel() -> None:
-    if reason := bpf_unavailable_reason():
-        pytest.skip(reason)
     rc, output = run_in_pty(["--live", "--backend", "bpf", "0.5"], 3, timeout=120)
     _check_live_session(rc, output, "bpf")
 
@@ -690,8 +692,6 @@ def test_smoke_on_the_live_kernel() -> None:
     table a row this test caused (exactly 7 allocations at bpf_map_alloc_percpu,
     one per element); other processes may add to that row, never subtract.
     """
-    if reason := bpf_unavailable_reason():
-        pytest.skip(reason)
     from pcpu_bpf.bpf import syscalls
 
     timeout = shutil.which("timeout")
@@ -767,16 +767,7 @@ class Tmux:
         subprocess.run([*self.base, "kill-server"], capture_output=True, check=False)
 
 
-def _wait(predicate: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.1)
-    return predicate()
-
-
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux (apt-get install tmux)")
+@pytest.mark.needs_tool("tmux")
 @pytest.mark.parametrize(
     ("args", "source"),
     [
@@ -785,8 +776,6 @@ def _wait(predicate: Callable[[], Any], timeout: float) -> Any:
     ],
 )
 def test_live_in_tmux_shows_one_table_redrawn(args: list[str], source: str, tmp_path: Path) -> None:
-    if source == "bpf" and (reason := bpf_unavailable_reason()):
-        pytest.skip(reason)
     tmux = Tmux([str(BIN / "pcpu-top"), "--live", *args, "0.5"], tmp_path / "status")
     try:
 
@@ -794,11 +783,14 @@ def test_live_in_tmux_shows_one_table_redrawn(args: list[str], source: str, tmp_
             screen = tmux.screen()
             return screen if any(line.startswith("CALL SITE") for line in screen) else None
 
-        first = _wait(table_on_screen, 60)
-        assert first, tmux.screen()
+        first = wait_until(
+            table_on_screen, timeout=60, what=lambda: f"a table on the screen: {tmux.screen()}"
+        )
         # A redraw: the clock/interval line changes while the table stays in place.
-        later = _wait(lambda: (s := table_on_screen()) and s[0] != first[0] and s, 10)
-        assert later, tmux.screen()
+        later = wait_until(
+            lambda: (s := table_on_screen()) and s[0] != first[0] and s,
+            what=lambda: f"a redraw: {tmux.screen()}",
+        )
         for screen in (first, later):
             assert screen[0].split("  ")[1] == source
             assert screen[1].startswith("Percpu ") and screen[2].startswith("traced live ")
@@ -809,7 +801,10 @@ def test_live_in_tmux_shows_one_table_redrawn(args: list[str], source: str, tmp_
         if source.startswith("sim"):
             assert any(line.startswith("leaky_driver_open") for line in later)
         tmux.ctrl_c()
-        assert _wait(lambda: tmux.exit_status() is not None, 10), tmux.screen()
+        wait_until(
+            lambda: tmux.exit_status() is not None,
+            what=lambda: f"pcpu-top to exit on Ctrl-C: {tmux.screen()}",
+        )
         assert tmux.exit_status() == 0
         assert not any("Traceback" in line for line in tmux.screen())
     finally:

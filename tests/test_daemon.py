@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from bpf_env import bpf_unavailable_reason
 from daemon_helpers import PCPU_BPF, Daemon, free_port, parse, prog_ids
+from waiting import wait_until
 
 from pcpu_bpf import __version__
 from pcpu_bpf.daemon.server import ListenAddress, parse_listen
@@ -81,13 +81,15 @@ def test_serves_metrics_that_move(sim_daemon: Daemon) -> None:
     info = {("version", __version__), ("backend", "sim"), ("kernel", "simulated-6.18")}
     assert first[("pcpu_exporter_info", frozenset(info))] == 1
     assert ("process_resident_memory_bytes", frozenset()) in first
-    time.sleep(0.3)
-    second = parse(sim_daemon.scrape())
 
     def total(samples: dict) -> float:
         return sum(v for (n, _), v in samples.items() if n == "pcpu_allocations_total")
 
-    assert total(second) > total(first) > 0
+    assert total(first) > 0
+    wait_until(
+        lambda: total(parse(sim_daemon.scrape())) > total(first),
+        what="pcpu_allocations_total to grow",
+    )
 
 
 def test_landing_page_and_404(sim_daemon: Daemon) -> None:
@@ -104,10 +106,9 @@ def test_landing_page_and_404(sim_daemon: Daemon) -> None:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_exits_zero_within_a_second(sim_daemon: Daemon, sig: int) -> None:
-    code, elapsed, err = sim_daemon.stop(sig)
+def test_signal_exits_zero_promptly(sim_daemon: Daemon, sig: int) -> None:
+    code, err = sim_daemon.stop(sig)
     assert code == 0, err
-    assert elapsed < 1.0
     assert f"{signal.Signals(sig).name} received" in err
 
 
@@ -196,7 +197,7 @@ def test_notify_socket_gets_ready_watchdog_stopping(tmp_path: Path, abstract: bo
             pings = 0
             while pings < 2:
                 pings += sock.recv(4096) == b"WATCHDOG=1"
-            code, _, err = daemon.stop()
+            code, err = daemon.stop()
             assert code == 0, err
             rest = []
             sock.settimeout(1)
@@ -218,7 +219,7 @@ def test_journald_stream_gets_priorities_and_no_timestamps() -> None:
     os.close(write_fd)
     try:
         daemon.wait_ready()
-        code, _, _ = daemon.stop()
+        code, _ = daemon.stop()
         assert code == 0
     finally:
         daemon.close()
@@ -229,18 +230,15 @@ def test_journald_stream_gets_priorities_and_no_timestamps() -> None:
 
 
 @pytest.mark.privileged
+@pytest.mark.needs_tool("bpftool")
 def test_bpf_backend_sigterm_detaches(tmp_path: Path) -> None:
-    reason = bpf_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
     daemon = Daemon("--backend", "bpf")
     try:
         daemon.wait_ready()
         ids = prog_ids(daemon.proc.pid)
         assert len(ids) >= 5
-        code, elapsed, err = daemon.stop()
+        code, err = daemon.stop()
         assert code == 0, err
-        assert elapsed < 1.0
     finally:
         daemon.close()
     shown = subprocess.run(
@@ -252,9 +250,6 @@ def test_bpf_backend_sigterm_detaches(tmp_path: Path) -> None:
 
 @pytest.mark.privileged
 def test_bpf_check_attaches_and_detaches() -> None:
-    reason = bpf_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
     result = run("serve", "--check")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ok: backend bpf")
@@ -272,14 +267,14 @@ def test_watchdog_probe_sees_a_stuck_snapshot() -> None:
     class Stuck(Backend):
         def snapshot(self):  # type: ignore[override]
             entered.set()
-            release.wait(5)
+            release.wait(60)
             raise RuntimeError("never returns a snapshot")
 
     source = GuardedBackend(Stuck())
     assert source.responsive(timeout=0.1)
     scrape = threading.Thread(target=lambda: pytest.raises(RuntimeError, source.snapshot))
     scrape.start()
-    assert entered.wait(5)
+    assert entered.wait(60)
     try:
         assert not source.responsive(timeout=0.2)  # no WATCHDOG=1: systemd restarts us
     finally:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 import urllib.error
@@ -14,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bpf_env import bpf_unavailable_reason
 from daemon_helpers import Daemon, Samples, free_port, parse
+from waiting import wait_until
+
+pytestmark = pytest.mark.needs_tool("prometheus")
 
 SITE = "bpf_map_alloc_percpu"
 _TARGET_LABELS = ("__name__", "job", "instance")  # added by Prometheus, not the daemon
@@ -25,9 +26,6 @@ class Prometheus:
     """A Prometheus server on loopback scraping one target every second."""
 
     def __init__(self, target: str, tmp: Path) -> None:
-        binary = shutil.which("prometheus")
-        if binary is None:
-            pytest.skip("prometheus not installed (Debian package prometheus; setup.sh)")
         config = tmp / "prometheus.yml"
         config.write_text(
             "global: {scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}\n"
@@ -38,7 +36,7 @@ class Prometheus:
         self.log = (tmp / "prometheus.log").open("w")
         self.proc = subprocess.Popen(
             [
-                binary,
+                "prometheus",
                 f"--config.file={config}",
                 f"--storage.tsdb.path={tmp / 'data'}",
                 f"--web.listen-address={self.url.removeprefix('http://')}",
@@ -62,20 +60,23 @@ class Prometheus:
             for r in body["data"]["result"]
         }
 
-    def wait_for(self, promql: str, done: Callable[[dict], bool], timeout: float = 30.0) -> dict:
-        deadline = time.monotonic() + timeout
+    def wait_for(self, promql: str, done: Callable[[dict], bool], timeout: float = 60.0) -> dict:
         last: dict = {}
-        while time.monotonic() < deadline:
+
+        def answered() -> tuple[dict] | None:  # a tuple: an empty result may be the answer
+            nonlocal last
             if self.proc.poll() is not None:
                 raise AssertionError(f"prometheus exited: {Path(self.log.name).read_text()}")
             try:
                 last = self.query(promql)
-                if done(last):
-                    return last
             except (urllib.error.URLError, ConnectionError):
-                pass  # not listening yet
-            time.sleep(0.2)
-        raise AssertionError(f"timed out waiting on {promql}; last result {last}")
+                return None  # not listening yet
+            return (last,) if done(last) else None
+
+        (result,) = wait_until(
+            answered, timeout=timeout, interval=0.2, what=lambda: f"{promql}; last result {last}"
+        )
+        return result
 
     def close(self) -> None:
         self.proc.terminate()
@@ -136,9 +137,6 @@ def test_prometheus_scrapes_sim_daemon(stack: tuple[Daemon, Prometheus]) -> None
 @pytest.mark.privileged
 @pytest.mark.parametrize("stack", [("--backend", "bpf")], indirect=True)
 def test_prometheus_sees_exact_bpf_map_allocations(stack: tuple[Daemon, Prometheus]) -> None:
-    reason = bpf_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
     daemon, prom = stack
     prom.wait_for("pcpu_exporter_info", bool)
     # Other processes may create per-CPU maps too (their allocations only ever add):
@@ -194,10 +192,11 @@ def map_workload_through_prometheus(daemon: Daemon, prom: Prometheus) -> dict[st
         if dict(labels)["call_site"] == SITE
     )
     # The kernel frees a closed map's memory from a kworker, within about a second.
-    deadline = time.monotonic() + 20
-    while total("pcpu_frees_total") < base["pcpu_frees_total"] + ENTRIES:
-        assert time.monotonic() < deadline, "frees never arrived"
-        time.sleep(0.2)
+    wait_until(
+        lambda: total("pcpu_frees_total") >= base["pcpu_frees_total"] + ENTRIES,
+        interval=0.2,
+        what=f"Prometheus to see the {ENTRIES} frees",
+    )
     sample_after(time.time() + 0.5)
     return {
         "allocations": seen["pcpu_allocations_total"] - base["pcpu_allocations_total"],

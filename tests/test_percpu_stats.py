@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -191,20 +189,9 @@ def test_render_parse_roundtrip_is_lossless(stats):
     assert render_percpu_stats(parse_percpu_stats(text)) == text
 
 
-def _live_percpu_stats() -> Path:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to read debugfs")
-    if not os.path.ismount(DEBUGFS):
-        subprocess.run(["mount", "-t", "debugfs", "nodev", str(DEBUGFS)], check=False)
-    path = DEBUGFS / "percpu_stats"
-    if not os.access(path, os.R_OK):
-        pytest.skip(f"{path} unreadable (debugfs not mountable or CONFIG_PERCPU_STATS=n)")
-    return path
-
-
 @pytest.mark.privileged
 def test_live_kernel_file_roundtrips():
-    path = _live_percpu_stats()
+    path = DEBUGFS / "percpu_stats"
     text = path.read_text()  # read once: the live numbers move between reads
     stats = parse_percpu_stats(text)
     assert render_percpu_stats(stats) == text

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -152,12 +151,8 @@ def _unique_text_symbol(text: str, candidates: tuple[str, ...]) -> tuple[str, in
 
 @pytest.mark.privileged
 def test_live_kallsyms_resolves_a_known_function():
-    if os.geteuid() != 0:
-        pytest.skip("needs root (CAP_SYSLOG): /proc/kallsyms shows zeros otherwise")
     text = KALLSYMS.read_text()
     sym = Symbolizer.from_kallsyms_text(text)
-    if sym.is_restricted:
-        pytest.skip("kallsyms restricted (kernel.kptr_restrict=2?)")
     name, addr = _unique_text_symbol(text, ("mm_init", "pcpu_alloc_noprof", "free_percpu"))
     assert sym.resolve(addr) == name
     assert sym.resolve(addr + 1) == name

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from bpf_env import FIXTURES
 
 from pcpu_bpf.bpf.loader import build_cflags
 from pcpu_bpf.bpf.tracefs import find_tracefs, parse_format, read_layout
 from pcpu_bpf.errors import BackendUnavailable
+
+FIXTURES = Path(__file__).parent / "fixtures" / "tracefs"
 
 ALLOC_6_18 = (
     "call_site",
