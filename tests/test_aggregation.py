@@ -53,7 +53,8 @@ def free(ptr: int) -> PercpuFree:
 
 def aggregate(events, **kw):
     agg = Aggregator(symbolize, possible_cpus=2, **kw)
-    agg.apply_all(events)
+    for event in events:
+        agg.apply(event)
     return agg.snapshot(CTX)
 
 

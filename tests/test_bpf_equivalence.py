@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prog_test_run import run_raw_tp
 
-from pcpu_bpf.bpf import syscalls
 from pcpu_bpf.bpf.loader import PROGRAMS
 from pcpu_bpf.bpf.tracefs import read_layout
 from pcpu_bpf.model.aggregation import Aggregator
@@ -118,7 +118,7 @@ def run_in_bpf(backend, layout, events: list[Event]) -> None:
     for i, ev in enumerate(events):
         name = EVENT_NAME[type(ev)]
         args = [int(getattr(ev, f)) for f in layout.fields[name]]
-        assert syscalls.test_run_raw_tp(fds[PROGRAM_OF[name]], args, cpu=i % ncpu) == 0
+        assert run_raw_tp(fds[PROGRAM_OF[name]], args, cpu=i % ncpu) == 0
 
 
 def normalized(s: Snapshot) -> Snapshot:
@@ -169,7 +169,8 @@ def test_bpf_equals_reference_aggregator(kernel, seed: int) -> None:
         live_capacity=LIVE_CAPACITY,
         site_capacity=SITE_CAPACITY,
     )
-    agg.apply_all(events)
+    for event in events:
+        agg.apply(event)
     run_in_bpf(backend, layout, events)
 
     tables = backend.read_tables()

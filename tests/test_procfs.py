@@ -9,10 +9,8 @@ from pcpu_bpf.kernel.procfs import (
     kernel_release,
     parse_cpu_list,
     parse_meminfo_percpu,
-    parse_mounts,
     parse_possible_cpus,
     read_meminfo_percpu,
-    read_mounts,
     read_possible_cpus,
 )
 
@@ -99,28 +97,3 @@ def test_read_possible_cpus(case, count):
 
 def test_kernel_release():
     assert kernel_release(PROC / "live-6.18") == "6.18.44-fc-v769"
-
-
-def test_parse_mounts():
-    text = (
-        "proc /proc proc rw 0 0\n"
-        "nodev /sys/kernel/debug debugfs rw 0 0\n"
-        "x /a\\040b\\011c\\134d ext4 rw 0 0\n"
-        "\n"
-    )
-    assert parse_mounts(text) == {
-        "/proc": "proc",
-        "/sys/kernel/debug": "debugfs",
-        "/a b\tc\\d": "ext4",
-    }
-
-
-def test_parse_mounts_rejects_short_lines():
-    with pytest.raises(StatsParseError, match="mounts line 2: "):
-        parse_mounts("proc /proc proc rw 0 0\nbroken /x\n")
-
-
-def test_read_mounts():
-    mounts = read_mounts(PROC / "live-6.18")
-    assert mounts["/sys/kernel/debug"] == "debugfs"
-    assert mounts["/sys/kernel/my tracing"] == "tracefs"

@@ -44,22 +44,6 @@ def test_fields_in_tp_proto_order(version: str, event: str, fields: tuple[str, .
     assert read_layout(FIXTURES / version).fields[event] == fields
 
 
-@pytest.mark.parametrize(
-    ("version", "field", "index"),
-    [
-        ("6.18", "ptr", 7),
-        ("6.18", "call_site", 0),
-        ("6.18", "bytes_alloc", 8),
-        ("5.15", "ptr", 6),
-        ("5.15", "size", 2),
-        ("5.15", "call_site", None),
-    ],
-)
-def test_arg_index(version: str, field: str, index: int | None) -> None:
-    layout = read_layout(FIXTURES / version)
-    assert layout.arg_index("percpu_alloc_percpu", field) == index
-
-
 def test_fields_available_reports_pre_5_19_gaps() -> None:
     old = read_layout(FIXTURES / "5.15")
     assert old.missing_optional() == [

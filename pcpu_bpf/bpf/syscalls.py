@@ -1,7 +1,5 @@
 """The few bpf(2) commands bcc 0.26 does not expose, through ctypes.
 
-- BPF_PROG_TEST_RUN of a raw tracepoint program on synthetic u64 arguments
-  (kernel/bpf/.. net/bpf/test_run.c bpf_prog_test_run_raw_tp);
 - BPF_OBJ_GET_INFO_BY_FD for a program's run_cnt, run_time_ns and recursion_misses;
 - BPF_MAP_CREATE of a per-CPU array: the deterministic real workload (N percpu
   allocations of round_up(value_size, 8) bytes from bpf_map_alloc_percpu).
@@ -14,42 +12,17 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 BPF_MAP_CREATE = 0
-BPF_PROG_TEST_RUN = 10
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
-BPF_F_TEST_RUN_ON_CPU = 1
-MAX_RAW_TP_ARGS = 12  # MAX_BPF_FUNC_ARGS: the kernel refuses a longer ctx
 
 _NR_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
 
 _u32 = ctypes.c_uint32
 _u64 = ctypes.c_uint64
-
-
-class _TestRunAttr(ctypes.Structure):
-    _fields_ = [
-        ("prog_fd", _u32),
-        ("retval", _u32),
-        ("data_size_in", _u32),
-        ("data_size_out", _u32),
-        ("data_in", _u64),
-        ("data_out", _u64),
-        ("repeat", _u32),
-        ("duration", _u32),
-        ("ctx_size_in", _u32),
-        ("ctx_size_out", _u32),
-        ("ctx_in", _u64),
-        ("ctx_out", _u64),
-        ("flags", _u32),
-        ("cpu", _u32),
-        ("batch_size", _u32),
-        ("_pad", _u32),
-    ]
 
 
 class _InfoAttr(ctypes.Structure):
@@ -141,25 +114,6 @@ def _bpf(cmd: int, attr: ctypes.Structure, what: str) -> int:
         err = ctypes.get_errno()
         raise OSError(err, f"bpf({what}): {os.strerror(err)}")
     return int(ret)
-
-
-def test_run_raw_tp(prog_fd: int, args: Sequence[int], cpu: int | None = None) -> int:
-    """Run a raw tracepoint program once on ``args`` (u64s, TP_PROTO order); its return value.
-
-    ``cpu`` runs it on that CPU (BPF_F_TEST_RUN_ON_CPU), so per-CPU maps see it there.
-    """
-    if not 0 < len(args) <= MAX_RAW_TP_ARGS:
-        raise ValueError(f"a raw tracepoint takes 1..{MAX_RAW_TP_ARGS} arguments")
-    ctx = (_u64 * len(args))(*(a & 0xFFFF_FFFF_FFFF_FFFF for a in args))
-    attr = _TestRunAttr(
-        prog_fd=prog_fd,
-        ctx_size_in=ctypes.sizeof(ctx),
-        ctx_in=ctypes.addressof(ctx),
-        flags=BPF_F_TEST_RUN_ON_CPU if cpu is not None else 0,
-        cpu=cpu or 0,
-    )
-    _bpf(BPF_PROG_TEST_RUN, attr, "BPF_PROG_TEST_RUN")
-    return int(attr.retval)
 
 
 def prog_info(prog_fd: int) -> ProgInfo:

@@ -66,11 +66,6 @@ class TracepointLayout:
 
     fields: Mapping[str, tuple[str, ...]]
 
-    def arg_index(self, event: str, field: str) -> int | None:
-        """Raw tracepoint argument index of ``field``, or None when the kernel lacks it."""
-        names = self.fields[event]
-        return names.index(field) if field in names else None
-
     def missing_optional(self) -> list[tuple[str, str]]:
         """(event, field) pairs the kernel lacks among those the profiler knows."""
         return [k for k, ok in self.fields_available().items() if not ok]

@@ -13,8 +13,6 @@ _PERCPU_LINE = re.compile(r"Percpu:\s+([0-9]+) kB")
 _CPU_RANGE = re.compile(r"([0-9]+)(?:-([0-9]+))?")
 # Above any CONFIG_NR_CPUS (at most 8192): a corrupt range must not build a huge set.
 _MAX_CPUS = 1 << 16
-# /proc/mounts escapes these four characters as octal (fs/proc_namespace.c, mangle()).
-_MOUNT_ESCAPE = re.compile(r"\\(040|011|012|134)")
 
 
 def _read(path: Path) -> str:
@@ -75,22 +73,3 @@ def read_possible_cpus(sys_root: str | Path = "/sys") -> int:
 def kernel_release(proc_root: str | Path = "/proc") -> str:
     """The running kernel's release (``uname -r``) from <proc_root>/sys/kernel/osrelease."""
     return _read(Path(proc_root) / "sys/kernel/osrelease").strip()
-
-
-def parse_mounts(text: str) -> dict[str, str]:
-    """Mount point -> filesystem type from /proc/mounts text (the last mount wins)."""
-    mounts: dict[str, str] = {}
-    for no, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        fields = line.split()
-        if len(fields) < 3:
-            raise StatsParseError(f"mounts line {no}: too few fields: {line!r}")
-        point = _MOUNT_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), fields[1])
-        mounts[point] = fields[2]
-    return mounts
-
-
-def read_mounts(proc_root: str | Path = "/proc") -> dict[str, str]:
-    """Read <proc_root>/mounts; doctor uses it to tell whether debugfs and tracefs are up."""
-    return parse_mounts(_read(Path(proc_root) / "mounts"))

@@ -8,7 +8,7 @@ both and require equal Snapshots.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from pcpu_bpf.model.events import (
     Event,
@@ -68,11 +68,6 @@ class Aggregator:
                 t.chunk_creations += 1
             case PercpuDestroyChunk():
                 t.chunk_destructions += 1
-
-    def apply_all(self, events: Iterable[Event]) -> None:
-        """Account every event of a stream, in order."""
-        for event in events:
-            self.apply(event)
 
     def _alloc(self, ev: PercpuAlloc) -> None:
         t = self.tables

@@ -87,8 +87,3 @@ TRACEPOINTS: dict[str, type[Event]] = {
 ALL_FIELDS: tuple[tuple[str, str], ...] = tuple(
     (event, name) for event, cls in TRACEPOINTS.items() for name in cls.__dataclass_fields__
 )
-
-# Fields a kernel may lack (added in 5.19); everything else exists since 4.14.
-OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {
-    "percpu_alloc_percpu": ("call_site", "bytes_alloc", "gfp_flags"),
-}
