@@ -190,6 +190,6 @@ def test_bpf_equals_reference_aggregator(kernel, seed: int) -> None:
     assert snap.programs is not None
     assert all(p.recursion_misses == 0 for p in snap.programs.values())
     if version == "5.15":
-        assert {k.call_site for k in snap.allocations} == {"unknown"}
+        assert {k.call_site for k in snap.sites} == {"unknown"}
         assert snap.fields_available is not None
         assert not snap.fields_available[("percpu_alloc_percpu", "bytes_alloc")]
