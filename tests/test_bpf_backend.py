@@ -15,13 +15,25 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from prog_test_run import run_raw_tp
 from waiting import wait_until
 
 from pcpu_bpf.bpf import syscalls
+from pcpu_bpf.bpf.loader import PROGRAMS
+from pcpu_bpf.bpf.tracefs import read_layout
 from pcpu_bpf.errors import BackendUnavailable
 from pcpu_bpf.kernel.percpu_stats import read_percpu_stats
+from pcpu_bpf.model.aggregation import Aggregator
+from pcpu_bpf.model.events import (
+    PercpuAlloc,
+    PercpuAllocFail,
+    PercpuCreateChunk,
+    PercpuDestroyChunk,
+    PercpuFree,
+)
 from pcpu_bpf.model.layout import size_slot
 from pcpu_bpf.model.snapshot import SiteKey, SiteRecord, Snapshot
+from pcpu_bpf.model.tables import Tables
 
 pytestmark = pytest.mark.privileged
 
@@ -32,7 +44,6 @@ KEY = SiteKey(SITE, atomic=False, reserved=False)
 
 @pytest.fixture
 def backend() -> Iterator[object]:
-    # One per test: bcc allows one loaded set of the programs per process (bpf_loader.py).
     from pcpu_bpf.backends.bpf import BpfBackend
 
     b = BpfBackend()
@@ -260,13 +271,43 @@ def test_missing_tracepoint_is_a_clear_error(tmp_path: Path) -> None:
         BpfBackend(tracefs_root=tmp_path, attach=False)
 
 
-def test_second_backend_in_one_process_is_refused(backend) -> None:
+def test_two_loaded_sets_in_one_process_keep_their_own_maps() -> None:
     from pcpu_bpf.backends.bpf import BpfBackend
-    from pcpu_bpf.errors import ProgramLoadError
 
-    with pytest.raises(ProgramLoadError, match="already loaded"):
-        BpfBackend(attach=False, kernel_stats=lambda: None)
-    backend.snapshot()  # the first one is untouched
+    layout = read_layout()
+    events = {
+        "percpu_alloc_percpu": PercpuAlloc(0x1000, False, False, 1000, 8, 0, 0, 0x4000, 2000, 0),
+        "percpu_free_percpu": PercpuFree(0, 0, 0x4000),
+        "percpu_alloc_percpu_fail": PercpuAllocFail(False, True, 64, 8),
+        "percpu_create_chunk": PercpuCreateChunk(0),
+        "percpu_destroy_chunk": PercpuDestroyChunk(0),
+    }
+
+    def run_every_program(b: BpfBackend) -> None:
+        for tracepoint, function in PROGRAMS.items():
+            ev = events[tracepoint]
+            args = [int(getattr(ev, f)) for f in layout.fields[tracepoint]]
+            assert run_raw_tp(b.program_fds[function], args) == 0
+
+    def opened() -> BpfBackend:
+        return BpfBackend(attach=False, symbolizer=hex, kernel_stats=lambda: None)
+
+    with opened() as one, opened() as two:
+        assert not set(one.program_fds.values()) & set(two.program_fds.values())
+        agg = Aggregator(hex, possible_cpus=one.possible_cpus)
+        for ev in events.values():
+            agg.apply(ev)
+
+        run_every_program(one)
+        assert one.read_tables() == agg.tables
+        assert two.read_tables() == Tables()
+
+        run_every_program(two)
+        run_every_program(two)
+        assert one.read_tables() == agg.tables
+        for ev in events.values():
+            agg.apply(ev)
+        assert two.read_tables() == agg.tables
 
 
 def test_close_is_idempotent_and_snapshot_after_close_fails() -> None:

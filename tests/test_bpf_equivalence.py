@@ -42,7 +42,6 @@ LIVE_CAPACITY = 64
 SITE_CAPACITY = 16
 SITES = [0xFFFFFFFF81000000 + i * 0x1234 for i in range(40)]  # 40 sites > 16 slots
 SIZES = [4, 8, 12, 16, 24, 40, 64, 100, 256, 1000, 3000, 4096, 8192, 32768]
-PROGRAM_OF = {p.tracepoint: p.function for p in PROGRAMS}
 EVENT_NAME = {
     PercpuAlloc: "percpu_alloc_percpu",
     PercpuFree: "percpu_free_percpu",
@@ -118,7 +117,7 @@ def run_in_bpf(backend, layout, events: list[Event]) -> None:
     for i, ev in enumerate(events):
         name = EVENT_NAME[type(ev)]
         args = [int(getattr(ev, f)) for f in layout.fields[name]]
-        assert run_raw_tp(fds[PROGRAM_OF[name]], args, cpu=i % ncpu) == 0
+        assert run_raw_tp(fds[PROGRAMS[name]], args, cpu=i % ncpu) == 0
 
 
 def normalized(s: Snapshot) -> Snapshot:

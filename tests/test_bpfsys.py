@@ -15,7 +15,6 @@ from pcpu_bpf.bpf import syscalls
 def test_create_and_close_percpu_array() -> None:
     fd = syscalls.create_percpu_array(1000, 3, "pcpu_test")
     assert fd > 2
-    assert syscalls.map_id(fd) > 0
     syscalls.close(fd)
 
 
@@ -47,5 +46,4 @@ def test_prog_info_matches_bpftool() -> None:
         assert tool.get("run_cnt", 0) == info.run_cnt
         assert tool.get("run_time_ns", 0) == info.run_time_ns
         assert tool.get("recursion_misses", 0) == info.recursion_misses
-        assert sorted(tool["map_ids"]) == sorted(syscalls.prog_map_ids(fd))
         assert b.snapshot().chunk_creations == 3

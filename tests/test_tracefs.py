@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pcpu_bpf.bpf.loader import build_cflags
+from pcpu_bpf.bpf.loader import build_cflags, program_defines
 from pcpu_bpf.bpf.tracefs import find_tracefs, parse_format, read_layout
 from pcpu_bpf.errors import BackendUnavailable
 
@@ -69,18 +69,20 @@ def test_parse_format_lines(line: str, name: str | None) -> None:
     assert parse_format(line) == ((name,) if name else ())
 
 
-def test_cflags_follow_the_layout() -> None:
-    flags = build_cflags(
+def test_defines_follow_the_layout() -> None:
+    defines = program_defines(
         read_layout(FIXTURES / "5.15"),
-        bpf_dir=Path("/x"),
         live_capacity=10,
         site_capacity=20,
         nr_possible_cpus=4,
     )
-    assert flags[:4] == ["-I/x", "-DLIVE_CAPACITY=10", "-DSITE_CAPACITY=20", "-DNR_POSSIBLE_CPUS=4"]
-    assert "-DARG_ALLOC_PTR=6" in flags and "-DARG_FREE_PTR=2" in flags
-    assert "-DARG_FAIL_SIZE=2" in flags
-    assert not any("CALL_SITE" in f or "BYTES_ALLOC" in f for f in flags)
+    assert defines["LIVE_CAPACITY"] == 10 and defines["SITE_CAPACITY"] == 20
+    assert defines["NR_POSSIBLE_CPUS"] == 4
+    assert defines["ARG_ALLOC_PTR"] == 6 and defines["ARG_FREE_PTR"] == 2
+    assert defines["ARG_FAIL_SIZE"] == 2
+    assert not any("CALL_SITE" in name or "BYTES_ALLOC" in name for name in defines)
+    flags = build_cflags(Path("/x"), defines)
+    assert flags[0] == "-I/x" and "-DARG_ALLOC_PTR=6" in flags and "-DLIVE_CAPACITY=10" in flags
 
 
 def test_no_tracefs_names_the_mount_command(tmp_path: Path) -> None:

@@ -22,13 +22,18 @@ from pcpu_bpf.bpf.loader import (
     build_cflags,
     compile_env_check,
     default_bpf_dir,
+    program_defines,
 )
 from pcpu_bpf.bpf.maps import read_tables
 from pcpu_bpf.bpf.tracefs import read_layout
 from pcpu_bpf.errors import BackendUnavailable, StatsParseError
 from pcpu_bpf.kernel.procfs import kernel_release, read_possible_cpus
 from pcpu_bpf.model.kernel_stats import KernelStats
-from pcpu_bpf.model.layout import DEFAULT_LIVE_CAPACITY, DEFAULT_SITE_CAPACITY
+from pcpu_bpf.model.layout import (
+    DEFAULT_LIVE_CAPACITY,
+    DEFAULT_SITE_CAPACITY,
+    MAX_TABLE_CAPACITY,
+)
 from pcpu_bpf.model.snapshot import ProgramStats, Snapshot
 from pcpu_bpf.model.tables import (
     SnapshotContext,
@@ -68,13 +73,12 @@ class BpfBackend(Backend):
         kernel_stats: Callable[[], KernelStats | None] | None = None,
         attach: bool = True,
     ) -> None:
+        check_capacity("live_capacity", live_capacity)
+        check_capacity("site_capacity", site_capacity)
         try:
             import bcc
         except ImportError as exc:
             raise BackendUnavailable(f"{BCC_FIX} ({exc})") from exc
-        for what, value in (("live_capacity", live_capacity), ("site_capacity", site_capacity)):
-            if value < 1:
-                raise BackendUnavailable(f"{what} must be at least 1, got {value}")
         layout = read_layout(tracefs_root)
         layout.check_required()
         self._fields_available = layout.fields_available()
@@ -94,9 +98,8 @@ class BpfBackend(Backend):
         self.live_capacity = live_capacity
         self.site_capacity = site_capacity
         directory = Path(bpf_dir) if bpf_dir is not None else default_bpf_dir()
-        cflags = build_cflags(
+        defines = program_defines(
             layout,
-            bpf_dir=directory,
             live_capacity=live_capacity,
             site_capacity=site_capacity,
             nr_possible_cpus=self.possible_cpus,
@@ -104,7 +107,7 @@ class BpfBackend(Backend):
         self._symbolize = _symbolizer(symbolizer)
         self._kernel_stats = kernel_stats or _default_kernel_stats()
         self._programs: LoadedPrograms | None = LoadedPrograms(
-            bcc, bpf_dir=directory, cflags=cflags
+            bcc, bpf_dir=directory, cflags=build_cflags(directory, defines)
         )
         if attach:
             try:
@@ -146,9 +149,9 @@ class BpfBackend(Backend):
         # run_cnt and run_time_ns only move while bpf_stats are on; then they mean nothing.
         stats_on = syscalls.bpf_stats_enabled()
         out = {}
-        for p in PROGRAMS:
-            info = syscalls.prog_info(programs.fds[p.function])
-            out[p.function] = ProgramStats(
+        for function in PROGRAMS.values():
+            info = syscalls.prog_info(programs.fds[function])
+            out[function] = ProgramStats(
                 runs=info.run_cnt if stats_on else None,
                 run_time_ns=info.run_time_ns if stats_on else None,
                 recursion_misses=info.recursion_misses,
@@ -160,6 +163,15 @@ class BpfBackend(Backend):
         programs, self._programs = self._programs, None
         if programs is not None:
             programs.close()
+
+
+def check_capacity(what: str, value: int) -> None:
+    """BackendUnavailable unless a kernel hash map can hold ``value`` entries."""
+    if not 1 <= value <= MAX_TABLE_CAPACITY:
+        raise BackendUnavailable(
+            f"{what} must be between 1 and {MAX_TABLE_CAPACITY} (the most entries the kernel "
+            f"gives a hash map), got {value}"
+        )
 
 
 def _symbolizer(given: Symbolize | _Resolver | None) -> Symbolize:

@@ -1,27 +1,36 @@
-"""Compile and load the BPF programs of bpf_programs/ with bcc; attaching is a separate step.
+"""Compile and load bpf_programs/pcpu.bpf.c with bcc as one module; attaching is separate.
 
-bcc rewrites map calls only in the file it compiles, so each program file is its own
-module: ``pcpu_maps.bpf.c`` creates the maps as shared tables first, then every program
-module binds to them as extern tables. Configuration is only -D defines: capacities,
-possible CPUs, and the raw argument index of every tracepoint field this kernel has.
-Tests load without attaching and drive the programs with BPF_PROG_TEST_RUN.
+Configuration is only -D defines, all built by `program_defines`: capacities, possible
+CPUs, the slots and lengths of model/layout.py, and the raw argument index of every
+tracepoint field the programs read that this kernel has. Each loaded set owns its maps,
+so any number of sets can live in one process. Tests load without attaching and drive
+the programs with BPF_PROG_TEST_RUN.
 """
 
 from __future__ import annotations
 
 import importlib.resources
 import os
-import threading
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from pcpu_bpf.bpf import syscalls
-from pcpu_bpf.bpf.tracefs import TracepointLayout
+from pcpu_bpf.bpf.tracefs import OPTIONAL_FIELDS, REQUIRED_FIELDS, TracepointLayout
 from pcpu_bpf.errors import BackendUnavailable, ProgramLoadError
+from pcpu_bpf.model.layout import (
+    CHUNK_CREATED,
+    CHUNK_DESTROYED,
+    DROP_REASONS,
+    FAILURE_ATOMIC_WEIGHT,
+    LIVE_DELETED,
+    LIVE_INSERTED,
+    NR_FAILURE_CLASSES,
+    NR_SIZE_SLOTS,
+    SIZE_BUCKET_SHIFT,
+    SIZE_SUM_SLOT,
+)
 
-MAPS_SOURCE = "pcpu_maps.bpf.c"
+SOURCE = "pcpu.bpf.c"
 HEADERS_FIX = (
     "run ./setup.sh, or link headers by hand: ln -s /usr/src/linux-headers-<ver>-amd64 "
     "/lib/modules/$(uname -r)/build (and the -common dir as .../source)"
@@ -31,23 +40,14 @@ PRIVILEGE_FIX = (
     "see `pcpu-bpf doctor`"
 )
 
-
-@dataclass(frozen=True, slots=True)
-class ProgramSpec:
-    """One BPF program: the tracepoint it serves, its source file, its function."""
-
-    tracepoint: str
-    source: str
-    function: str
-
-
-PROGRAMS: tuple[ProgramSpec, ...] = (
-    ProgramSpec("percpu_alloc_percpu", "percpu_alloc.bpf.c", "on_alloc"),
-    ProgramSpec("percpu_free_percpu", "percpu_free.bpf.c", "on_free"),
-    ProgramSpec("percpu_alloc_percpu_fail", "percpu_fail.bpf.c", "on_alloc_fail"),
-    ProgramSpec("percpu_create_chunk", "percpu_chunk.bpf.c", "on_create_chunk"),
-    ProgramSpec("percpu_destroy_chunk", "percpu_chunk.bpf.c", "on_destroy_chunk"),
-)
+# Tracepoint -> the function of pcpu.bpf.c that serves it.
+PROGRAMS: dict[str, str] = {
+    "percpu_alloc_percpu": "on_alloc",
+    "percpu_free_percpu": "on_free",
+    "percpu_alloc_percpu_fail": "on_alloc_fail",
+    "percpu_create_chunk": "on_create_chunk",
+    "percpu_destroy_chunk": "on_destroy_chunk",
+}
 
 # Prefix of the -D argument-index defines, per tracepoint (see bpf_programs/README.md).
 _DEFINE_PREFIX = {
@@ -58,28 +58,9 @@ _DEFINE_PREFIX = {
     "percpu_destroy_chunk": "ARG_DESTROY_CHUNK_",
 }
 
-# The maps of pcpu_maps.h, as bcc names them.
-MAP_NAMES: tuple[str, ...] = (
-    "pcpu_live",
-    "pcpu_sites",
-    "pcpu_sizes",
-    "pcpu_failures",
-    "pcpu_fail_sizes",
-    "pcpu_chunks",
-    "pcpu_drops",
-    "pcpu_untracked",
-    "pcpu_live_count",
-)
-
-# bcc resolves extern tables by name through one process-wide registry, where the first
-# shared table of a name wins: a second set loaded alongside would bind its programs to
-# the first set's maps. So one set per process, checked under a lock.
-_compile_lock = threading.Lock()
-_loaded: list[LoadedPrograms] = []
-
 
 def default_bpf_dir() -> Path:
-    """Where the installed package keeps the .bpf.c files."""
+    """Where the installed package keeps pcpu.bpf.c and pcpu.h."""
     return Path(str(importlib.resources.files("bpf_programs")))
 
 
@@ -89,25 +70,44 @@ def kernel_headers(release: str, modules_root: str | Path = "/lib/modules") -> P
     return build.resolve() if (build / "include").is_dir() else None
 
 
-def build_cflags(
+def program_defines(
     layout: TracepointLayout,
     *,
-    bpf_dir: Path,
     live_capacity: int,
     site_capacity: int,
     nr_possible_cpus: int,
-) -> list[str]:
-    """The compiler flags that configure the programs for this kernel."""
-    flags = [
-        f"-I{bpf_dir}",
-        f"-DLIVE_CAPACITY={live_capacity}",
-        f"-DSITE_CAPACITY={site_capacity}",
-        f"-DNR_POSSIBLE_CPUS={nr_possible_cpus}",
-    ]
-    for event, names in sorted(layout.fields.items()):
-        prefix = _DEFINE_PREFIX[event]
-        flags += [f"-D{prefix}{name.upper()}={i}" for i, name in enumerate(names)]
-    return flags
+) -> dict[str, int]:
+    """Every define the C needs, name -> value; the C defines none of these itself."""
+    defines = {
+        "LIVE_CAPACITY": live_capacity,
+        "SITE_CAPACITY": site_capacity,
+        "NR_POSSIBLE_CPUS": nr_possible_cpus,
+        "SIZE_BUCKET_SHIFT": SIZE_BUCKET_SHIFT,
+        "NR_SIZE_SLOTS": NR_SIZE_SLOTS,
+        "SIZE_SUM_SLOT": SIZE_SUM_SLOT,
+        "NR_HISTOGRAM_SLOTS": SIZE_SUM_SLOT + 1,
+        "FAILURE_ATOMIC_WEIGHT": FAILURE_ATOMIC_WEIGHT,
+        "NR_FAILURE_CLASSES": NR_FAILURE_CLASSES,
+        "NR_DROP_REASONS": len(DROP_REASONS),
+        "CHUNK_CREATED": CHUNK_CREATED,
+        "CHUNK_DESTROYED": CHUNK_DESTROYED,
+        "NR_CHUNK_SLOTS": max(CHUNK_CREATED, CHUNK_DESTROYED) + 1,
+        "LIVE_INSERTED": LIVE_INSERTED,
+        "LIVE_DELETED": LIVE_DELETED,
+        "NR_LIVE_COUNT_SLOTS": max(LIVE_INSERTED, LIVE_DELETED) + 1,
+    }
+    defines |= {f"DROP_{reason.upper()}": i for i, reason in enumerate(DROP_REASONS)}
+    for event, prefix in _DEFINE_PREFIX.items():
+        names = layout.fields[event]
+        for field in REQUIRED_FIELDS[event] + OPTIONAL_FIELDS.get(event, ()):
+            if field in names:
+                defines[f"{prefix}{field.upper()}"] = names.index(field)
+    return defines
+
+
+def build_cflags(bpf_dir: Path, defines: dict[str, int]) -> list[str]:
+    """The compiler flags: the include directory, then one -D per define."""
+    return [f"-I{bpf_dir}", *(f"-D{name}={value}" for name, value in defines.items())]
 
 
 def _wrap(exc: Exception, what: str) -> Exception:
@@ -118,79 +118,54 @@ def _wrap(exc: Exception, what: str) -> Exception:
 
 
 class LoadedPrograms:
-    """The five programs and their shared maps, loaded into the kernel (attached on demand)."""
+    """The five programs and their maps, one bcc module in the kernel (attached on demand)."""
 
     def __init__(self, bcc: ModuleType, *, bpf_dir: Path, cflags: list[str]) -> None:
-        self._bcc = bcc
-        self._modules: dict[str, Any] = {}
-        self._attached: list[tuple[Any, str]] = []
+        self._attached: list[str] = []
         self.fds: dict[str, int] = {}
-        with _compile_lock:
-            if _loaded:
-                raise ProgramLoadError(
-                    "the pcpu-bpf programs are already loaded in this process (bcc shares "
-                    "their maps by name): close the other BpfBackend first"
-                )
-            try:
-                for source in [MAPS_SOURCE, *dict.fromkeys(p.source for p in PROGRAMS)]:
-                    path = bpf_dir / source
-                    if not path.is_file():
-                        raise ProgramLoadError(f"BPF source {path} not found: check --bpf-dir")
-                    self._modules[source] = bcc.BPF(src_file=str(path).encode(), cflags=cflags)
-                for p in PROGRAMS:
-                    module = self._modules[p.source]
-                    fn = module.load_func(p.function.encode(), bcc.BPF.RAW_TRACEPOINT)
-                    self.fds[p.function] = int(fn.fd)
-                self._check_bindings()
-            except ProgramLoadError:
-                self.close()
-                raise
-            except Exception as exc:  # bcc raises bare Exception with its message
-                self.close()
-                raise _wrap(exc, "loading the BPF programs failed") from exc
-            _loaded.append(self)
-
-    def _check_bindings(self) -> None:
-        # Every program must use exactly the maps this set created (see _loaded).
-        own = {syscalls.map_id(self.table(name).map_fd) for name in MAP_NAMES}
-        for function, fd in self.fds.items():
-            foreign = set(syscalls.prog_map_ids(fd)) - own
-            if foreign:
-                raise ProgramLoadError(
-                    f"program {function} is bound to maps {sorted(foreign)} of another bcc "
-                    "module in this process: close it first"
-                )
+        path = bpf_dir / SOURCE
+        if not path.is_file():
+            raise ProgramLoadError(f"BPF source {path} not found: check --bpf-dir")
+        try:
+            self._module: Any = bcc.BPF(src_file=str(path).encode(), cflags=cflags)
+        except Exception as exc:  # bcc raises bare Exception with its message
+            raise _wrap(exc, "compiling the BPF programs failed") from exc
+        try:
+            for function in PROGRAMS.values():
+                fn = self._module.load_func(function.encode(), bcc.BPF.RAW_TRACEPOINT)
+                self.fds[function] = int(fn.fd)
+        except Exception as exc:
+            self.close()
+            raise _wrap(exc, "loading the BPF programs failed") from exc
 
     def table(self, name: str) -> Any:
-        """A bcc table object of the shared maps (owned by the maps module)."""
-        return self._modules[MAPS_SOURCE].get_table(name.encode())
+        """A bcc table object of this set's maps."""
+        return self._module.get_table(name.encode())
 
     def attach(self) -> None:
         """Attach every program to its raw tracepoint; on failure, detach what was attached."""
         try:
-            for p in PROGRAMS:
-                module = self._modules[p.source]
-                module.attach_raw_tracepoint(tp=p.tracepoint.encode(), fn_name=p.function.encode())
-                self._attached.append((module, p.tracepoint))
+            for tracepoint, function in PROGRAMS.items():
+                self._module.attach_raw_tracepoint(
+                    tp=tracepoint.encode(), fn_name=function.encode()
+                )
+                self._attached.append(tracepoint)
         except Exception as exc:
             self.detach()
-            raise _wrap(exc, f"attaching to raw tracepoint {p.tracepoint} failed") from exc
+            raise _wrap(exc, f"attaching to raw tracepoint {tracepoint} failed") from exc
 
     def detach(self) -> None:
         """Detach every attached program; loaded programs and maps stay."""
         while self._attached:
-            module, tp = self._attached.pop()
-            module.detach_raw_tracepoint(tp=tp.encode())
+            self._module.detach_raw_tracepoint(tp=self._attached.pop().encode())
 
     def close(self) -> None:
         """Detach and release programs and maps; idempotent."""
         self.detach()
         self.fds.clear()
-        if self in _loaded:
-            _loaded.remove(self)
-        # Program modules first: they hold extern references to the maps module's tables.
-        for source in reversed(list(self._modules)):
-            self._modules.pop(source).cleanup()
+        module, self._module = self._module, None
+        if module is not None:
+            module.cleanup()
 
 
 def compile_env_check(release: str | None = None) -> None:

@@ -1,4 +1,4 @@
-"""Read the programs' maps (bpf_programs/pcpu_maps.h) into a `Tables`, summing per-CPU values.
+"""Read the programs' maps (bpf_programs/pcpu.bpf.c) into a `Tables`, summing per-CPU values.
 
 Reading never clears or deletes anything: counters stay cumulative. Every per-CPU value
 has a single writer program, so the programs need no atomics; what two programs change
@@ -21,6 +21,7 @@ from pcpu_bpf.model.layout import (
     LIVE_DELETED,
     LIVE_INSERTED,
     NR_SIZE_SLOTS,
+    SIZE_SUM_SLOT,
 )
 from pcpu_bpf.model.tables import Histogram, SiteAddressKey, SiteValue, Tables
 
@@ -89,7 +90,7 @@ def read_sites(table: Any) -> dict[SiteAddressKey, SiteValue]:
 
 
 def _histogram(values: list[int]) -> Histogram:
-    return Histogram(counts=values[:NR_SIZE_SLOTS], sum=values[NR_SIZE_SLOTS])
+    return Histogram(counts=values[:NR_SIZE_SLOTS], sum=values[SIZE_SUM_SLOT])
 
 
 def read_tables(table: Callable[[str], Any]) -> Tables:

@@ -130,26 +130,6 @@ def prog_info(prog_fd: int) -> ProgInfo:
     )
 
 
-def prog_map_ids(prog_fd: int) -> list[int]:
-    """Ids of the maps a loaded program uses."""
-    n = _ProgInfo()
-    attr = _InfoAttr(bpf_fd=prog_fd, info_len=ctypes.sizeof(n), info=ctypes.addressof(n))
-    _bpf(BPF_OBJ_GET_INFO_BY_FD, attr, "BPF_OBJ_GET_INFO_BY_FD")
-    ids = (_u32 * max(int(n.nr_map_ids), 1))()
-    info = _ProgInfo(nr_map_ids=n.nr_map_ids, map_ids=ctypes.addressof(ids))
-    attr = _InfoAttr(bpf_fd=prog_fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
-    _bpf(BPF_OBJ_GET_INFO_BY_FD, attr, "BPF_OBJ_GET_INFO_BY_FD")
-    return [int(i) for i in ids[: int(n.nr_map_ids)]]
-
-
-def map_id(map_fd: int) -> int:
-    """The kernel id of a map (struct bpf_map_info: type, then id)."""
-    info = (_u32 * 20)()  # bpf_map_info is longer; the kernel copies only info_len bytes
-    attr = _InfoAttr(bpf_fd=map_fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
-    _bpf(BPF_OBJ_GET_INFO_BY_FD, attr, "BPF_OBJ_GET_INFO_BY_FD")
-    return int(info[1])
-
-
 def create_percpu_array(value_size: int, max_entries: int, name: str = "") -> int:
     """A BPF_MAP_TYPE_PERCPU_ARRAY's fd: ``max_entries`` percpu allocations in this process."""
     attr = _MapCreateAttr(

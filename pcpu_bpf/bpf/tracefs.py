@@ -27,6 +27,8 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "percpu_create_chunk": (),
     "percpu_destroy_chunk": (),
 }
+# Fields the programs read when the kernel has them; without them the output degrades.
+OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {"percpu_alloc_percpu": ("call_site", "bytes_alloc")}
 
 # "field:void __seg_gs * ptr;" / "field:char comm[16];" / "field:__data_loc char[] name;"
 _FIELD_RE = re.compile(r"^\s*field:(?P<decl>[^;]*);")

@@ -13,7 +13,11 @@ from pcpu_bpf.cli import main
 from pcpu_bpf.daemon.server import DEFAULT_LISTEN, parse_listen, serve
 from pcpu_bpf.daemon.systemd import configure_logging, sd_notify
 from pcpu_bpf.errors import PcpuError
-from pcpu_bpf.model.layout import DEFAULT_LIVE_CAPACITY, DEFAULT_SITE_CAPACITY
+from pcpu_bpf.model.layout import (
+    DEFAULT_LIVE_CAPACITY,
+    DEFAULT_SITE_CAPACITY,
+    MAX_TABLE_CAPACITY,
+)
 from pcpu_bpf.model.snapshot import Snapshot
 from pcpu_bpf.sim.scenarios import SCENARIOS
 
@@ -79,13 +83,13 @@ def _opt(name: str, **kwargs: Any) -> Callable[[_F], _F]:
 )
 @_opt(
     "--live-capacity",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MAX_TABLE_CAPACITY),
     default=None,
     help=f"Live-allocation table entries [default: {DEFAULT_LIVE_CAPACITY}].",
 )
 @_opt(
     "--site-capacity",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MAX_TABLE_CAPACITY),
     default=None,
     help=f"Call-site table entries [default: {DEFAULT_SITE_CAPACITY}].",
 )

@@ -1,6 +1,6 @@
 """The reference aggregator: the executable specification of the BPF programs.
 
-`Aggregator.apply` does to a `Tables` exactly what bpf_programs/*.bpf.c do to the BPF
+`Aggregator.apply` does to a `Tables` exactly what bpf_programs/pcpu.bpf.c does to the BPF
 maps for the same event, including the fixed capacities: a full table drops the new
 entry and counts it by reason, it never evicts. Tests feed identical event streams to
 both and require equal Snapshots.

@@ -8,8 +8,11 @@ from here, so the two sides cannot drift apart.
 from __future__ import annotations
 
 # Upper bounds of the log2 size histogram: 4, 8, ..., 32768 bytes, then +Inf.
-SIZE_BUCKETS: tuple[int, ...] = tuple(4 << i for i in range(14))
+SIZE_BUCKET_SHIFT = 2  # the first bucket counts sizes up to 1 << SIZE_BUCKET_SHIFT
+SIZE_BUCKETS: tuple[int, ...] = tuple(1 << (SIZE_BUCKET_SHIFT + i) for i in range(14))
 NR_SIZE_SLOTS = len(SIZE_BUCKETS) + 1
+# A histogram map holds its buckets, then the sum of the sizes in this slot.
+SIZE_SUM_SLOT = NR_SIZE_SLOTS
 
 # Reasons a tracking table refused an entry, in the order of their counter slots.
 DROP_REASONS: tuple[str, ...] = ("live_table_full", "site_table_full")
@@ -17,20 +20,29 @@ DROP_REASONS: tuple[str, ...] = ("live_table_full", "site_table_full")
 # Default capacities of the live-allocation table and the call-site table.
 DEFAULT_LIVE_CAPACITY = 262_144
 DEFAULT_SITE_CAPACITY = 4_096
+# The most entries the kernel gives a hash or per-CPU hash map: htab_map_alloc
+# (kernel/bpf/hashtab.c) rounds max_entries up to a power of two of buckets and refuses
+# more than U32_MAX / sizeof(struct bucket) (16 bytes) of them. Within it, the
+# preallocated entries must also fit in memory (the kernel answers ENOMEM otherwise).
+MAX_TABLE_CAPACITY = 1 << 27
 
 # Slots of the chunk counter: chunks created, chunks destroyed.
 CHUNK_CREATED, CHUNK_DESTROYED = 0, 1
 # Slots of the live-table counter: entries inserted, entries deleted.
 LIVE_INSERTED, LIVE_DELETED = 0, 1
 
+# Failure counter slots: one per (atomic, reserved) class, see failure_index.
+FAILURE_ATOMIC_WEIGHT = 2
+NR_FAILURE_CLASSES = 2 * FAILURE_ATOMIC_WEIGHT
+
 
 def size_slot(size: int) -> int:
     """Index of the histogram bucket counting ``size`` (the BPF side computes the same)."""
     if size <= SIZE_BUCKETS[0]:
         return 0
-    return min((size - 1).bit_length() - 2, NR_SIZE_SLOTS - 1)
+    return min((size - 1).bit_length() - SIZE_BUCKET_SHIFT, NR_SIZE_SLOTS - 1)
 
 
 def failure_index(atomic: bool, reserved: bool) -> int:
     """Slot of the failure counter for one (atomic, reserved) class."""
-    return int(atomic) * 2 + int(reserved)
+    return int(atomic) * FAILURE_ATOMIC_WEIGHT + int(reserved)

@@ -12,7 +12,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from pcpu_bpf.model.kernel_stats import KernelStats
-from pcpu_bpf.model.layout import DROP_REASONS, NR_SIZE_SLOTS, failure_index
+from pcpu_bpf.model.layout import (
+    DROP_REASONS,
+    NR_FAILURE_CLASSES,
+    NR_SIZE_SLOTS,
+    failure_index,
+)
 from pcpu_bpf.model.snapshot import (
     UNKNOWN_SITE,
     MapUsage,
@@ -30,8 +35,8 @@ SiteAddressKey = tuple[int, bool, bool]
 
 @dataclass(slots=True)
 class SiteValue:
-    """Counters under one site key; bpf_maps.py derives them from struct site_value
-    (pcpu_maps.h), whose live counts are kept as tracked minus freed."""
+    """Counters under one site key; bpf/maps.py derives them from struct site_value
+    (bpf_programs/pcpu.h), whose live counts are kept as tracked minus freed."""
 
     allocations: int = 0
     requested_bytes: int = 0
@@ -71,7 +76,7 @@ class Tables:
     sites: dict[SiteAddressKey, SiteValue] = field(default_factory=dict)
     untracked_frees: int = 0
     sizes: Histogram = field(default_factory=Histogram)
-    failures: list[int] = field(default_factory=lambda: [0] * 4)
+    failures: list[int] = field(default_factory=lambda: [0] * NR_FAILURE_CLASSES)
     failed_sizes: Histogram = field(default_factory=Histogram)
     chunk_creations: int = 0
     chunk_destructions: int = 0
