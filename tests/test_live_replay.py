@@ -1,4 +1,4 @@
-"""Spec TV13: the simulator places allocations exactly where the live kernel does.
+"""The simulator places allocations exactly where the live kernel does.
 
 Record the percpu events of a per-CPU BPF map workload in a private tracefs instance
 with pointer hashing off; every chunk the kernel creates during the recording starts
@@ -74,7 +74,7 @@ def close_and_settle(fd: int, entries: int) -> None:
 
 def run_workload(inst: Path, rng: random.Random) -> None:
     """Spill into new chunks with large maps, punch holes in them, then create and
-    close maps of mixed sizes at random (spec TV13's mix)."""
+    close maps of mixed sizes at random."""
     from pcpu_bpf.bpf.syscalls import create_percpu_array
 
     stats = read_percpu_stats()
