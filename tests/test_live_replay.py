@@ -115,7 +115,7 @@ def record(tmp_name: str, rng: random.Random) -> str:
 
 
 def test_replay_into_fresh_chunks_matches_kernel_offsets() -> None:
-    text = record(f"pcpu-bpf-tv13-{os.getpid()}", random.Random(13))
+    text = record(f"pcpu-bpf-replay-{os.getpid()}", random.Random(13))
     assert "overwritten" not in text.split("#\n", 1)[0], "trace buffer overflowed"
     chunks: dict[str, Chunk] = {}
     compared = mismatched = 0

@@ -1,4 +1,8 @@
-"""The allocator simulator against the spec's test vectors (section 17) and checklist (18)."""
+"""The allocator simulator against cases worked out by hand from mm/percpu.c.
+
+Each case checks the exact events, block and chunk hints, slot lists, page counts and
+percpu_stats the kernel produces for a short sequence of requests.
+"""
 
 from __future__ import annotations
 
@@ -34,17 +38,17 @@ from pcpu_bpf.sim.geometry import CONFIG_L, CONFIG_S, Geometry
 
 D = 0x77795BEF9000
 TOP = 0xFFFFE90000000000
-V1_L = 0xFFFFE8FFFFC00000  # spec 12: the oldest dynamic chunk seen on the live box
+V1_L = 0xFFFFE8FFFFC00000  # the first dynamic chunk's base, as seen on the live machine
 SPAN_S = 0x41000  # 4 units x 64 KiB + guard page, atom 4 KiB
 
 
 def hint(b: BlockMd) -> tuple[int, int]:
-    """'contig a@b' in the spec's notation."""
+    """(contig_hint, contig_hint_start): 'contig a@b' in the comments."""
     return b.contig_hint, b.contig_hint_start
 
 
 def scan(b: BlockMd) -> tuple[int, int]:
-    """'scan a@b' in the spec's notation."""
+    """(scan_hint, scan_hint_start): 'scan a@b' in the comments."""
     return b.scan_hint, b.scan_hint_start
 
 
@@ -114,10 +118,10 @@ EMPTY_BLOCK = {
 }
 
 
-# ---- TV1: boot state -----------------------------------------------------------------
+# ---- boot state ----------------------------------------------------------------------
 
 
-def test_tv1_boot_l() -> None:
+def test_boot_state_of_the_reference_machine() -> None:
     a = Allocator(CONFIG_L)
     fc = a.first_chunk
     assert a.events == []  # the boot create_chunk(B) predates tracing
@@ -140,7 +144,7 @@ def test_tv1_boot_l() -> None:
     assert (s.info.unit_size, s.info.static_size, s.info.dyn_size) == (1 << 20, 185560, 31528)
 
 
-def test_tv1_boot_s() -> None:
+def test_boot_state_of_the_small_machine_with_a_reserved_chunk() -> None:
     a = Allocator(CONFIG_S)
     rc, fc = a.reserved_chunk, a.first_chunk
     assert rc is not None and a.events == []
@@ -164,10 +168,10 @@ def test_tv1_boot_s() -> None:
     assert (s.globals.min_alloc_size, s.globals.empty_pop_pages) == (65536, 5)
 
 
-# ---- TV2: first fit, alignment, scan hints, fragment walk ------------------------------
+# ---- first fit, alignment, scan hints, fragment walk ---------------------------------
 
 
-def test_tv2_first_fit_alignment_scan_hints() -> None:
+def test_first_fit_alignment_and_scan_hints() -> None:
     a = Allocator(CONFIG_L)
     fc = a.first_chunk
     A = a.alloc(8, 8)
@@ -219,9 +223,9 @@ def test_tv2_first_fit_alignment_scan_hints() -> None:
     assert (hint(b0), scan(b0), b0.first_free) == ((204, 820), (1, 313), 313)
 
 
-# ---- TV3: argument normalisation and silent rejection --------------------------------
+# ---- argument normalisation and silent rejection -------------------------------------
 
-TV3_CALLS = [
+NORMALISATION_CALLS = [
     # (size, align, expected: None = rejected silently, else (chunk, off, size, align))
     (0, 8, None),
     (1, 1, ("FC", 1240, 4, 4)),
@@ -236,10 +240,10 @@ TV3_CALLS = [
 ]
 
 
-def test_tv3_normalisation_and_silent_rejection() -> None:
+def test_size_and_align_normalisation_and_silent_rejection() -> None:
     a = Allocator(CONFIG_L)
     fc = a.first_chunk
-    for size, align, want in TV3_CALLS:
+    for size, align, want in NORMALISATION_CALLS:
         n = len(a.events)
         ptr = a.alloc(size, align)
         got = new_events(a, n)
@@ -277,10 +281,10 @@ def test_tv3_normalisation_and_silent_rejection() -> None:
     assert (hint(fc.chunk_md), scan(fc.chunk_md)) == ((7165, 1027), (707, 317))
 
 
-# ---- TV4: chunk creation, free to the free slot --------------------------------------
+# ---- chunk creation, free to the free slot -------------------------------------------
 
 
-def test_tv4_chunk_creation_and_free_slot() -> None:
+def test_chunk_creation_and_free_to_the_free_slot() -> None:
     a = Allocator(CONFIG_L)
     fc = a.first_chunk
     X = a.alloc(32768, 8)
@@ -311,10 +315,10 @@ def test_tv4_chunk_creation_and_free_slot() -> None:
     assert s.chunks[1] == ChunkStats(CHUNK_NORMAL, 0, 32768, 8, 0, 1 << 20, 1 << 20, 0, 0, 0, 0, 0)
 
 
-# ---- TV5: low empty pages -> balance creates and populates a chunk ------------------
+# ---- low empty pages -> balance creates and populates a chunk ------------------------
 
 
-def test_tv5_balance_creates_and_populates() -> None:
+def test_low_empty_pages_make_balance_create_and_populate() -> None:
     a = Allocator(CONFIG_L)
     fc = a.first_chunk
     a.alloc(28672, 4)
@@ -329,11 +333,11 @@ def test_tv5_balance_creates_and_populates() -> None:
     assert v1.list_slot == a.free_slot and not a.balance_pending
 
 
-# ---- TV6: atomic allocations and the atomic-failure feedback loop -------------------
+# ---- atomic allocations and the atomic-failure feedback loop -------------------------
 
 
 @pytest.mark.parametrize("gfp", [GFP_ATOMIC, GFP_NOWAIT])
-def test_tv6_atomic_failure_feedback(gfp: int) -> None:
+def test_atomic_failures_make_balance_populate_more(gfp: int) -> None:
     a = Allocator(CONFIG_L)
     fail = PercpuAllocFail(reserved=False, is_atomic=True, size=32768, align=8)
     assert a.alloc(32768, 8, gfp=gfp) is None
@@ -356,10 +360,10 @@ def test_tv6_atomic_failure_feedback(gfp: int) -> None:
     assert not a.balance_pending
 
 
-# ---- TV7: destroying a surplus free chunk ---------------------------------------------
+# ---- destroying a surplus free chunk -------------------------------------------------
 
 
-def test_tv7_destroy_surplus_free_chunk() -> None:
+def test_balance_destroys_a_surplus_free_chunk() -> None:
     a = Allocator(CONFIG_S)
     fc = a.first_chunk
     a.alloc(21440, 4)
@@ -393,10 +397,10 @@ def test_tv7_destroy_surplus_free_chunk() -> None:
     assert v1.nr_populated == 16
 
 
-# ---- TV7b: reclaim interplay keeps two free chunks --------------------------------------
+# ---- reclaim interplay keeps two free chunks -----------------------------------------
 
 
-def test_tv7b_reclaim_keeps_two_free_chunks() -> None:
+def test_reclaim_interplay_keeps_two_free_chunks() -> None:
     a = Allocator(CONFIG_S)
     X1, X2, X3 = (a.alloc(32768, 8) for _ in range(3))
     v1_base, v2_base = TOP - SPAN_S, TOP - 2 * SPAN_S
@@ -431,10 +435,10 @@ def test_tv7b_reclaim_keeps_two_free_chunks() -> None:
     assert (g.empty_pop_pages, a.nr_populated, g.nr_chunks) == (5, 16, 2)
 
 
-# ---- TV8: reserved chunk, and reserved without one -----------------------------------
+# ---- reserved chunk, and reserved without one ----------------------------------------
 
 
-def test_tv8_reserved_chunk() -> None:
+def test_reserved_chunk_allocations_and_stale_hint() -> None:
     a = Allocator(CONFIG_S)
     rc = a.reserved_chunk
     assert rc is not None
@@ -457,16 +461,16 @@ def test_tv8_reserved_chunk() -> None:
     assert g.empty_pop_pages == 5  # reserved allocations never touch the global count
 
 
-def test_tv8_reserved_without_reserved_chunk() -> None:
+def test_reserved_request_without_a_reserved_chunk() -> None:
     a = Allocator(CONFIG_L)
     assert a.alloc(16, 8, reserved=True) is not None
     assert a.events == [alloc_ev(a, a.first_chunk, 1240, 16, 8, reserved=True)]
 
 
-# ---- TV9: stale chunk hint, fail-threshold parking, last-bit quirk -------------------
+# ---- stale chunk hint, fail-threshold parking, last-bit quirk ------------------------
 
 
-def test_tv9_stale_hint_parking_last_bit() -> None:
+def test_stale_hint_fail_threshold_parking_and_last_bit() -> None:
     a = Allocator(CONFIG_S)
     fc, rc = a.first_chunk, a.reserved_chunk
     a.alloc(21440, 4)
@@ -546,10 +550,10 @@ def test_tv9_stale_hint_parking_last_bit() -> None:
     assert (g.min_alloc_size, g.max_alloc_size, g.empty_pop_pages) == (8, 32768, 0)
 
 
-# ---- TV10: reclaim -> to_depopulate -> sidelined -> reuse -----------------------------
+# ---- reclaim -> to_depopulate -> sidelined -> reuse ----------------------------------
 
 
-def test_tv10_reclaim_sideline_reuse() -> None:
+def test_reclaim_sidelines_a_chunk_that_is_then_reused() -> None:
     a = Allocator(CONFIG_S)
     x1 = a.alloc(32768, 8)
     a.alloc(24576, 8)
@@ -593,10 +597,10 @@ def test_tv10_reclaim_sideline_reuse() -> None:
     assert v1.populated_pages() == list(range(14))
 
 
-# ---- TV11: population failure ----------------------------------------------------------
+# ---- population failure --------------------------------------------------------------
 
 
-def test_tv11_population_failure() -> None:
+def test_population_failure_frees_the_area_and_fails() -> None:
     a = Allocator(CONFIG_S)
     fc = a.first_chunk
     a.alloc(21440, 4)
@@ -629,9 +633,9 @@ def test_tv11_population_failure() -> None:
     assert new_events(a, n) == [alloc_ev(a, v1, 0, 32768, 8)]
 
 
-# ---- TV12: bytes_alloc ----------------------------------------------------------------
+# ---- bytes_alloc ---------------------------------------------------------------------
 
-TV12 = [
+BYTES_ALLOC = [
     (Geometry(), 4, 16),
     (Geometry(), 8, 32),
     (Geometry(), 16, 64),
@@ -644,8 +648,8 @@ TV12 = [
 ]
 
 
-@pytest.mark.parametrize(("geometry", "size", "bytes_alloc"), TV12)
-def test_tv12_bytes_alloc(geometry: Geometry, size: int, bytes_alloc: int) -> None:
+@pytest.mark.parametrize(("geometry", "size", "bytes_alloc"), BYTES_ALLOC)
+def test_bytes_alloc_is_pcpu_obj_full_size(geometry: Geometry, size: int, bytes_alloc: int) -> None:
     a = Allocator(geometry)
     gfp = GFP_KERNEL_ACCOUNT  # independent of __GFP_ACCOUNT and of the chunk being charged
     assert a.alloc(size, 4, gfp=gfp) is not None
@@ -654,7 +658,7 @@ def test_tv12_bytes_alloc(geometry: Geometry, size: int, bytes_alloc: int) -> No
     assert ev.gfp_flags == gfp and ev.is_atomic is False
 
 
-# ---- section 18 checklist items the vectors leave open --------------------------------
+# ---- details the cases above leave open ----------------------------------------------
 
 
 def test_pointer_is_base_plus_off_plus_delta_mod_2_64() -> None:
@@ -826,7 +830,7 @@ def test_balance_policy_rejects_garbage(text: str) -> None:
 
 def test_eager_policy_runs_balance_after_the_operation() -> None:
     a = Allocator(CONFIG_L, balance="eager")
-    a.alloc(28672, 4)  # TV5 step 1, then balance right away
+    a.alloc(28672, 4)  # empties the first chunk's pages, then balance right away
     assert not a.balance_pending
     assert [type(e) for e in a.events] == [PercpuAlloc, PercpuCreateChunk]
     assert a.nr_empty_pop_pages == 4

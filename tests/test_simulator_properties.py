@@ -1,4 +1,5 @@
-"""Invariants of the allocator model (spec section 16) over random operation sequences."""
+"""Invariants of the allocator model over random operation sequences: bitmaps against
+hints, page and empty-page counts, list membership, and the events replayed."""
 
 from __future__ import annotations
 
@@ -199,7 +200,7 @@ BIG_OPS = st.one_of(
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-@pytest.mark.parametrize("geometry", [CONFIG_L, CONFIG_S], ids=["L", "S"])
+@pytest.mark.parametrize("geometry", [CONFIG_L, CONFIG_S], ids=["reference", "small"])
 @SETTINGS
 @given(ops=st.lists(OPS, min_size=20, max_size=120))
 def test_invariants_mixed(geometry: Geometry, ops: list[object]) -> None:

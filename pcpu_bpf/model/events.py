@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Raw gfp bits as decoded by the 6.18 format (spec section 13.3).
+# Raw gfp bits of 6.18 (include/linux/gfp_types.h), as the tracepoints record them.
 GFP_DIRECT_RECLAIM = 0x400
 GFP_NOWARN = 0x2000
 GFP_ACCOUNT = 0x400000

@@ -2,8 +2,7 @@
 
 It emits the five ``percpu:*`` tracepoint events with the kernel's field values at the
 kernel's logical moments, and reports ``percpu_stats`` with mm/percpu-stats.c semantics.
-The specification is the project's percpu-allocator-spec.md (a prose and pseudo-code
-reading of mm/percpu.c); comments cite its sections as "spec N".
+Docstrings and comments name the kernel function each piece models.
 """
 
 from __future__ import annotations
@@ -54,7 +53,7 @@ _U64 = (1 << 64) - 1
 DEFAULT_TOP_ADDR = 0xFFFFE90000000000
 DEFAULT_PER_CPU_DELTA = 0x77795BEF9000
 # pcpu_base_addr B: any page-aligned direct-map address; chosen so B + D lands in the
-# kernel image the way __per_cpu_start does on 6.18 (spec 12).
+# kernel image the way __per_cpu_start does on 6.18 (__addr_to_pcpu_ptr() maps B there).
 DEFAULT_PCPU_BASE_ADDR = 0xFFFF888627A00000
 
 
@@ -119,14 +118,14 @@ class Allocator:
         self._fail_populate = 0
         self._fail_create = 0
         self._fail_memcg = 0
-        # pcpu_obj_full_size(): size * (nr_possible + 2) with memcg kmem (spec 13.2)
+        # pcpu_obj_full_size(): size * (nr_possible + 2) with memcg kmem
         self._bytes_alloc_mult = g.nr_possible_cpus + (2 if g.memcg_kmem else 0)
-        # stats (mm/percpu-internal.h, spec 4.1)
+        # struct percpu_stats pcpu_stats (mm/percpu-internal.h)
         self.nr_alloc = self.nr_dealloc = self.nr_cur_alloc = self.nr_max_alloc = 0
         self.nr_chunks = self.nr_max_chunks = 0
         self.min_alloc_size = g.unit_size
         self.max_alloc_size = 0
-        # deterministic top-down vm area placement (spec 12)
+        # vm areas handed out top-down, as pcpu_get_vm_areas() does: deterministic bases
         span = g.nr_units * g.unit_size + PAGE_SIZE
         self._span = -(-span // g.atom_size) * g.atom_size
         self._top = top_addr
@@ -135,7 +134,7 @@ class Allocator:
         self._by_base: dict[int, Chunk] = {}
         self._boot()
 
-    # ---- boot (spec 3.2) --------------------------------------------------------------
+    # ---- boot: pcpu_setup_first_chunk() -----------------------------------------------
 
     def _boot_chunk(self, tmp_addr: int, map_size: int) -> Chunk:
         """pcpu_alloc_first_chunk(): a pre-populated chunk serving [tmp_addr, +map_size)."""
@@ -230,7 +229,7 @@ class Allocator:
         """Make the next ``n`` memcg pre-charges fail (only charged requests consume one)."""
         self._fail_memcg += n
 
-    # ---- list operations (spec 5.1) ---------------------------------------------------
+    # ---- slot lists: pcpu_chunk_lists -------------------------------------------------
 
     def _unlink(self, c: Chunk) -> None:
         """list_del(): take the chunk off its list."""
@@ -281,7 +280,7 @@ class Allocator:
             self._balance_pending = True
             self.balance_log.append((self._ops, "requested"))
 
-    # ---- chunk life cycle (spec 10) ---------------------------------------------------
+    # ---- chunk life cycle (mm/percpu-vm.c) --------------------------------------------
 
     def _populate_ok(self) -> bool:
         """pcpu_populate_chunk() outcome under the failure hook."""
@@ -316,7 +315,7 @@ class Allocator:
         self._free_bases.append(c.base_addr)
         c.list_slot = None
 
-    # ---- allocation (spec 7) ----------------------------------------------------------
+    # ---- allocation: pcpu_alloc_noprof() ----------------------------------------------
 
     def alloc(
         self,
@@ -334,7 +333,7 @@ class Allocator:
         if align < 4:
             align = 4
         size = (size + 3) & ~3
-        # silent rejections: no tracepoint, no stats (spec 7 (A))
+        # the early returns of pcpu_alloc_noprof(): no tracepoint, no stats
         if size <= 0 or size > PCPU_MIN_UNIT_SIZE:
             self.last_rejection = f"illegal size {size} (must be 1..{PCPU_MIN_UNIT_SIZE})"
         elif align > PAGE_SIZE or align & (align - 1):
@@ -438,7 +437,8 @@ class Allocator:
         c.nr_alloc += 1
         if size > c.max_alloc_size:
             c.max_alloc_size = size
-        # sees the transient hint_alloc decrement, before population (spec 7)
+        # pcpu_alloc_noprof() checks the global right after pcpu_alloc_area(), before
+        # populating: it sees pcpu_block_update_hint_alloc()'s transient decrement
         if self.counters.nr_empty_pop_pages < PCPU_EMPTY_POP_PAGES_LOW:
             self._schedule_balance()
         if not is_atomic:
@@ -477,7 +477,7 @@ class Allocator:
             self.atomic_alloc_failed = True
             self._schedule_balance()
 
-    # ---- free (spec 8) ----------------------------------------------------------------
+    # ---- free: free_percpu() ----------------------------------------------------------
 
     def _chunk_of(self, addr: int) -> Chunk | None:
         """pcpu_chunk_addr_search()."""
@@ -531,7 +531,7 @@ class Allocator:
             and c.nr_empty_pop_pages >= c.nr_pages // 4
         )
 
-    # ---- balance (spec 11, 16) --------------------------------------------------------
+    # ---- balance: pcpu_balance_workfn() -----------------------------------------------
 
     def run_balance(self) -> None:
         """pcpu_balance_workfn(): run the balance work now (clears balance_pending)."""
@@ -547,7 +547,7 @@ class Allocator:
         if pol.kind == "eager" or (pol.kind == "every" and self._ops % pol.every == 0):
             self.run_balance()
 
-    # ---- percpu_stats (spec 14) -------------------------------------------------------
+    # ---- percpu_stats: percpu_stats_show() (mm/percpu-stats.c) ------------------------
 
     def _chunk_stats(self, c: Chunk, kind: str) -> ChunkStats:
         sum_frag, max_frag, cur_min, cur_med, cur_max = c.frag_stats()

@@ -1,4 +1,4 @@
-"""The percpu balance work (pcpu_balance_workfn, spec 11): free, reclaim, populate.
+"""The percpu balance work (pcpu_balance_workfn): free, reclaim, populate.
 
 These functions operate on an ``Allocator``'s lists and counters; they are split out
 only to keep the allocation path and the background work in separate modules.

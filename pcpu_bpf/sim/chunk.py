@@ -1,4 +1,4 @@
-"""One percpu chunk: bitmaps, block metadata and hint upkeep (mm/percpu.c, spec 4-6, 14).
+"""One percpu chunk: bitmaps, block metadata, hint upkeep (mm/percpu.c), stats walk.
 
 Bitmaps are lists of Python ints, one 1024-bit int per block (= page), so every
 bit search is a few shifts and ``bit_length`` calls instead of a per-bit loop.
@@ -13,7 +13,7 @@ _FULL = (1 << BLOCK_BITS) - 1
 
 
 def size_to_slot_raw(size: int) -> int:
-    """__pcpu_size_to_slot(): slot of a free run of ``size`` bytes (spec 2)."""
+    """__pcpu_size_to_slot(): slot of a free run of ``size`` bytes."""
     return max(size.bit_length() - 5 + 2, 1)
 
 
@@ -74,7 +74,7 @@ class BlockMd:
 
 
 def block_update(b: BlockMd, start: int, end: int) -> None:
-    """pcpu_block_update(): record the free run [start, end) in ``b`` (spec 6.1)."""
+    """pcpu_block_update(): record the free run [start, end) in ``b``."""
     contig = end - start
     if start < b.first_free:
         b.first_free = start
@@ -111,7 +111,7 @@ def block_update(b: BlockMd, start: int, end: int) -> None:
 
 
 def _next_hint(b: BlockMd, alloc_bits: int) -> int:
-    """pcpu_next_hint(): skip a scan run known to be too small (spec 6.8)."""
+    """pcpu_next_hint(): skip a scan run known to be too small."""
     if b.scan_hint and b.contig_hint_start > b.scan_hint_start and alloc_bits > b.scan_hint:
         return b.scan_hint_start + b.scan_hint
     return b.first_free
@@ -128,7 +128,7 @@ class GlobalCounters:
 
 
 class Chunk:
-    """struct pcpu_chunk: bookkeeping of one chunk (spec 4.2)."""
+    """struct pcpu_chunk (mm/percpu-internal.h): bookkeeping of one chunk."""
 
     __slots__ = (
         "base_addr",
@@ -180,13 +180,13 @@ class Chunk:
         self.nr_empty_pop_pages = 0
         self.nr_alloc = 0
         self.max_alloc_size = 0
-        self.list_slot: int | None = None  # the list it is on; not derivable (spec 5.1)
+        self.list_slot: int | None = None  # the list it is on; not always pcpu_chunk_slot()
         self.counters = counters
         # frag_stats() memo: (start_offset, end_offset, result); None once amap or
         # bmap change (every writer of either map resets it)
         self._frag: tuple[int, int, tuple[int, int, int, int, int]] | None = None
 
-    # ---- read-only views for tests -------------------------------------------------
+    # ---- read-only views for tests ------------------------------------------------
 
     def populated_pages(self) -> list[int]:
         """Indexes of the populated pages, ascending."""
@@ -197,7 +197,7 @@ class Chunk:
         """test_bit(bit, alloc_map)."""
         return bool(self.amap[bit >> 10] >> (bit & 1023) & 1)
 
-    # ---- chunk-wide bit helpers ----------------------------------------------------
+    # ---- chunk-wide bit helpers ---------------------------------------------------
 
     def _next_zero(self, start: int, size: int) -> int:
         """find_next_zero_bit(alloc_map, size, start)."""
@@ -292,7 +292,7 @@ class Chunk:
         bmap[off >> 10] |= 1 << (off & 1023)
         bmap[end >> 10] |= 1 << (end & 1023)
 
-    # ---- empty-page accounting ---------------------------------------------------
+    # ---- empty-page accounting ----------------------------------------------------
 
     def update_empty_pages(self, n: int) -> None:
         """pcpu_update_empty_pages(): the reserved and isolated chunks are not global."""
@@ -331,7 +331,7 @@ class Chunk:
             base += lo + n
         return runs
 
-    # ---- block / chunk hint maintenance (spec 6) -----------------------------------
+    # ---- block / chunk hint upkeep ------------------------------------------------
 
     def slot(self, free_slot: int, unit_size: int) -> int:
         """pcpu_chunk_slot()."""
@@ -345,7 +345,7 @@ class Chunk:
         return slot if slot > 1 else 1
 
     def block_refresh_hint(self, k: int) -> None:
-        """pcpu_block_refresh_hint(): rescan block k after the promoted scan hint (6.2)."""
+        """pcpu_block_refresh_hint(): rescan block k after the promoted scan hint."""
         b = self.md_blocks[k]
         if b.scan_hint:
             start = b.scan_hint_start + b.scan_hint
@@ -365,7 +365,7 @@ class Chunk:
             f = (f >> re) << re
 
     def chunk_refresh_hint(self, full_scan: bool) -> None:
-        """pcpu_chunk_refresh_hint(): rebuild chunk_md from the block hints (spec 6.3, 6.4).
+        """pcpu_chunk_refresh_hint(): rebuild chunk_md from the block hints.
 
         One pass over the blocks that makes exactly the block_update() calls of the
         kernel's pcpu_for_each_md_free_region() loop: per block, its contig-hint run if
@@ -432,7 +432,7 @@ class Chunk:
             block_off = nxt & 1023
 
     def hint_alloc(self, bit_off: int, bits: int) -> None:
-        """pcpu_block_update_hint_alloc(): after setting [bit_off, bit_off+bits) (6.6)."""
+        """pcpu_block_update_hint_alloc(): after setting [bit_off, bit_off+bits)."""
         md = self.md_blocks
         amap = self.amap
         last = bit_off + bits - 1
@@ -442,7 +442,7 @@ class Chunk:
         e_off = (last & 1023) + 1
         sb = md[s_idx]
         nr_empty = 0
-        # counts every previously free block, populated or not (spec 6.6)
+        # counts every previously free block, populated or not, as the kernel does
         if sb.contig_hint == BLOCK_BITS:
             nr_empty += 1
         s_end = s_off + bits
@@ -500,7 +500,7 @@ class Chunk:
             self.chunk_refresh_hint(False)
 
     def hint_free(self, bit_off: int, bits: int) -> None:
-        """pcpu_block_update_hint_free(): after clearing [bit_off, bit_off+bits) (6.7)."""
+        """pcpu_block_update_hint_free(): after clearing [bit_off, bit_off+bits)."""
         md = self.md_blocks
         amap = self.amap
         last = bit_off + bits - 1
@@ -543,10 +543,10 @@ class Chunk:
         if end - start >= BLOCK_BITS or s_idx != e_idx:
             self.chunk_refresh_hint(True)
         else:
-            # KERNEL QUIRK (spec 6.7): chunk-relative start with a block-relative end.
+            # Kernel quirk, kept: the chunk-relative start goes with a block-relative end.
             block_update(self.chunk_md, (s_idx << 10) + start, end)
 
-    # ---- searching (spec 6.8, 6.9) ------------------------------------------------
+    # ---- searching: pcpu_find_block_fit(), pcpu_alloc_area() ----------------------
 
     def _next_fit_region(self, alloc_bits: int, align: int, bit_off: int) -> tuple[int, int]:
         """pcpu_next_fit_region()."""
@@ -692,7 +692,7 @@ class Chunk:
         return off * MIN_ALLOC_SIZE
 
     def free_area(self, byte_off: int) -> int:
-        """pcpu_free_area() minus stats and relocate: returns the freed bytes (6.10)."""
+        """pcpu_free_area() minus stats and relocate: returns the freed bytes."""
         b0 = byte_off >> 2
         self._frag = None
         # the size comes only from the boundary map, as in the kernel
@@ -706,7 +706,7 @@ class Chunk:
         return (b1 - b0) * MIN_ALLOC_SIZE
 
     def hide(self, start: int, n: int, bounds: tuple[int, int]) -> None:
-        """Mark [start, start+n) allocated as a boot chunk's hidden area (spec 3.2)."""
+        """pcpu_alloc_first_chunk(): mark [start, start+n) allocated, hiding it."""
         self._frag = None
         self._amap_set(start, n)
         for bit in bounds:
@@ -715,7 +715,7 @@ class Chunk:
             self.chunk_md.first_free = n
         self.hint_alloc(start, n)
 
-    # ---- percpu_stats fragment walk (spec 14.3) ----------------------------------
+    # ---- percpu_stats fragment walk (mm/percpu-stats.c) ---------------------------
 
     def frag_stats(self) -> tuple[int, int, int, int, int]:
         """chunk_map_stats(): (sum_frag, max_frag, cur_min, cur_med, cur_max).

@@ -1,4 +1,4 @@
-"""Machine geometry for the allocator simulator (spec section 3, pcpu_alloc_info)."""
+"""Machine geometry for the allocator simulator (struct pcpu_alloc_info and the CPUs)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ PAGE_SIZE = 4096
 class Geometry:
     """The boot-time numbers the allocator's behaviour depends on.
 
-    The default is this project's reference machine (the spec's config L: a 6.18 kernel
-    with 2 possible CPUs, no modules, memcg kmem accounting on).
+    The default is this project's reference machine: a 6.18 kernel with 2 possible CPUs,
+    1 MiB units, no reserved chunk (no modules), memcg kmem accounting on.
     """
 
     nr_possible_cpus: int = 2
@@ -50,13 +50,13 @@ class Geometry:
         )
 
     def bytes_alloc(self, size: int) -> int:
-        """pcpu_obj_full_size(): what the alloc tracepoint reports (spec TV12)."""
+        """pcpu_obj_full_size(): the bytes_alloc the alloc tracepoint reports."""
         extra = (size // 4) * 8 if self.memcg_kmem else 0
         return size * self.nr_possible_cpus + extra
 
 
 CONFIG_L = Geometry()
-"""The live reference machine (spec section 17, config L)."""
+"""The reference 2-CPU machine: 1 MiB units, no reserved chunk, memcg kmem on (6.18)."""
 
 CONFIG_S = Geometry(
     nr_possible_cpus=4,
@@ -69,4 +69,4 @@ CONFIG_S = Geometry(
     alloc_size=65536,
     memcg_kmem=True,
 )
-"""A small machine with a reserved chunk (spec section 17, config S)."""
+"""A small 4-CPU machine, 64 KiB units and a 4 KiB reserved chunk: chunks fill fast."""
