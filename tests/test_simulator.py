@@ -699,9 +699,9 @@ def test_sidelined_searched_after_active_slots_before_free_slot() -> None:
     a.alloc(8, 4)  # FC (slot 12) is searched first
     assert a.events[-1] == alloc_ev(a, a.first_chunk, 3136, 8, 4)
     # make a fully free spare exist: the sidelined chunk still wins
-    spare = a._create_chunk()
+    spare = a.create_chunk()
     assert spare is not None
-    a._relocate(spare, -1)
+    a.relocate(spare, -1)
     assert a.lists[a.free_slot] == [spare]
     a.alloc(32768, 8)
     assert a.events[-1] == alloc_ev(a, v1, 0, 32768, 8)
@@ -710,9 +710,9 @@ def test_sidelined_searched_after_active_slots_before_free_slot() -> None:
 def test_balance_destroys_to_free_in_reverse_list_order() -> None:
     a = Allocator(CONFIG_L)
     for _ in range(3):
-        c = a._create_chunk()
+        c = a.create_chunk()
         assert c is not None
-        a._relocate(c, -1)  # each new chunk goes to the head of the free slot
+        a.relocate(c, -1)  # each new chunk goes to the head of the free slot
     v1, v2, v3 = created(a)
     assert a.lists[a.free_slot] == [v3, v2, v1]
     n = len(a.events)
@@ -723,13 +723,13 @@ def test_balance_destroys_to_free_in_reverse_list_order() -> None:
 
 def test_destroyed_chunk_address_is_reused_deterministically() -> None:
     a = Allocator(CONFIG_S)
-    cs = [a._create_chunk() for _ in range(3)]
+    cs = [a.create_chunk() for _ in range(3)]
     assert [c.base_addr for c in cs if c] == [TOP - k * SPAN_S for k in (1, 2, 3)]
     for c in cs:
         assert c is not None
-        a._relocate(c, -1)
+        a.relocate(c, -1)
     a.run_balance()  # keeps the head (V3), destroys V1 then V2
-    c4 = a._create_chunk()
+    c4 = a.create_chunk()
     assert c4 is not None and c4.base_addr == TOP - SPAN_S  # highest free area first
 
 
@@ -746,9 +746,9 @@ def test_stats_walk_ignores_a_one_bit_allocation_on_the_last_bit() -> None:
 def test_free_with_another_free_chunk_requests_balance() -> None:
     a = Allocator(CONFIG_L)
     x = a.alloc(32768, 8)
-    spare = a._create_chunk()
+    spare = a.create_chunk()
     assert spare is not None and x is not None
-    a._relocate(spare, -1)
+    a.relocate(spare, -1)
     a._balance_pending = False
     a.free(x)
     assert a.balance_pending and len(a.lists[a.free_slot]) == 2

@@ -2,7 +2,9 @@
 
 It emits the five ``percpu:*`` tracepoint events with the kernel's field values at the
 kernel's logical moments, and reports ``percpu_stats`` with mm/percpu-stats.c semantics.
-Docstrings and comments name the kernel function each piece models.
+Docstrings and comments name the kernel function each piece models. The chunks and their
+lists are a ChunkPool (pool.py); this module adds the allocation and free paths, the
+statistics and when the balance work (balance.py) runs.
 """
 
 from __future__ import annotations
@@ -19,8 +21,6 @@ from pcpu_bpf.model.events import (
     Event,
     PercpuAlloc,
     PercpuAllocFail,
-    PercpuCreateChunk,
-    PercpuDestroyChunk,
     PercpuFree,
 )
 from pcpu_bpf.model.kernel_stats import (
@@ -33,28 +33,23 @@ from pcpu_bpf.model.kernel_stats import (
     GlobalStats,
     PercpuStats,
 )
-from pcpu_bpf.sim import balance
-from pcpu_bpf.sim.chunk import (
-    MIN_ALLOC_SIZE,
-    PAGE_SIZE,
-    Chunk,
-    GlobalCounters,
-    size_to_slot_raw,
-)
+from pcpu_bpf.sim.balance import balance_workfn
+from pcpu_bpf.sim.chunk import MIN_ALLOC_SIZE, PAGE_SIZE, Chunk
 from pcpu_bpf.sim.geometry import CONFIG_L, Geometry
+from pcpu_bpf.sim.pool import (
+    DEFAULT_PCPU_BASE_ADDR,
+    DEFAULT_TOP_ADDR,
+    PCPU_EMPTY_POP_PAGES_HIGH,
+    PCPU_EMPTY_POP_PAGES_LOW,
+    ChunkPool,
+)
 
 PCPU_MIN_UNIT_SIZE = 32 << 10  # also the largest allocation
 PCPU_SLOT_FAIL_THRESHOLD = 3
-PCPU_EMPTY_POP_PAGES_LOW = 2
-PCPU_EMPTY_POP_PAGES_HIGH = 4
 BALANCE_LOG_LEN = 1000
 _U64 = (1 << 64) - 1
 
-DEFAULT_TOP_ADDR = 0xFFFFE90000000000
 DEFAULT_PER_CPU_DELTA = 0x77795BEF9000
-# pcpu_base_addr B: any page-aligned direct-map address; chosen so B + D lands in the
-# kernel image the way __per_cpu_start does on 6.18 (__addr_to_pcpu_ptr() maps B there).
-DEFAULT_PCPU_BASE_ADDR = 0xFFFF888627A00000
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +74,8 @@ class BalancePolicy:
         raise ScenarioError(f"bad balance policy {text!r}: use manual, eager or every:N")
 
 
-class Allocator:
-    """The percpu allocator: chunks, slot lists, balance work, events and stats."""
+class Allocator(ChunkPool):
+    """The percpu allocator: a ChunkPool with the alloc and free paths, events and stats."""
 
     def __init__(
         self,
@@ -93,227 +88,34 @@ class Allocator:
         pcpu_base_addr: int = DEFAULT_PCPU_BASE_ADDR,
     ) -> None:
         g = geometry
-        self.geometry = g
         self.policy = BalancePolicy.parse(balance)
         self.events: list[Event] = []
-        self._emit: Callable[[Event], None] = sink if sink is not None else self.events.append
+        super().__init__(
+            g,
+            sink if sink is not None else self.events.append,
+            top_addr=top_addr,
+            pcpu_base_addr=pcpu_base_addr,
+        )
         self.per_cpu_delta = per_cpu_delta
-        self.pcpu_base_addr = pcpu_base_addr
-        self.unit_size = g.unit_size
-        self.unit_pages = g.unit_size // PAGE_SIZE
-        self.sidelined_slot = size_to_slot_raw(g.unit_size) + 1
-        self.free_slot = self.sidelined_slot + 1
-        self.to_depopulate_slot = self.free_slot + 1
-        self.nr_slots = self.to_depopulate_slot + 1
-        self.lists: list[list[Chunk]] = [[] for _ in range(self.nr_slots)]
-        self._nonempty = 0  # bit s set iff lists[s] is not empty (search skips the rest)
-        self.counters = GlobalCounters()
-        self.atomic_alloc_failed = False
         self._balance_pending = False
         # (op number, "requested" | "run"), the most recent BALANCE_LOG_LEN only: a sim
         # daemon runs for days, and only tests and debugging read it
         self.balance_log: deque[tuple[int, str]] = deque(maxlen=BALANCE_LOG_LEN)
         self.last_rejection: str | None = None
         self._ops = 0
-        self._fail_populate = 0
-        self._fail_create = 0
         self._fail_memcg = 0
         # pcpu_obj_full_size(): size * (nr_possible + 2) with memcg kmem
         self._bytes_alloc_mult = g.nr_possible_cpus + (2 if g.memcg_kmem else 0)
-        # struct percpu_stats pcpu_stats (mm/percpu-internal.h)
+        # struct percpu_stats pcpu_stats (mm/percpu-internal.h); the pool counts chunks
         self.nr_alloc = self.nr_dealloc = self.nr_cur_alloc = self.nr_max_alloc = 0
-        self.nr_chunks = self.nr_max_chunks = 0
         self.min_alloc_size = g.unit_size
         self.max_alloc_size = 0
-        # vm areas handed out top-down, as pcpu_get_vm_areas() does: deterministic bases
-        span = g.nr_units * g.unit_size + PAGE_SIZE
-        self._span = -(-span // g.atom_size) * g.atom_size
-        self._top = top_addr
-        self._next_base = top_addr
-        self._free_bases: list[int] = []
-        self._by_base: dict[int, Chunk] = {}
-        self._boot()
-
-    # ---- boot: pcpu_setup_first_chunk() -----------------------------------------------
-
-    def _boot_chunk(self, tmp_addr: int, map_size: int) -> Chunk:
-        """pcpu_alloc_first_chunk(): a pre-populated chunk serving [tmp_addr, +map_size)."""
-        aligned = tmp_addr & ~(PAGE_SIZE - 1)
-        start_offset = tmp_addr - aligned
-        region_size = -(-(start_offset + map_size) // PAGE_SIZE) * PAGE_SIZE
-        c = Chunk(region_size // PAGE_SIZE, aligned, self.counters)
-        c.start_offset = start_offset
-        c.end_offset = region_size - start_offset - map_size
-        c.immutable = True
-        c.populated = (1 << c.nr_pages) - 1
-        c.nr_populated = c.nr_empty_pop_pages = c.nr_pages
-        c.free_bytes = map_size
-        if start_offset:  # [0, start_offset) belongs to the previous area
-            n = start_offset // MIN_ALLOC_SIZE
-            c.hide(0, n, (0, n))
-        if c.end_offset:
-            n = c.end_offset // MIN_ALLOC_SIZE
-            end_bit = (start_offset + map_size) // MIN_ALLOC_SIZE
-            c.hide(c.map_bits - n, n, (end_bit, c.map_bits))
-        return c
-
-    def _boot(self) -> None:
-        g = self.geometry
-        b = self.pcpu_base_addr
-        static_aligned = (g.static_size + 3) & ~3
-        dyn_eff = g.dyn_size - (static_aligned - g.static_size)
-        self.reserved_chunk: Chunk | None = None
-        if g.reserved_size:
-            self.reserved_chunk = self._boot_chunk(b + static_aligned, g.reserved_size)
-            self.reserved_chunk.is_reserved = True
-        fc = self._boot_chunk(b + static_aligned + g.reserved_size, dyn_eff)
-        self.first_chunk = fc
-        # plain assignment: whatever the hiding did to the global is overwritten
-        self.counters.nr_empty_pop_pages = fc.nr_empty_pop_pages
-        self._relocate(fc, -1)
-        self.counters.nr_populated += (g.static_size + g.reserved_size + g.dyn_size) // PAGE_SIZE
-        self.nr_chunks = self.nr_max_chunks = 1
-        # percpu_create_chunk(B) fires here, before tracing: deliberately not emitted.
-
-    # ---- read-only state --------------------------------------------------------------
-
-    @property
-    def balance_pending(self) -> bool:
-        """True while balance work is scheduled and has not run (schedule_work pending)."""
-        return self._balance_pending
-
-    @property
-    def nr_empty_pop_pages(self) -> int:
-        """pcpu_nr_empty_pop_pages (signed; excludes reserved and isolated chunks)."""
-        return self.counters.nr_empty_pop_pages
-
-    @property
-    def nr_populated(self) -> int:
-        """pcpu_nr_populated: populated pages per unit, boot areas included."""
-        return self.counters.nr_populated
-
-    def chunk_lists(self) -> list[tuple[int, Chunk]]:
-        """(slot, chunk) for every listed chunk, in slot then list order (the stats order)."""
-        return [(s, c) for s, lst in enumerate(self.lists) for c in lst]
-
-    def chunk_by_base(self, base_addr: int) -> Chunk | None:
-        """The live dynamic or boot chunk whose base_addr is ``base_addr``."""
-        for c in (self.first_chunk, self.reserved_chunk):
-            if c is not None and c.base_addr == base_addr:
-                return c
-        return self._by_base.get(base_addr)
-
-    def chunk_slot(self, c: Chunk) -> int:
-        """pcpu_chunk_slot(): the slot the chunk's hints call for (may differ from its list)."""
-        return c.slot(self.free_slot, self.unit_size)
-
-    def size_to_slot(self, size: int) -> int:
-        """pcpu_size_to_slot()."""
-        return self.free_slot if size == self.unit_size else size_to_slot_raw(size)
-
-    def meminfo_percpu_kb(self) -> int:
-        """The /proc/meminfo ``Percpu:`` value in kB."""
-        return self.counters.nr_populated * self.geometry.nr_units * PAGE_SIZE // 1024
 
     # ---- failure injection ------------------------------------------------------------
-
-    def fail_next_populate(self, n: int = 1) -> None:
-        """Make the next ``n`` pcpu_populate_chunk() calls fail."""
-        self._fail_populate += n
-
-    def fail_next_chunk_create(self, n: int = 1) -> None:
-        """Make the next ``n`` pcpu_create_chunk() calls fail (no event)."""
-        self._fail_create += n
 
     def fail_next_memcg_charge(self, n: int = 1) -> None:
         """Make the next ``n`` memcg pre-charges fail (only charged requests consume one)."""
         self._fail_memcg += n
-
-    # ---- slot lists: pcpu_chunk_lists -------------------------------------------------
-
-    def _unlink(self, c: Chunk) -> None:
-        """list_del(): take the chunk off its list."""
-        if c.list_slot is not None:
-            lst = self.lists[c.list_slot]
-            lst.remove(c)
-            if not lst:
-                self._nonempty &= ~(1 << c.list_slot)
-            c.list_slot = None
-
-    def _move(self, c: Chunk, slot: int, front: bool) -> None:
-        """__pcpu_chunk_move(): the reserved chunk is on no list."""
-        if c.is_reserved:
-            return
-        self._unlink(c)
-        if front:
-            self.lists[slot].insert(0, c)
-        else:
-            self.lists[slot].append(c)
-        self._nonempty |= 1 << slot
-        c.list_slot = slot
-
-    def _relocate(self, c: Chunk, oslot: int) -> None:
-        """pcpu_chunk_relocate(): emptier -> head, fuller -> tail, same slot -> stay put."""
-        if c.isolated:
-            return
-        nslot = c.slot(self.free_slot, self.unit_size)
-        if oslot != nslot:
-            self._move(c, nslot, oslot < nslot)
-
-    def _isolate(self, c: Chunk) -> None:
-        """pcpu_isolate_chunk()."""
-        if not c.isolated:
-            c.isolated = True
-            self.counters.nr_empty_pop_pages -= c.nr_empty_pop_pages
-        self._move(c, self.to_depopulate_slot, True)
-
-    def _reintegrate(self, c: Chunk) -> None:
-        """pcpu_reintegrate_chunk()."""
-        if c.isolated:
-            c.isolated = False
-            self.counters.nr_empty_pop_pages += c.nr_empty_pop_pages
-            self._relocate(c, -1)
-
-    def _schedule_balance(self) -> None:
-        """pcpu_schedule_balance_work(): idempotent while pending."""
-        if not self._balance_pending:
-            self._balance_pending = True
-            self.balance_log.append((self._ops, "requested"))
-
-    # ---- chunk life cycle (mm/percpu-vm.c) --------------------------------------------
-
-    def _populate_ok(self) -> bool:
-        """pcpu_populate_chunk() outcome under the failure hook."""
-        if self._fail_populate:
-            self._fail_populate -= 1
-            return False
-        return True
-
-    def _create_chunk(self) -> Chunk | None:
-        """pcpu_create_chunk() (vm backend): unpopulated, on no list, event emitted."""
-        if self._fail_create:
-            self._fail_create -= 1
-            return None
-        if self._free_bases:
-            base = max(self._free_bases)  # vmalloc is top-down: highest free area first
-            self._free_bases.remove(base)
-        else:
-            self._next_base -= self._span
-            base = self._next_base
-        c = Chunk(self.unit_pages, base, self.counters)
-        self._by_base[base] = c
-        self.nr_chunks += 1
-        self.nr_max_chunks = max(self.nr_max_chunks, self.nr_chunks)
-        self._emit(PercpuCreateChunk(base))
-        return c
-
-    def _destroy_chunk(self, c: Chunk) -> None:
-        """pcpu_destroy_chunk(): the chunk is already off every list and depopulated."""
-        self.nr_chunks -= 1
-        self._emit(PercpuDestroyChunk(c.base_addr))
-        del self._by_base[c.base_addr]
-        self._free_bases.append(c.base_addr)
-        c.list_slot = None
 
     # ---- allocation: pcpu_alloc_noprof() ----------------------------------------------
 
@@ -379,29 +181,29 @@ class Allocator:
                     off = c.find_block_fit(bits, bit_align, is_atomic)
                     if off < 0:
                         if slot < PCPU_SLOT_FAIL_THRESHOLD:
-                            self._move(c, 0, True)  # parked; slot 0 is never searched
+                            self.move(c, 0, True)  # parked; slot 0 is never searched
                         continue
                     off = self._alloc_area(c, bits, bit_align, off)
                     if off >= 0:
-                        self._reintegrate(c)  # it may have come from the sidelined list
+                        self.reintegrate(c)  # it may have come from the sidelined list
                         return self._found(c, off, size, align, reserved, is_atomic, gfp, call_site)
             if is_atomic:
                 self._fail(reserved, is_atomic, size, align)
                 return None
             if lists[free_slot]:  # a fully free chunk fits any legal request
                 raise RuntimeError("percpu model: free-slot chunk refused a legal request")
-            new = self._create_chunk()
+            new = self.create_chunk()
             if new is None:
                 self._fail(reserved, is_atomic, size, align)
                 return None
-            self._relocate(new, -1)  # head of the free slot; goto restart
+            self.relocate(new, -1)  # head of the free slot; goto restart
 
     def _alloc_area(self, c: Chunk, bits: int, align: int, start: int) -> int:
         """pcpu_alloc_area(): the chunk work plus the relocate."""
         oslot = c.slot(self.free_slot, self.unit_size)
         off = c.alloc_area(bits, align, start)
         if off >= 0:
-            self._relocate(c, oslot)
+            self.relocate(c, oslot)
         return off
 
     def _free_area(self, c: Chunk, off: int) -> int:
@@ -411,7 +213,7 @@ class Allocator:
         c.nr_alloc -= 1
         oslot = c.slot(self.free_slot, self.unit_size)
         freed = c.free_area(off)
-        self._relocate(c, oslot)
+        self.relocate(c, oslot)
         return freed
 
     def _found(
@@ -447,7 +249,7 @@ class Allocator:
             want = (1 << (p1 - p0)) - 1
             if (c.populated >> p0) & want != want:
                 for rs, re in c.page_runs(False, p0, p1):
-                    if not self._populate_ok():
+                    if not self.populate_ok():
                         self._free_area(c, off)  # counts a dealloc, no free event
                         self._fail(reserved, is_atomic, size, align)
                         return None
@@ -479,30 +281,13 @@ class Allocator:
 
     # ---- free: free_percpu() ----------------------------------------------------------
 
-    def _chunk_of(self, addr: int) -> Chunk | None:
-        """pcpu_chunk_addr_search()."""
-        for c in (self.first_chunk, self.reserved_chunk):
-            if c is not None and (
-                c.base_addr + c.start_offset
-                <= addr
-                < c.base_addr + c.nr_pages * PAGE_SIZE - c.end_offset
-            ):
-                return c
-        if addr >= self._top:
-            return None
-        k = -(-(self._top - addr) // self._span)
-        c = self._by_base.get(self._top - k * self._span)
-        if c is None or addr >= c.base_addr + self.unit_size:
-            return None
-        return c
-
     def free(self, ptr: int) -> None:
         """free_percpu(): ptr 0 is a no-op; a pointer to no live allocation raises ValueError."""
         if not ptr:
             return
         self._ops += 1
         addr = (ptr - self.per_cpu_delta) & _U64
-        c = self._chunk_of(addr)
+        c = self.chunk_of(addr)
         off = addr - c.base_addr if c is not None else -1
         bit = off >> 2
         # a live area starts on a set alloc bit that is also a boundary bit (never
@@ -515,7 +300,7 @@ class Allocator:
             # a second fully free chunk: let balance destroy one
             need_balance = any(pos is not c for pos in self.lists[self.free_slot])
         elif self._should_reclaim(c):
-            self._isolate(c)
+            self.isolate(c)
             need_balance = True
         self._emit(PercpuFree(c.base_addr, off, ptr))
         if need_balance:
@@ -533,11 +318,22 @@ class Allocator:
 
     # ---- balance: pcpu_balance_workfn() -----------------------------------------------
 
+    @property
+    def balance_pending(self) -> bool:
+        """True while balance work is scheduled and has not run (schedule_work pending)."""
+        return self._balance_pending
+
+    def _schedule_balance(self) -> None:
+        """pcpu_schedule_balance_work(): idempotent while pending."""
+        if not self._balance_pending:
+            self._balance_pending = True
+            self.balance_log.append((self._ops, "requested"))
+
     def run_balance(self) -> None:
         """pcpu_balance_workfn(): run the balance work now (clears balance_pending)."""
         self._balance_pending = False
         self.balance_log.append((self._ops, "run"))
-        balance.balance_workfn(self)
+        balance_workfn(self)
 
     def _after_op(self) -> None:
         """Apply the balance policy after one alloc()/free() call."""

@@ -1,32 +1,27 @@
 """The percpu balance work (pcpu_balance_workfn): free, reclaim, populate.
 
-These functions operate on an ``Allocator``'s lists and counters; they are split out
-only to keep the allocation path and the background work in separate modules.
+Background work on a ChunkPool's lists and counters, apart from the allocation path:
+destroy surplus free chunks, depopulate isolated ones, keep empty populated pages for
+atomic allocations.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pcpu_bpf.sim.chunk import BLOCK_BITS, PAGE_SIZE, Chunk, size_to_slot_raw
-
-if TYPE_CHECKING:
-    from pcpu_bpf.sim.allocator import Allocator
-
-PCPU_EMPTY_POP_PAGES_HIGH = 4
+from pcpu_bpf.sim.pool import PCPU_EMPTY_POP_PAGES_HIGH, ChunkPool
 
 
-def balance_workfn(a: Allocator) -> None:
+def balance_workfn(pool: ChunkPool) -> None:
     """pcpu_balance_workfn(): the four passes in the kernel's order."""
-    balance_free(a, empty_only=False)
-    reclaim_populated(a)
-    balance_populated(a)
-    balance_free(a, empty_only=True)
+    balance_free(pool, empty_only=False)
+    reclaim_populated(pool)
+    balance_populated(pool)
+    balance_free(pool, empty_only=True)
 
 
-def balance_free(a: Allocator, empty_only: bool) -> None:
+def balance_free(pool: ChunkPool, empty_only: bool) -> None:
     """pcpu_balance_free(): keep the head of the free slot, destroy the others."""
-    fl = a.lists[a.free_slot]
+    fl = pool.lists[pool.free_slot]
     if len(fl) < 2:
         return
     keep = fl[0]
@@ -35,18 +30,18 @@ def balance_free(a: Allocator, empty_only: bool) -> None:
         if c is keep:
             continue
         if not empty_only or c.nr_empty_pop_pages == 0:
-            a._unlink(c)
+            pool.unlink(c)
             to_free.insert(0, c)  # list_move() inserts at the head: reverse order
     for c in to_free:
         for rs, re in c.page_runs(True):
             c.chunk_depopulated(rs, re)
-        a._destroy_chunk(c)
+        pool.destroy_chunk(c)
 
 
-def reclaim_populated(a: Allocator) -> None:
+def reclaim_populated(pool: ChunkPool) -> None:
     """pcpu_reclaim_populated(): depopulate isolated chunks top-down, then sideline them."""
-    counters = a.counters
-    todo = a.lists[a.to_depopulate_slot]
+    counters = pool.counters
+    todo = pool.lists[pool.to_depopulate_slot]
     while todo:
         c = todo[0]
         reintegrate = False
@@ -71,31 +66,31 @@ def reclaim_populated(a: Allocator) -> None:
             c.chunk_depopulated(i + 1, end + 1)  # isolated: global count unchanged
             end = -1
             i -= 1
-        if reintegrate or c.free_bytes == a.unit_size:
-            a._reintegrate(c)  # head of its slot list
+        if reintegrate or c.free_bytes == pool.unit_size:
+            pool.reintegrate(c)  # head of its slot list
         else:
-            a._move(c, a.sidelined_slot, False)
+            pool.move(c, pool.sidelined_slot, False)
 
 
-def balance_populated(a: Allocator) -> None:
+def balance_populated(pool: ChunkPool) -> None:
     """pcpu_balance_populated(): keep PCPU_EMPTY_POP_PAGES_HIGH empty populated pages."""
-    counters = a.counters
+    counters = pool.counters
     first_slot = size_to_slot_raw(PAGE_SIZE)
     while True:  # retry_pop:
-        if a.atomic_alloc_failed:
+        if pool.atomic_alloc_failed:
             nr_to_pop = PCPU_EMPTY_POP_PAGES_HIGH
-            a.atomic_alloc_failed = False
+            pool.atomic_alloc_failed = False
         else:
             nr_to_pop = min(max(PCPU_EMPTY_POP_PAGES_HIGH - counters.nr_empty_pop_pages, 0), 4)
-        for slot in range(first_slot, a.free_slot + 1):
+        for slot in range(first_slot, pool.free_slot + 1):
             if not nr_to_pop:
                 break
-            chunk = next((c for c in a.lists[slot] if c.nr_pages > c.nr_populated), None)
+            chunk = next((c for c in pool.lists[slot] if c.nr_pages > c.nr_populated), None)
             if chunk is None:
                 continue
             for rs, re in chunk.page_runs(False):
                 n = min(re - rs, nr_to_pop)
-                if a._populate_ok():
+                if pool.populate_ok():
                     nr_to_pop -= n
                     chunk.chunk_populated(rs, rs + n)
                 else:
@@ -104,7 +99,7 @@ def balance_populated(a: Allocator) -> None:
                     break
         if not nr_to_pop:
             return
-        new = a._create_chunk()
+        new = pool.create_chunk()
         if new is None:
             return
-        a._relocate(new, -1)
+        pool.relocate(new, -1)
