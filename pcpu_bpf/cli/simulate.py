@@ -3,28 +3,23 @@
 from __future__ import annotations
 
 import json
-import re
 import time
 
 import click
 
 from pcpu_bpf.cli import main
 from pcpu_bpf.errors import PcpuError
-from pcpu_bpf.model.events import GFP_ATOMIC, GFP_KERNEL
 from pcpu_bpf.model.snapshot import Snapshot
 from pcpu_bpf.model.snapshot_json import snapshot_to_dict
 from pcpu_bpf.sim.allocator import BalancePolicy
 from pcpu_bpf.sim.geometry import CONFIG_L, CONFIG_S, Geometry
 from pcpu_bpf.sim.host import host_geometry
+from pcpu_bpf.sim.request import AllocRequest, RequestOutcome
 from pcpu_bpf.sim.scenarios import SCENARIOS
 from pcpu_bpf.sim.simulation import OPS_PER_SECOND, Simulation
 from pcpu_bpf.units import human_bytes
 
 GEOMETRIES = {"default": CONFIG_L, "small": CONFIG_S}
-_REQUEST = re.compile(r"^(?P<size>\d+)(?:/(?P<align>\d+))?(?P<atomic>,atomic)?$")
-# --alloc requests come from a caller outside the scenario's symbol table (a module
-# address), so they show under their own hex label.
-REQUEST_CALL_SITE = 0xFFFFFFFFC0DE0000
 
 EPILOG = """\b
 Examples:
@@ -106,7 +101,7 @@ def simulate(
         started = time.perf_counter()
         sim.advance(ops)
         elapsed = time.perf_counter() - started
-        notes = [_request(sim, *r) for r in parsed]
+        outcomes = [sim.request(r.size, r.align, r.atomic) for r in parsed]
         snap = sim.snapshot(timestamp=sim.ops / OPS_PER_SECOND)
     except PcpuError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -114,8 +109,8 @@ def simulate(
         click.echo(json.dumps(snapshot_to_dict(snap), indent=2))
     else:
         _summary(sim, snap, geo, elapsed)
-        for note in notes:
-            click.echo(note)
+        for r, outcome in zip(parsed, outcomes, strict=True):
+            click.echo(_outcome_line(r, outcome))
     if stats:
         click.echo()
         click.echo(sim.percpu_stats_text(), nl=False)
@@ -133,24 +128,20 @@ def _geometry(name: str) -> Geometry:
     return geo
 
 
-def _parse_request(text: str) -> tuple[int, int, bool]:
-    m = _REQUEST.match(text)
-    if not m:
-        raise click.BadParameter(f"{text!r} is not SIZE[/ALIGN][,atomic]", param_hint="--alloc")
-    return int(m["size"]), int(m["align"] or 8), bool(m["atomic"])
+def _parse_request(text: str) -> AllocRequest:
+    try:
+        return AllocRequest.parse(text)
+    except PcpuError as exc:
+        raise click.BadParameter(str(exc), param_hint="--alloc") from None
 
 
-def _request(sim: Simulation, size: int, align: int, atomic: bool) -> str:
-    """Make one allocation and say what the kernel would have done."""
-    alloc = sim.allocator
-    before = sim.events
-    gfp = GFP_ATOMIC if atomic else GFP_KERNEL
-    ptr = alloc.alloc(size, align, gfp=gfp, call_site=REQUEST_CALL_SITE)
-    what = f"alloc(size={size}, align={align}{', atomic' if atomic else ''})"
-    if ptr is not None:
-        return f"{what}: ptr {ptr:#x}"
-    if sim.events == before:
-        return f"{what}: rejected as the kernel does, no event: {alloc.last_rejection}"
+def _outcome_line(r: AllocRequest, outcome: RequestOutcome) -> str:
+    """One request and what the kernel would have done with it."""
+    what = f"alloc(size={r.size}, align={r.align}{', atomic' if r.atomic else ''})"
+    if outcome.ptr is not None:
+        return f"{what}: ptr {outcome.ptr:#x}"
+    if outcome.rejection is not None:
+        return f"{what}: rejected as the kernel does, no event: {outcome.rejection}"
     return f"{what}: failed (percpu_alloc_percpu_fail emitted)"
 
 

@@ -6,7 +6,7 @@ import random
 
 from pcpu_bpf.kernel.percpu_stats import parse_percpu_stats, render_percpu_stats
 from pcpu_bpf.model.aggregation import Aggregator
-from pcpu_bpf.model.events import ALL_FIELDS, Event
+from pcpu_bpf.model.events import ALL_FIELDS, GFP_ATOMIC, GFP_KERNEL, Event
 from pcpu_bpf.model.kernel_stats import KernelStats
 from pcpu_bpf.model.layout import DEFAULT_LIVE_CAPACITY, DEFAULT_SITE_CAPACITY
 from pcpu_bpf.model.snapshot import Snapshot
@@ -17,6 +17,7 @@ from pcpu_bpf.model.tables import (
 )
 from pcpu_bpf.sim.allocator import Allocator
 from pcpu_bpf.sim.geometry import CONFIG_L, Geometry
+from pcpu_bpf.sim.request import REQUEST_CALL_SITE, RequestOutcome
 from pcpu_bpf.sim.scenarios import SYMBOLS, Workload, get_scenario
 
 # The simulator emits the 6.18 events, so every field is there.
@@ -68,6 +69,14 @@ class Simulation:
         for _ in range(ops):
             next(self._steps)
         self.ops += ops
+
+    def request(self, size: int, align: int, atomic: bool = False) -> RequestOutcome:
+        """Make one allocation outside the scenario, from REQUEST_CALL_SITE, and say how
+        it went; it stays allocated."""
+        alloc = self.allocator
+        gfp = GFP_ATOMIC if atomic else GFP_KERNEL
+        ptr = alloc.alloc(size, align, gfp=gfp, call_site=REQUEST_CALL_SITE)
+        return RequestOutcome(ptr, alloc.last_rejection)
 
     def percpu_stats_text(self) -> str:
         """The simulated debugfs percpu_stats, in the kernel's exact format."""
