@@ -1,7 +1,7 @@
-"""The allocator simulator against cases worked out by hand from mm/percpu.c.
+"""The allocator simulator on short request sequences whose outcome follows from mm/percpu.c.
 
-Each case checks the exact events, block and chunk hints, slot lists, page counts and
-percpu_stats the kernel produces for a short sequence of requests.
+Each case pins the exact events, block and chunk hints, slot lists, page counts and
+percpu_stats the kernel's code gives for its sequence of requests.
 """
 
 from __future__ import annotations
