@@ -1,8 +1,10 @@
-"""The documents stay true: docs/metrics.md lists exactly the catalog's families."""
+"""The documents stay true: docs/metrics.md lists exactly the catalog's families, and no
+file cites a document that is not in the repository."""
 
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -57,3 +59,18 @@ def test_metrics_md_lists_exactly_the_catalog(request: pytest.FixtureRequest) ->
     assert rest.split(END, 1)[0] == want or request.config.getoption("--update-golden"), (
         "docs/metrics.md is out of date: review, then pytest --update-golden"
     )
+
+
+def test_no_file_cites_a_document_outside_the_repository() -> None:
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    pattern = re.compile(r"DESIGN\.md|STYLE\.md|allocator-spec|\.\./shared/|\bspec \d|\bTV\d")
+    cited = [
+        name
+        for name in tracked
+        if (ROOT / name).is_file()
+        and name != "tests/test_docs.py"
+        and pattern.search((ROOT / name).read_text(errors="replace"))
+    ]
+    assert cited == []

@@ -1,4 +1,4 @@
-"""The `pcpu-bpf` command group; each subcommand lives in its own module."""
+"""The `pcpu-bpf` command group; each subcommand lives in its own module and is added here."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import logging
 import click
 
 from pcpu_bpf import __version__
+from pcpu_bpf.cli.doctor import doctor
+from pcpu_bpf.cli.serve import serve_command
+from pcpu_bpf.cli.simulate import simulate
 
 CONTEXT_SETTINGS = {"auto_envvar_prefix": "PCPU", "help_option_names": ["-h", "--help"]}
 
@@ -22,7 +25,5 @@ def main(verbose: bool) -> None:
     )
 
 
-# Subcommands register themselves here, one import per module.
-import pcpu_bpf.cli.doctor  # noqa: E402,F401
-import pcpu_bpf.cli.serve  # noqa: E402,F401
-import pcpu_bpf.cli.simulate  # noqa: E402,F401
+for command in (doctor, serve_command, simulate):
+    main.add_command(command)

@@ -8,7 +8,6 @@ import click
 
 from pcpu_bpf import doctor as checks
 from pcpu_bpf.backends import open_backend
-from pcpu_bpf.cli import main
 
 EPILOG = """\b
 Examples:
@@ -21,7 +20,7 @@ def _start_backend() -> object:
     return open_backend("bpf")
 
 
-@main.command(epilog=EPILOG)
+@click.command(epilog=EPILOG)
 @click.option(
     "--load/--no-load",
     default=True,

@@ -9,7 +9,6 @@ from typing import Any, TypeVar
 import click
 
 from pcpu_bpf.backends import BackendOptions, ignored_options, open_backend
-from pcpu_bpf.cli import main
 from pcpu_bpf.daemon.server import DEFAULT_LISTEN, parse_listen, serve
 from pcpu_bpf.daemon.systemd import configure_logging, sd_notify
 from pcpu_bpf.errors import PcpuError
@@ -53,7 +52,7 @@ def _opt(name: str, **kwargs: Any) -> Callable[[_F], _F]:
     return click.option(name, envvar=envvar, show_envvar=True, **kwargs)
 
 
-@main.command("serve", epilog=EPILOG)
+@click.command("serve", epilog=EPILOG)
 @_opt(
     "--backend",
     default="bpf",

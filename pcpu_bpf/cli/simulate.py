@@ -7,7 +7,6 @@ import time
 
 import click
 
-from pcpu_bpf.cli import main
 from pcpu_bpf.errors import PcpuError
 from pcpu_bpf.model.snapshot import Snapshot
 from pcpu_bpf.model.snapshot_json import snapshot_to_dict
@@ -40,7 +39,7 @@ def _check_balance(ctx: click.Context, param: click.Parameter, value: str | None
     return value
 
 
-@main.command(epilog=EPILOG)
+@click.command(epilog=EPILOG)
 @click.option(
     "-s",
     "--scenario",
