@@ -1,0 +1,123 @@
+"""meminfo's Percpu in parts: the arithmetic on hand-made stats, and exactly on the simulator,
+which knows every populated page and every allocation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pcpu_bpf.kernel.percpu_stats import parse_percpu_stats
+from pcpu_bpf.model.breakdown import (
+    NEEDS_PERCPU_STATS,
+    PAGE_SIZE,
+    PARTS,
+    BreakdownInputs,
+    breakdown,
+    kernel_live_per_unit,
+)
+from pcpu_bpf.sim.chunk import BLOCK_BITS, MIN_ALLOC_SIZE
+from pcpu_bpf.sim.geometry import CONFIG_L, CONFIG_S, Geometry
+from pcpu_bpf.sim.scenarios import SCENARIOS
+from pcpu_bpf.sim.simulation import Simulation
+
+FIXTURES = Path(__file__).parent / "fixtures" / "percpu_stats"
+BOOT = parse_percpu_stats((FIXTURES / "boot.txt").read_text())
+
+
+def test_boot_fixture_by_hand() -> None:
+    # 2 units; first chunk: 31528 - 16 free bytes used; one dynamic chunk: 1 MiB - 803540
+    # used, 43 empty pages. 53 first-chunk pages plus 200 populated dynamic pages per unit.
+    live = (31528 - 16) + (1048576 - 803540)
+    assert kernel_live_per_unit(BOOT) == live
+    meminfo = (53 + 200) * PAGE_SIZE * 2
+    b = breakdown(BreakdownInputs(meminfo, 2, traced_live_per_unit=1000, profiler_bytes=512))
+    assert set(b.parts) == {"traced_live", "profiler", "unexplained"}  # no percpu_stats
+    b = breakdown(
+        BreakdownInputs(
+            meminfo, 2, traced_live_per_unit=1000, profiler_bytes=512, percpu_stats=BOOT
+        )
+    )
+    assert b.parts == {
+        "static": 185560 * 2,
+        "reserved": 0,
+        "traced_live": 2000,
+        "untraced_live": live * 2 - 2000 - 512,
+        "profiler": 512,
+        "empty_pages": 43 * PAGE_SIZE * 2,
+        "free_in_used_pages": (253 * PAGE_SIZE - 185560 - live - 43 * PAGE_SIZE) * 2,
+        "unexplained": 0,
+    }
+    assert b.total == meminfo and b.violations == () and b.explained_share == 1.0
+    assert list(b.parts) == [p for p in PARTS if p in b.parts]
+
+
+def test_without_percpu_stats_the_rest_is_unexplained_not_guessed() -> None:
+    b = breakdown(BreakdownInputs(1 << 20, 2, traced_live_per_unit=4096, profiler_bytes=0))
+    assert not set(NEEDS_PERCPU_STATS) & set(b.parts)
+    assert b.parts["unexplained"] == (1 << 20) - 8192
+    assert b.total == 1 << 20
+    assert b.explained_share == pytest.approx(8192 / (1 << 20))
+
+
+@pytest.mark.parametrize(
+    ("meminfo", "traced", "broken"),
+    [
+        (253 * PAGE_SIZE * 2, 10**6, "untraced_live"),  # more traced than the kernel holds
+        (100 * PAGE_SIZE * 2, 0, "free_in_used_pages"),  # fewer pages than live bytes need
+        (253 * PAGE_SIZE * 2 + 1024, 0, "meminfo"),  # not whole pages
+    ],
+)
+def test_bounds_are_reported_not_clipped(meminfo: int, traced: int, broken: str) -> None:
+    b = breakdown(BreakdownInputs(meminfo, 2, traced_live_per_unit=traced, percpu_stats=BOOT))
+    assert any(v.startswith(broken + ":") for v in b.violations), b.violations
+    assert b.total == meminfo  # still adds up: nothing was clipped
+
+
+def truth(sim: Simulation) -> dict[str, int]:
+    """Every part per unit, counted page by page from the simulated chunks' bitmaps."""
+    a, g = sim.allocator, sim.geometry
+    live = empty = free_in_used = 0
+    for _, chunk in a.chunk_lists():
+        hidden = chunk.start_offset // MIN_ALLOC_SIZE + chunk.end_offset // MIN_ALLOC_SIZE
+        used_bits = sum(bin(block).count("1") for block in chunk.amap) - hidden
+        live += used_bits * MIN_ALLOC_SIZE
+        for page in range(chunk.nr_pages):
+            if not chunk.populated >> page & 1:
+                continue
+            if chunk.amap[page] == 0:
+                empty += PAGE_SIZE
+            else:
+                free_in_used += (BLOCK_BITS - bin(chunk.amap[page]).count("1")) * MIN_ALLOC_SIZE
+    traced = sum(e.size for e in sim.aggregator._live.values() if not e.reserved)
+    return {
+        "static": g.static_size,
+        "reserved": g.reserved_size,
+        "traced_live": traced,
+        "untraced_live": live - traced,
+        "empty_pages": empty,
+        "free_in_used_pages": free_in_used,
+    }
+
+
+@pytest.mark.parametrize("geometry", [CONFIG_L, CONFIG_S], ids=["reference", "small"])
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_exact_on_the_simulator(scenario: str, geometry: Geometry) -> None:
+    sim = Simulation(scenario, seed=2, geometry=geometry)
+    for _ in range(3):
+        sim.advance(1500)
+        ks = sim.kernel_stats()
+        assert ks.meminfo_percpu_bytes is not None
+        want = truth(sim)
+        traced = want["traced_live"]
+        b = breakdown(
+            BreakdownInputs(ks.meminfo_percpu_bytes, geometry.nr_units, traced, 0, ks.percpu_stats)
+        )
+        u = geometry.nr_units
+        assert {p: n for p, n in b.parts.items() if p not in ("profiler", "unexplained")} == {
+            p: n * u for p, n in want.items()
+        }
+        # Tracing began at boot here: everything live was traced.
+        assert b.parts["untraced_live"] == 0
+        assert b.parts["unexplained"] == 0 and b.violations == ()
+        assert b.total == ks.meminfo_percpu_bytes
