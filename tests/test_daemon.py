@@ -15,7 +15,7 @@ from daemon_helpers import PCPU_BPF, Daemon, free_port, parse, prog_ids
 from waiting import wait_until
 
 from pcpu_bpf import __version__
-from pcpu_bpf.daemon.server import ListenAddress, parse_listen
+from pcpu_bpf.daemon.listener import ListenAddress, parse_listen
 from pcpu_bpf.daemon.systemd import sd_notify, watchdog_interval
 
 
@@ -260,7 +260,7 @@ def test_watchdog_probe_sees_a_stuck_snapshot() -> None:
     import threading
 
     from pcpu_bpf.backends.base import Backend
-    from pcpu_bpf.daemon.server import GuardedBackend
+    from pcpu_bpf.daemon.source import ScrapeSource
 
     entered, release = threading.Event(), threading.Event()
 
@@ -270,13 +270,14 @@ def test_watchdog_probe_sees_a_stuck_snapshot() -> None:
             release.wait(60)
             raise RuntimeError("never returns a snapshot")
 
-    source = GuardedBackend(Stuck())
+    source = ScrapeSource(Stuck(), window=0)
     assert source.responsive(timeout=0.1)
     scrape = threading.Thread(target=lambda: pytest.raises(RuntimeError, source.snapshot))
     scrape.start()
     assert entered.wait(60)
     try:
-        assert not source.responsive(timeout=0.2)  # no WATCHDOG=1: systemd restarts us
+        # Stuck for 0.2 s: no WATCHDOG=1, systemd restarts us.
+        wait_until(lambda: not source.responsive(timeout=0.2), what="the probe to see it stuck")
     finally:
         release.set()
         scrape.join()

@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 import logging
+import signal
+import socket
 from collections.abc import Callable
+from types import FrameType
 from typing import Any, TypeVar
 
 import click
 
-from pcpu_bpf.backends import BackendOptions, ignored_options, open_backend
-from pcpu_bpf.daemon.server import DEFAULT_LISTEN, parse_listen, serve
+from pcpu_bpf.backends import (
+    CONSTRUCTORS,
+    TAKES,
+    Backend,
+    BackendOptions,
+    Constructor,
+    ignored_options,
+    open_backend,
+)
+from pcpu_bpf.daemon.http_server import DEFAULT_MAX_CONNECTIONS, Limits
+from pcpu_bpf.daemon.listener import DEFAULT_LISTEN, bind, parse_listen
+from pcpu_bpf.daemon.server import serve
+from pcpu_bpf.daemon.shared_read import SharedRead
 from pcpu_bpf.daemon.systemd import configure_logging, sd_notify
 from pcpu_bpf.errors import PcpuError
+from pcpu_bpf.kernel.reader import read_kernel_stats
+from pcpu_bpf.model.kernel_stats import KernelStats
 from pcpu_bpf.model.layout import (
     DEFAULT_LIVE_CAPACITY,
     DEFAULT_SITE_CAPACITY,
@@ -24,6 +40,11 @@ log = logging.getLogger(__name__)
 
 # A daemon serves the live kernel, or the simulator for demos; it never falls back.
 SERVE_BACKENDS = ("bpf", "sim")
+
+# Seconds between two reads of the kernel's statistics, whatever the number of scrapers:
+# reading debugfs percpu_stats holds pcpu_lock with interrupts off for as long as the
+# kernel takes to walk every chunk (90 ms at 250,000 live allocations; docs/reliability.md).
+DEFAULT_MIN_READ_INTERVAL = 5.0
 
 EPILOG = """\b
 Every option can also come from the environment variable shown with it
@@ -93,14 +114,40 @@ def _opt(name: str, **kwargs: Any) -> Callable[[_F], _F]:
     help=f"Call-site table entries [default: {DEFAULT_SITE_CAPACITY}].",
 )
 @_opt(
+    "--min-read-interval",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_MIN_READ_INTERVAL,
+    show_default=True,
+    metavar="SECONDS",
+    help="Read the kernel's percpu_stats and meminfo at most this often, however many "
+    "scrape; scrapes in between get the last reading (its age: "
+    "pcpu_kernel_stats_age_seconds).",
+)
+@_opt(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_CONNECTIONS,
+    show_default=True,
+    help="HTTP connections held at once; when full, the oldest one that has not sent a "
+    "complete request is dropped. Needs as many open files (LimitNOFILE=).",
+)
+@_opt(
     "--bpf-dir",
     type=click.Path(file_okay=False),
     default=None,
     help="Directory of the BPF C sources (bpf only) [default: the installed package's].",
 )
-def serve_command(backend: str, check: bool, listen: str, **options: Any) -> None:
+def serve_command(
+    backend: str,
+    check: bool,
+    listen: str,
+    min_read_interval: float,
+    max_connections: int,
+    **options: Any,
+) -> None:
     """Export percpu allocator metrics for Prometheus (the pcpu-bpf daemon)."""
     configure_logging()
+    signal.signal(signal.SIGHUP, _ignore_hangup)  # from the start: compiling takes seconds
     if backend not in SERVE_BACKENDS:
         choices = ", ".join(SERVE_BACKENDS)
         raise _OneLineError(f"unknown backend {backend!r}; choose one of: {choices}")
@@ -111,13 +158,27 @@ def serve_command(backend: str, check: bool, listen: str, **options: Any) -> Non
     backend_options = BackendOptions(**options)
     for name in ignored_options(backend, backend_options):
         log.warning("--%s does not apply to backend %s; ignored", name.replace("_", "-"), backend)
+    # The bpf backend reads the kernel's statistics through one throttle; the sim's are
+    # simulated, nothing to spare.
+    kernel_reads: SharedRead[KernelStats | None] = SharedRead(read_kernel_stats, min_read_interval)
+    constructors = {**CONSTRUCTORS, "bpf": _bpf_reading(kernel_reads)}
+    listener: socket.socket | None = None
+    if not check:
+        # Bind before compiling and attaching: a busy port is found in milliseconds.
+        sd_notify(f"STATUS=binding {address}")
+        try:
+            listener = bind(address)
+        except PcpuError as exc:
+            raise click.ClickException(str(exc)) from None
     log.info("starting backend %s", backend)
     sd_notify(f"STATUS=starting backend {backend} (compiling and attaching)")
     try:
-        source = open_backend(backend, backend_options)
+        source = open_backend(backend, backend_options, constructors=constructors)
     except PcpuError as exc:
+        _close(listener)
         raise click.ClickException(f"backend {backend} cannot start: {exc}") from None
     except Exception as exc:  # a bug below must still be one line; -v shows the traceback
+        _close(listener)
         log.debug("backend %s failed to start", backend, exc_info=True)
         raise click.ClickException(f"backend {backend} cannot start: {exc!r}") from None
     with source:  # closing detaches, also on errors
@@ -128,13 +189,41 @@ def serve_command(backend: str, check: bool, listen: str, **options: Any) -> Non
                 log.debug("first snapshot failed", exc_info=True)
                 raise click.ClickException(f"backend {backend} attached, but: {exc}") from None
         else:
+            assert listener is not None
             try:
-                serve(source, address)
+                serve(
+                    source,
+                    listener,
+                    limits=Limits(max_connections=max_connections),
+                    min_read_interval=min_read_interval,
+                    kernel_reads=kernel_reads if backend == "bpf" else None,
+                )
             except PcpuError as exc:
                 raise click.ClickException(str(exc)) from None
     if check:
         click.echo(report)
     log.info("detached; exiting")
+
+
+def _bpf_reading(kernel_reads: SharedRead[KernelStats | None]) -> Constructor:
+    """The bpf backend's constructor, with ``kernel_reads`` as its kernel-stats reader."""
+
+    def construct(options: BackendOptions) -> Backend:
+        from pcpu_bpf.backends.bpf import BpfBackend
+
+        taken = {k: v for k, v in options.given().items() if k in TAKES["bpf"]}
+        return BpfBackend(kernel_stats=kernel_reads, **taken)
+
+    return construct
+
+
+def _ignore_hangup(signum: int, frame: FrameType | None) -> None:
+    log.info("SIGHUP received: nothing to reload, ignored")
+
+
+def _close(listener: socket.socket | None) -> None:
+    if listener is not None:
+        listener.close()
 
 
 def check_report(snap: Snapshot) -> str:

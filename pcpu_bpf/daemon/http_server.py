@@ -1,0 +1,252 @@
+"""The exporter's HTTP server: one asyncio loop accepts and reads, a few threads scrape.
+
+Accepting and reading request heads costs no thread, so idle or slow clients cannot tie
+up what scrapes need. The number of connections held is bounded: when full, the oldest
+connection that has not yet sent a complete request head is dropped to let the new one
+in. Heads are bounded in size and in time. Complete /metrics requests go to a small pool
+of worker threads (the collector is synchronous); everything else is answered in the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from pcpu_bpf.daemon.app import metrics_response, quick_response
+from pcpu_bpf.daemon.http import HeadBuffer, HttpError, Request, Response, parse_head, text_response
+from pcpu_bpf.daemon.listener import BACKLOG
+from pcpu_bpf.daemon.workers import Workers
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_CONNECTIONS = 256
+_READ_CHUNK = 4096
+_WARN_EVERY = 60.0  # seconds between repeated warnings about clients
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one client may hold: connections in all, and time to send a head or take a
+    response."""
+
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    head_timeout: float = 10.0
+    send_timeout: float = 10.0
+    workers: int = 2
+
+
+class _Connection:
+    __slots__ = ("transport", "has_request")
+
+    def __init__(self, transport: asyncio.WriteTransport) -> None:
+        self.transport = transport
+        self.has_request = False
+
+
+class HttpServer:
+    """Serves a registry on an already listening socket, from a thread of its own."""
+
+    def __init__(
+        self, sock: socket.socket, registry: CollectorRegistry, limits: Limits | None = None
+    ) -> None:
+        limits = limits or Limits()
+        self._sock = sock
+        self._registry = registry
+        self.limits = limits
+        self._connections: dict[int, _Connection] = {}  # in order of arrival
+        self._next_id = 0
+        self.evicted = 0
+        self.refused = 0
+        self._warned: dict[str, float] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._failure: BaseException | None = None
+        self._workers = Workers(limits.workers, name="scrape")
+        self._thread = threading.Thread(target=self._run, name="http", daemon=True)
+
+    # --- control, from other threads ------------------------------------------------
+
+    def start(self) -> None:
+        """Start serving; returns once the loop accepts connections (raises if it cannot)."""
+        self._thread.start()
+        self._started.wait()
+        if self._failure is not None:
+            raise self._failure
+
+    def alive(self) -> bool:
+        """True while the serving thread runs."""
+        return self._thread.is_alive()
+
+    def responsive(self, timeout: float) -> bool:
+        """True when the loop runs a callback within ``timeout`` seconds (it is not stuck)."""
+        loop, answered = self._loop, threading.Event()
+        if loop is None or not self.alive():
+            return False
+        try:
+            loop.call_soon_threadsafe(answered.set)
+        except RuntimeError:  # loop closed
+            return False
+        return answered.wait(timeout)
+
+    def connection_count(self) -> int:
+        """Connections held right now."""
+        return len(self._connections)
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop accepting, drop every connection, end the thread (waits up to ``timeout``)."""
+        loop, stopping = self._loop, self._stopping
+        if loop is not None and stopping is not None:
+            try:
+                loop.call_soon_threadsafe(stopping.set)
+            except RuntimeError:
+                pass  # already closed
+        self._thread.join(timeout)
+        self._workers.close()
+
+    # --- the loop ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:
+            self._failure = exc
+            log.error("HTTP server failed: %r", exc)
+        finally:
+            self._started.set()
+
+    async def _main(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(self._loop_error)
+        self._loop, self._stopping = loop, asyncio.Event()
+        server = await asyncio.start_server(
+            self._serve_connection, sock=self._sock, backlog=BACKLOG, limit=_READ_CHUNK * 4
+        )
+        self._started.set()
+        try:
+            await self._stopping.wait()
+        finally:
+            server.close()
+            for connection in list(self._connections.values()):
+                connection.transport.abort()
+            self._connections.clear()
+
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        # e.g. accept() failing with EMFILE: asyncio backs off for a second by itself.
+        exc = context.get("exception")
+        self._warn("loop", "HTTP server: %s%s", context.get("message"), f" ({exc})" if exc else "")
+
+    def _warn(self, kind: str, message: str, *args: object) -> None:
+        """Log at warning level, at most once a minute per kind (clients can be many)."""
+        now = time.monotonic()
+        if now - self._warned.get(kind, -_WARN_EVERY) >= _WARN_EVERY:
+            self._warned[kind] = now
+            log.warning(message, *args)
+        else:
+            log.debug(message, *args)
+
+    def _admit(self, connection: _Connection) -> bool:
+        """Make room for ``connection``; False when every slot holds a complete request."""
+        if len(self._connections) >= self.limits.max_connections:
+            victim = next(
+                (k for k, c in self._connections.items() if not c.has_request),
+                None,
+            )
+            if victim is None:
+                self.refused += 1
+                self._warn(
+                    "full",
+                    "all %d connections hold requests being answered: refusing new ones",
+                    self.limits.max_connections,
+                )
+                return False
+            self._connections.pop(victim).transport.abort()
+            self.evicted += 1
+            self._warn(
+                "evict",
+                "connection limit (%d) reached: dropping the oldest connections that sent "
+                "no complete request",
+                self.limits.max_connections,
+            )
+        self._next_id += 1
+        self._connections[self._next_id] = connection
+        return True
+
+    async def _serve_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        connection = _Connection(writer.transport)
+        if not self._admit(connection):
+            writer.transport.set_write_buffer_limits(high=0)
+            writer.write(text_response(503, "too many connections; retry").encode())
+            writer.transport.close()  # after the small answer is flushed
+            return
+        key = self._next_id
+        try:
+            await self._answer(reader, writer, connection)
+        except (ConnectionError, OSError) as exc:
+            log.debug("client connection failed: %s", exc)
+        except Exception as exc:  # a bug must cost one connection, not the server
+            log.debug("answering a request failed", exc_info=True)
+            self._warn("bug", "answering a request failed: %r", exc)
+        finally:
+            self._connections.pop(key, None)
+            writer.transport.abort()
+
+    async def _answer(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        connection: _Connection,
+    ) -> None:
+        try:
+            async with asyncio.timeout(self.limits.head_timeout):
+                request = await _read_request(reader)
+        except TimeoutError:
+            await self._send(writer, text_response(408, "request head not received in time"))
+            return
+        except HttpError as exc:
+            await self._send(writer, text_response(exc.status, str(exc)))
+            return
+        if request is None:
+            return  # the client closed (or was evicted) before sending a request
+        connection.has_request = True
+        response = quick_response(request)
+        if response is None:
+            response = await self._workers.run(partial(metrics_response, self._registry, request))
+        await self._send(writer, response, head=request.method == "HEAD")
+
+    async def _send(
+        self, writer: asyncio.StreamWriter, response: Response, *, head: bool = False
+    ) -> None:
+        # No user-space buffering beyond the kernel's: drain() returns once all is sent,
+        # so a client that never reads is cut off after send_timeout.
+        writer.transport.set_write_buffer_limits(high=0)
+        writer.write(response.encode(head=head))
+        try:
+            async with asyncio.timeout(self.limits.send_timeout):
+                await writer.drain()
+        except TimeoutError:
+            log.debug("client did not take its response in time")
+            return
+        writer.transport.close()
+
+
+async def _read_request(reader: asyncio.StreamReader) -> Request | None:
+    """The next request head; None on EOF before it completed; HttpError if refused."""
+    buffer = HeadBuffer()
+    while True:
+        chunk = await reader.read(_READ_CHUNK)
+        if not chunk:
+            return None
+        head = buffer.feed(chunk)
+        if head is not None:
+            return parse_head(head)
