@@ -49,6 +49,21 @@ def prog_ids(pid: int) -> set[int]:
     return ids
 
 
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PCPU_BPF, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def error_lines(stderr: str) -> list[str]:
+    assert "Traceback" not in stderr
+    return [line for line in stderr.splitlines() if line.startswith("Error:")]
+
+
 class Daemon:
     """A `pcpu-bpf serve` subprocess on a free loopback port."""
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon_helpers import PCPU_BPF, Daemon, free_port, parse, prog_ids
+from daemon_helpers import Daemon, error_lines, free_port, parse, prog_ids, run
 from waiting import wait_until
 
 from pcpu_bpf import __version__
@@ -27,21 +27,6 @@ def sim_daemon() -> Iterator[Daemon]:
         yield daemon
     finally:
         daemon.close()
-
-
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PCPU_BPF, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def error_lines(stderr: str) -> list[str]:
-    assert "Traceback" not in stderr
-    return [line for line in stderr.splitlines() if line.startswith("Error:")]
 
 
 @pytest.mark.parametrize(
