@@ -3,8 +3,11 @@
 Starts the daemon's own serving code (pcpu_bpf.daemon.server.serve) in a child process over a
 synthetic backend, scrapes /metrics N times over HTTP from this process, and reports the
 median and p99 latency, the child's resident memory, and its CPU time per scrape.
+--idle N and --slow N hold N idle connections and N that send a request head one byte
+at a time, all through the measurement (the daemon holds at most --max-connections).
 
     .venv/bin/python benchmarks/scrape_latency.py [--sites 500] [--scrapes 200] [--gzip]
+    .venv/bin/python benchmarks/scrape_latency.py --idle 500 --slow 500
     .venv/bin/python benchmarks/scrape_latency.py --url http://127.0.0.1:9717/metrics
 """
 
@@ -18,6 +21,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -94,10 +98,50 @@ class SyntheticBackend(Backend):
 
 def child(port: int, sites: int) -> None:
     """Run the daemon's serve() over the synthetic backend until SIGTERM."""
-    from pcpu_bpf.daemon.server import ListenAddress, serve
+    from pcpu_bpf.daemon.listener import ListenAddress
+    from pcpu_bpf.daemon.server import serve
 
     with SyntheticBackend(sites) as backend:
         serve(backend, ListenAddress("127.0.0.1", port))
+
+
+class Abusers:
+    """Connections that hold a slot: ``idle`` send nothing, ``slow`` a head byte by byte."""
+
+    def __init__(self, port: int, idle: int, slow: int) -> None:
+        self.port = port
+        self.socks: list[socket.socket] = []
+        self.slow: list[socket.socket] = []
+        self._stop = threading.Event()
+        for i in range(idle + slow):
+            sock = socket.create_connection(("127.0.0.1", port))
+            self.socks.append(sock)
+            if i >= idle:
+                sock.sendall(b"GET /metrics HTTP/1.1\r\n")
+                self.slow.append(sock)
+        self._thread = threading.Thread(target=self._drip, daemon=True)
+        self._thread.start()
+
+    def _drip(self) -> None:
+        # One byte per connection every 100 ms; dropped ones reconnect, as an attacker would.
+        while not self._stop.wait(0.1):
+            for i, sock in enumerate(self.slow):
+                try:
+                    sock.sendall(b"X")
+                except OSError:
+                    sock.close()
+                    try:
+                        self.slow[i] = socket.create_connection(("127.0.0.1", self.port))
+                        self.slow[i].sendall(b"GET /metrics HTTP/1.1\r\n")
+                        self.socks.append(self.slow[i])
+                    except OSError:
+                        pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for sock in self.socks:
+            sock.close()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -150,6 +194,8 @@ def main() -> None:
     parser.add_argument("--scrapes", type=int, default=200)
     parser.add_argument("--url", help="measure a running daemon instead (no RSS/CPU)")
     parser.add_argument("--gzip", action="store_true", help="ask for gzip, as Prometheus does")
+    parser.add_argument("--idle", type=int, default=0, help="idle connections held")
+    parser.add_argument("--slow", type=int, default=0, help="slow-head connections held")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -176,7 +222,17 @@ def main() -> None:
             f"{args.sites} call sites, kernel stats from {STATS.name}, python "
             f"{sys.version.split()[0]}, {os.cpu_count()} CPUs"
         )
-        measure(url, args.scrapes, proc.pid, args.gzip)
+        abusers = Abusers(port, args.idle, args.slow) if args.idle or args.slow else None
+        try:
+            if abusers is not None:
+                print(f"holding {args.idle} idle and {args.slow} slow-head connections")
+            measure(url, args.scrapes, proc.pid, args.gzip)
+            if abusers is not None:
+                fds = len(os.listdir(f"/proc/{proc.pid}/fd"))
+                print(f"daemon fds {fds}, threads {len(os.listdir(f'/proc/{proc.pid}/task'))}")
+        finally:
+            if abusers is not None:
+                abusers.close()
     finally:
         proc.terminate()
         proc.wait(10)
