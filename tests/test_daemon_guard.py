@@ -303,3 +303,27 @@ def test_busy_port_is_found_before_attaching() -> None:
         f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"
     ]
     assert "starting backend" not in result.stderr
+
+
+def test_cli_hands_the_bpf_backend_a_throttled_kernel_reader(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from click.testing import CliRunner
+
+    from pcpu_bpf.cli import main
+    from pcpu_bpf.cli import serve as serve_cli
+
+    given: dict[str, object] = {}
+
+    def fake_open_backend(name: str, **options: object) -> SimBackend:
+        given.update(options, name=name)
+        return SimBackend("steady")
+
+    monkeypatch.setattr(serve_cli, "open_backend", fake_open_backend)
+    monkeypatch.setattr(serve_cli.signal, "signal", lambda *_: None)  # keep pytest's SIGHUP
+    result = CliRunner().invoke(
+        main, ["serve", "--backend", "bpf", "--check", "--min-read-interval", "7.5"]
+    )
+    assert result.exit_code == 0, result.output
+    reader = given["kernel_stats"]
+    assert isinstance(reader, SharedRead) and reader.min_interval == 7.5
