@@ -310,16 +310,17 @@ def test_cli_hands_the_bpf_backend_a_throttled_kernel_reader(
 ) -> None:
     from click.testing import CliRunner
 
+    import pcpu_bpf.backends.bpf as bpf_backend
     from pcpu_bpf.cli import main
     from pcpu_bpf.cli import serve as serve_cli
 
     given: dict[str, object] = {}
 
-    def fake_open_backend(name: str, **options: object) -> SimBackend:
-        given.update(options, name=name)
+    def fake_bpf_backend(**options: object) -> SimBackend:
+        given.update(options)
         return SimBackend("steady")
 
-    monkeypatch.setattr(serve_cli, "open_backend", fake_open_backend)
+    monkeypatch.setattr(bpf_backend, "BpfBackend", fake_bpf_backend)
     monkeypatch.setattr(serve_cli.signal, "signal", lambda *_: None)  # keep pytest's SIGHUP
     result = CliRunner().invoke(
         main, ["serve", "--backend", "bpf", "--check", "--min-read-interval", "7.5"]
