@@ -77,3 +77,48 @@ def test_response_encoding_and_head() -> None:
         b"Connection: close\r\n\r\nbody"
     )
     assert response.encode(head=True).endswith(b"Content-Length: 4\r\nConnection: close\r\n\r\n")
+
+
+def test_full_server_drops_heads_first_then_slow_readers_never_work() -> None:
+    import socket
+
+    from prometheus_client import CollectorRegistry
+
+    from pcpu_bpf.daemon.http_server import HEAD, SENDING, WORKING, HttpServer, Limits
+
+    class Transport:
+        def __init__(self) -> None:
+            self.aborted = False
+
+        def abort(self) -> None:
+            self.aborted = True
+
+    with socket.socket() as sock:
+        server = HttpServer(sock, CollectorRegistry(), Limits(max_connections=3))
+        try:
+            made = []
+            for phase in (WORKING, SENDING, HEAD):
+                connection = _connection(Transport(), phase)
+                assert server._admit(connection)
+                made.append(connection)
+            working, sending, head = made
+            assert server._admit(_connection(Transport(), HEAD))  # the head goes first
+            assert head.transport.aborted and not sending.transport.aborted
+            newest_head = list(server._connections.values())[-1]
+            newest_head.phase = WORKING
+            assert server._admit(_connection(Transport(), HEAD))  # then the slow reader
+            assert sending.transport.aborted and not working.transport.aborted
+            for connection in server._connections.values():
+                connection.phase = WORKING
+            assert not server._admit(_connection(Transport(), HEAD))  # scrapes are kept
+            assert (server.evicted, server.refused) == (2, 1)
+        finally:
+            server.stop()
+
+
+def _connection(transport: object, phase: str) -> object:
+    from pcpu_bpf.daemon.http_server import _Connection
+
+    connection = _Connection(transport)  # type: ignore[arg-type]
+    connection.phase = phase
+    return connection

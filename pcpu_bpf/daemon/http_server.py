@@ -3,7 +3,8 @@
 Accepting and reading request heads costs no thread, so idle or slow clients cannot tie
 up what scrapes need. The number of connections held is bounded: when full, the oldest
 connection that has not yet sent a complete request head is dropped to let the new one
-in. Heads are bounded in size and in time. Complete /metrics requests go to a small pool
+in (failing that, the oldest one still taking its response). Heads are bounded in size
+and in time. Complete /metrics requests go to a small pool
 of worker threads (the collector is synchronous); everything else is answered in the loop.
 """
 
@@ -43,12 +44,19 @@ class Limits:
     workers: int = 2
 
 
+# What a connection is doing, in the order it is dropped to make room: still sending
+# its head (nothing invested yet), then taking its response (answered; a slow reader),
+# never while its scrape is being worked on.
+HEAD, SENDING, WORKING = "head", "sending", "working"
+_EVICTION_ORDER = (HEAD, SENDING)
+
+
 class _Connection:
-    __slots__ = ("transport", "has_request")
+    __slots__ = ("transport", "phase")
 
     def __init__(self, transport: asyncio.WriteTransport) -> None:
         self.transport = transport
-        self.has_request = False
+        self.phase = HEAD
 
 
 class HttpServer:
@@ -109,7 +117,8 @@ class HttpServer:
                 loop.call_soon_threadsafe(stopping.set)
             except RuntimeError:
                 pass  # already closed
-        self._thread.join(timeout)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout)
         self._workers.close()
 
     # --- the loop ---------------------------------------------------------------------
@@ -154,17 +163,22 @@ class HttpServer:
             log.debug(message, *args)
 
     def _admit(self, connection: _Connection) -> bool:
-        """Make room for ``connection``; False when every slot holds a complete request."""
+        """Make room for ``connection``; False when every slot holds a scrape being worked on."""
         if len(self._connections) >= self.limits.max_connections:
             victim = next(
-                (k for k, c in self._connections.items() if not c.has_request),
+                (
+                    k
+                    for phase in _EVICTION_ORDER
+                    for k, c in self._connections.items()
+                    if c.phase == phase
+                ),
                 None,
             )
             if victim is None:
                 self.refused += 1
                 self._warn(
                     "full",
-                    "all %d connections hold requests being answered: refusing new ones",
+                    "all %d connections hold scrapes being worked on: refusing new ones",
                     self.limits.max_connections,
                 )
                 return False
@@ -173,7 +187,7 @@ class HttpServer:
             self._warn(
                 "evict",
                 "connection limit (%d) reached: dropping the oldest connections that sent "
-                "no complete request",
+                "no complete request (or do not take their response)",
                 self.limits.max_connections,
             )
         self._next_id += 1
@@ -218,10 +232,11 @@ class HttpServer:
             return
         if request is None:
             return  # the client closed (or was evicted) before sending a request
-        connection.has_request = True
         response = quick_response(request)
         if response is None:
+            connection.phase = WORKING
             response = await self._workers.run(partial(metrics_response, self._registry, request))
+        connection.phase = SENDING
         await self._send(writer, response, head=request.method == "HEAD")
 
     async def _send(
