@@ -8,6 +8,7 @@ at a time, all through the measurement (the daemon holds at most --max-connectio
 
     .venv/bin/python benchmarks/scrape_latency.py [--sites 500] [--scrapes 200] [--gzip]
     .venv/bin/python benchmarks/scrape_latency.py --idle 500 --slow 500
+    .venv/bin/python benchmarks/scrape_latency.py --sites 50 --scrapes 500 --burst 50
     .venv/bin/python benchmarks/scrape_latency.py --url http://127.0.0.1:9717/metrics
 """
 
@@ -166,17 +167,42 @@ def scrape(url: str, gzipped: bool = False) -> tuple[float, bytes]:
     return elapsed, gzip.decompress(body) if gzipped else body
 
 
-def measure(url: str, scrapes: int, pid: int | None, gzipped: bool) -> None:
+def in_bursts(url: str, scrapes: int, burst: int, gzipped: bool) -> list[tuple[float, bytes]]:
+    """``scrapes`` scrapes, ``burst`` at a time released together (scrapers in step)."""
+    results: list[tuple[float, bytes]] = []
+    for _ in range(max(1, scrapes // burst)):
+        barrier = threading.Barrier(burst)
+
+        def one(barrier: threading.Barrier) -> None:
+            barrier.wait()
+            results.append(scrape(url, gzipped))
+
+        threads = [threading.Thread(target=one, args=(barrier,)) for _ in range(burst)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    return results
+
+
+def measure(url: str, scrapes: int, pid: int | None, gzipped: bool, burst: int = 1) -> None:
     for _ in range(5):  # warm up: imports, first allocations
         scrape(url, gzipped)
     cpu0 = cpu_seconds(pid) if pid else 0.0
-    results = [scrape(url, gzipped) for _ in range(scrapes)]
+    if burst > 1:
+        results = in_bursts(url, scrapes, burst, gzipped)
+        scrapes = len(results)
+    else:
+        results = [scrape(url, gzipped) for _ in range(scrapes)]
     cpu1 = cpu_seconds(pid) if pid else 0.0
     latencies = sorted(r[0] for r in results)
     p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
     body = results[-1][1]
     series = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
-    print(f"{scrapes} scrapes{' (gzip)' if gzipped else ''}, {len(body)} bytes, {series} series")
+    how = f" in bursts of {burst}" if burst > 1 else ""
+    print(
+        f"{scrapes} scrapes{how}{' (gzip)' if gzipped else ''}, {len(body)} bytes, {series} series"
+    )
     print(
         f"latency median {statistics.median(latencies) * 1000:.1f} ms, "
         f"p99 {p99 * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms"
@@ -194,6 +220,7 @@ def main() -> None:
     parser.add_argument("--scrapes", type=int, default=200)
     parser.add_argument("--url", help="measure a running daemon instead (no RSS/CPU)")
     parser.add_argument("--gzip", action="store_true", help="ask for gzip, as Prometheus does")
+    parser.add_argument("--burst", type=int, default=1, help="scrapes released together")
     parser.add_argument("--idle", type=int, default=0, help="idle connections held")
     parser.add_argument("--slow", type=int, default=0, help="slow-head connections held")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
@@ -202,7 +229,7 @@ def main() -> None:
         child(args.child, args.sites)
         return
     if args.url:
-        measure(args.url, args.scrapes, None, args.gzip)
+        measure(args.url, args.scrapes, None, args.gzip, args.burst)
         return
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -226,7 +253,7 @@ def main() -> None:
         try:
             if abusers is not None:
                 print(f"holding {args.idle} idle and {args.slow} slow-head connections")
-            measure(url, args.scrapes, proc.pid, args.gzip)
+            measure(url, args.scrapes, proc.pid, args.gzip, args.burst)
             if abusers is not None:
                 fds = len(os.listdir(f"/proc/{proc.pid}/fd"))
                 print(f"daemon fds {fds}, threads {len(os.listdir(f'/proc/{proc.pid}/task'))}")
