@@ -105,10 +105,6 @@ class HttpServer:
             return False
         return answered.wait(timeout)
 
-    def connection_count(self) -> int:
-        """Connections held right now."""
-        return len(self._connections)
-
     def stop(self, timeout: float = 2.0) -> None:
         """Stop accepting, drop every connection, end the thread (waits up to ``timeout``)."""
         loop, stopping = self._loop, self._stopping

@@ -80,12 +80,6 @@ class SharedRead(Generic[T]):
             self._cond.notify_all()
         return outcome.get()
 
-    def age(self) -> float | None:
-        """Seconds since the last completed read began; None before the first."""
-        with self._cond:
-            last = self._last
-        return None if last is None else max(0.0, self._clock() - last.started)
-
     def last_started(self) -> float | None:
         """clock() when the last completed read began; None before the first."""
         with self._cond:
