@@ -10,7 +10,7 @@ import pytest
 from pcpu_bpf.kernel.percpu_stats import parse_percpu_stats
 from pcpu_bpf.model.kernel_stats import KernelStats
 from pcpu_bpf.model.snapshot import SiteKey, SiteRecord, Snapshot
-from pcpu_bpf.top.render import SITE_WIDTH, WIDTH, fit, render_json, render_text
+from pcpu_bpf.top.render import SITE_WIDTH, WIDTH, render_json, render_text
 from pcpu_bpf.top.view import (
     SORT_KEYS,
     UNTRACKED_LABEL,
@@ -19,7 +19,7 @@ from pcpu_bpf.top.view import (
     failure_label,
     sort_rows,
 )
-from pcpu_bpf.units import human_bytes, human_int, human_rate
+from pcpu_bpf.units import fit, human_bytes, human_int, human_rate
 
 FIXTURES = Path(__file__).parent / "fixtures"
 BOOT_STATS = parse_percpu_stats((FIXTURES / "percpu_stats/boot.txt").read_text())

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from pcpu_bpf.top.view import DEFAULT_SORT, Row, View, sort_rows
-from pcpu_bpf.units import human_bytes, human_int, human_rate
+from pcpu_bpf.units import fit, human_bytes, human_int, human_rate
 
 # bcc's CONTRIBUTING-SCRIPTS: under 80 columns, so a line never wraps on an 80-column tty.
 WIDTH = 79
@@ -21,17 +21,6 @@ _COLUMNS = (
     ("FAIL/s", 6),
 )
 SITE_WIDTH = WIDTH - sum(w + 1 for _, w in _COLUMNS)
-
-
-def fit(text: str, width: int) -> str:
-    """Shorten ``text`` to ``width`` keeping both ends: kernel names differ at either end."""
-    if len(text) <= width:
-        return text
-    if width < 5:
-        return text[:width]
-    head = (width - 2 + 1) // 2
-    tail = width - 2 - head
-    return text[:head] + ".." + text[len(text) - tail :]
 
 
 def _cell(value: float | None, fmt: Any) -> str:
