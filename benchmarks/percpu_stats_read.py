@@ -36,8 +36,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pcpu_bpf.bpf import syscalls
-from pcpu_bpf.daemon.shared_read import SharedRead
 from pcpu_bpf.kernel.percpu_stats import parse_percpu_stats
+from pcpu_bpf.kernel.shared_read import SharedRead
 
 STATS = Path("/sys/kernel/debug/percpu_stats")
 MAP_CHUNK = 50_000  # entries per filler map

@@ -183,6 +183,20 @@ def le_label(bound: float) -> str:
 HISTOGRAM_BOUNDS = tuple(float(b) for b in SIZE_BUCKETS) + (math.inf,)
 
 
+@dataclass(frozen=True, slots=True)
+class Age(Binding):
+    """Seconds from the time at ``path`` to the Snapshot's own timestamp (same clock)."""
+
+    path: tuple[str, ...]
+
+    def samples(self, snap: Snapshot) -> list[Sample]:
+        then = _get(snap, self.path)
+        return [] if then is None else [((), max(0.0, snap.timestamp - then))]
+
+    def load(self, draft: Draft, labels: LabelValues, value: float) -> None:
+        _slot(draft, self.path[:-1])[self.path[-1]] = draft["timestamp"] - value
+
+
 class ExporterState(Binding):
     """A family about the exporter itself (its version, which parts it served)."""
 
@@ -431,6 +445,17 @@ CATALOG: tuple[Family, ...] = (
         ("map",),
         TRACING,
         Table(("maps",), NAME, "capacity"),
+    ),
+    # The kernel's own accounting, as read on one occasion.
+    Family(
+        "pcpu_kernel_stats_age_seconds",
+        GAUGE,
+        "Seconds since the kernel statistics served (pcpu_stats_*, pcpu_meminfo_bytes) were "
+        "read. Reading debugfs percpu_stats holds the allocator's lock, so the daemon reads "
+        "them at most once per --min-read-interval, however many scrape it.",
+        (),
+        SNAPSHOT,
+        Age(("kernel_stats", "read_at")),
     ),
     # The kernel's own accounting: debugfs percpu_stats.
     Family(

@@ -98,6 +98,7 @@ class PcpuCollector:
             self._succeed(SNAPSHOT, ok)
         if snap is not None:
             self._info = (snap.backend, snap.kernel)
+            out.extend(part_families(SNAPSHOT, snap))
             self._part(TRACING, snap, out, ok)
             ks = snap.kernel_stats
             if ks is not None:

@@ -25,8 +25,8 @@ from pcpu_bpf.backends.sim import SimBackend
 from pcpu_bpf.daemon.http_server import Limits
 from pcpu_bpf.daemon.listener import ListenAddress, bind, bound_address
 from pcpu_bpf.daemon.server import serve
-from pcpu_bpf.daemon.shared_read import SharedRead
 from pcpu_bpf.kernel.reader import KernelStatsReader
+from pcpu_bpf.kernel.shared_read import SharedRead
 from pcpu_bpf.model.snapshot import KernelStats, Snapshot
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -218,14 +218,17 @@ class CountingReader(KernelStatsReader):
 
 
 class SimReadingKernelStats(SimBackend):
-    """The simulated workload, with kernel stats from a reader as the bpf backend takes."""
+    """The simulated workload, with kernel stats from a throttled reader and timestamps on
+    its clock, as the bpf backend has them."""
 
     def __init__(self, kernel_stats: SharedRead[KernelStats | None]) -> None:
         super().__init__("steady")
         self._kernel_stats = kernel_stats
 
     def snapshot(self) -> Snapshot:
-        return dataclasses.replace(super().snapshot(), kernel_stats=self._kernel_stats())
+        return dataclasses.replace(
+            super().snapshot(), kernel_stats=self._kernel_stats(), timestamp=time.monotonic()
+        )
 
 
 def test_scrape_storm_reads_the_kernel_once(tmp_path: Path) -> None:
@@ -248,7 +251,7 @@ def test_scrape_storm_reads_the_kernel_once(tmp_path: Path) -> None:
     thread = threading.Thread(
         target=serve,
         args=(backend, listener, stop),
-        kwargs={"min_read_interval": 60.0, "kernel_reads": kernel_reads},
+        kwargs={"min_read_interval": 60.0},
     )
     thread.start()
     barrier = threading.Barrier(20)
@@ -305,7 +308,7 @@ def test_busy_port_is_found_before_attaching() -> None:
     assert "starting backend" not in result.stderr
 
 
-def test_cli_hands_the_bpf_backend_a_throttled_kernel_reader(
+def test_cli_hands_the_bpf_backend_its_read_interval(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from click.testing import CliRunner
@@ -326,5 +329,4 @@ def test_cli_hands_the_bpf_backend_a_throttled_kernel_reader(
         main, ["serve", "--backend", "bpf", "--check", "--min-read-interval", "7.5"]
     )
     assert result.exit_code == 0, result.output
-    reader = given["kernel_stats"]
-    assert isinstance(reader, SharedRead) and reader.min_interval == 7.5
+    assert given["min_read_interval"] == 7.5

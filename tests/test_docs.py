@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from exporters.catalog import CATALOG, EXPORTER, MEMINFO, PERCPU_STATS, TRACING, Family
+from exporters.catalog import (
+    CATALOG,
+    EXPORTER,
+    MEMINFO,
+    PERCPU_STATS,
+    SNAPSHOT,
+    TRACING,
+    Family,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS_MD = ROOT / "docs" / "metrics.md"
@@ -17,6 +25,7 @@ BEGIN, END = "<!-- families: begin -->", "<!-- families: end -->"
 
 SECTIONS = (
     (TRACING, "From tracing (the BPF programs, or the simulator's events)"),
+    (SNAPSHOT, "How fresh the kernel's own figures are"),
     (PERCPU_STATS, "From the kernel's percpu_stats (debugfs)"),
     (MEMINFO, "From /proc/meminfo"),
     (EXPORTER, "About the exporter itself"),

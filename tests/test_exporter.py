@@ -52,7 +52,7 @@ def full_snapshot(**changes: object) -> Snapshot:
         chunk_creations=3,
         chunk_destructions=1,
         dropped={"live_table_full": 5},
-        kernel_stats=KernelStats(STATS, 8 << 20),
+        kernel_stats=KernelStats(STATS, 8 << 20, read_at=0.25),
         fields_available={("percpu_alloc_percpu", "call_site"): True},
         programs={"pcpu_alloc": ProgramStats(10, 2_500_000_000, 1)},
         maps={"sites": MapUsage(3, 4096)},
@@ -108,6 +108,7 @@ EXPECTED_TYPES = {
     "pcpu_bpf_program_recursion_misses": "counter",
     "pcpu_bpf_map_entries": "gauge",
     "pcpu_bpf_map_capacity": "gauge",
+    "pcpu_kernel_stats_age_seconds": "gauge",
     "pcpu_stats_allocations": "counter",
     "pcpu_stats_frees": "counter",
     "pcpu_stats_live_allocations": "gauge",
@@ -174,6 +175,7 @@ def test_values_in_base_units() -> None:
     assert get("pcpu_stats_max_fragment_bytes") == 250
     assert get("pcpu_stats_contig_free_bytes") == 8000
     assert get("pcpu_meminfo_bytes") == 8 << 20
+    assert get("pcpu_kernel_stats_age_seconds") == 0.75  # read at 0.25, snapshot at 1.0
     assert (
         get("pcpu_exporter_info", {"version": __version__, "backend": "bpf", "kernel": "6.18.0"})
         == 1

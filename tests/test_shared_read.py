@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from pcpu_bpf.daemon.shared_read import SharedRead
+from pcpu_bpf.kernel.shared_read import SharedRead
 
 
 class Clock:

@@ -31,6 +31,7 @@ class BackendOptions:
     scenario: str | None = None
     seed: int | None = None
     url: str | None = None
+    min_read_interval: float | None = None
 
     def given(self) -> dict[str, Any]:
         """The options that were set, by name."""
@@ -41,7 +42,7 @@ class BackendOptions:
 
 # Which options each backend takes.
 TAKES: dict[str, tuple[str, ...]] = {
-    "bpf": ("live_capacity", "site_capacity", "bpf_dir"),
+    "bpf": ("live_capacity", "site_capacity", "bpf_dir", "min_read_interval"),
     "sim": ("scenario", "seed", "live_capacity", "site_capacity"),
     "remote": ("url",),
 }

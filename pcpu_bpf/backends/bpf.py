@@ -28,6 +28,7 @@ from pcpu_bpf.bpf.maps import read_tables
 from pcpu_bpf.bpf.tracefs import read_layout
 from pcpu_bpf.errors import BackendUnavailable, StatsParseError
 from pcpu_bpf.kernel.procfs import kernel_release, read_possible_cpus
+from pcpu_bpf.kernel.shared_read import SharedRead
 from pcpu_bpf.model.kernel_stats import KernelStats
 from pcpu_bpf.model.layout import (
     DEFAULT_LIVE_CAPACITY,
@@ -71,6 +72,7 @@ class BpfBackend(Backend):
         tracefs_root: str | Path | None = None,
         symbolizer: Symbolize | _Resolver | None = None,
         kernel_stats: Callable[[], KernelStats | None] | None = None,
+        min_read_interval: float = 0.0,
         attach: bool = True,
     ) -> None:
         check_capacity("live_capacity", live_capacity)
@@ -105,7 +107,9 @@ class BpfBackend(Backend):
             nr_possible_cpus=self.possible_cpus,
         )
         self._symbolize = _symbolizer(symbolizer)
-        self._kernel_stats = kernel_stats or _default_kernel_stats()
+        # Reading percpu_stats holds the allocator's lock: at most once per interval,
+        # whoever asks (scrapers share one reading).
+        self._kernel_stats = SharedRead(kernel_stats or _default_kernel_stats(), min_read_interval)
         self._programs: LoadedPrograms | None = LoadedPrograms(
             bcc, bpf_dir=directory, cflags=build_cflags(directory, defines)
         )

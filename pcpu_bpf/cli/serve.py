@@ -12,22 +12,15 @@ from typing import Any, TypeVar
 import click
 
 from pcpu_bpf.backends import (
-    CONSTRUCTORS,
-    TAKES,
-    Backend,
     BackendOptions,
-    Constructor,
     ignored_options,
     open_backend,
 )
 from pcpu_bpf.daemon.http_server import DEFAULT_MAX_CONNECTIONS, Limits
 from pcpu_bpf.daemon.listener import DEFAULT_LISTEN, bind, parse_listen
 from pcpu_bpf.daemon.server import serve
-from pcpu_bpf.daemon.shared_read import SharedRead
 from pcpu_bpf.daemon.systemd import configure_logging, sd_notify
 from pcpu_bpf.errors import PcpuError
-from pcpu_bpf.kernel.reader import read_kernel_stats
-from pcpu_bpf.model.kernel_stats import KernelStats
 from pcpu_bpf.model.layout import (
     DEFAULT_LIVE_CAPACITY,
     DEFAULT_SITE_CAPACITY,
@@ -121,7 +114,7 @@ def _opt(name: str, **kwargs: Any) -> Callable[[_F], _F]:
     metavar="SECONDS",
     help="Read the kernel's percpu_stats and meminfo at most this often, however many "
     "scrape; scrapes in between get the last reading (its age: "
-    "pcpu_kernel_stats_age_seconds).",
+    "pcpu_kernel_stats_age_seconds). Live kernel only.",
 )
 @_opt(
     "--max-connections",
@@ -155,13 +148,11 @@ def serve_command(
         address = parse_listen(listen)
     except ValueError as exc:
         raise _OneLineError(str(exc)) from None
+    if backend == "bpf":  # the sim's kernel stats are simulated: nothing to spare
+        options["min_read_interval"] = min_read_interval
     backend_options = BackendOptions(**options)
     for name in ignored_options(backend, backend_options):
         log.warning("--%s does not apply to backend %s; ignored", name.replace("_", "-"), backend)
-    # The bpf backend reads the kernel's statistics through one throttle; the sim's are
-    # simulated, nothing to spare.
-    kernel_reads: SharedRead[KernelStats | None] = SharedRead(read_kernel_stats, min_read_interval)
-    constructors = {**CONSTRUCTORS, "bpf": _bpf_reading(kernel_reads)}
     listener: socket.socket | None = None
     if not check:
         # Bind before compiling and attaching: a busy port is found in milliseconds.
@@ -173,7 +164,7 @@ def serve_command(
     log.info("starting backend %s", backend)
     sd_notify(f"STATUS=starting backend {backend} (compiling and attaching)")
     try:
-        source = open_backend(backend, backend_options, constructors=constructors)
+        source = open_backend(backend, backend_options)
     except PcpuError as exc:
         _close(listener)
         raise click.ClickException(f"backend {backend} cannot start: {exc}") from None
@@ -196,25 +187,12 @@ def serve_command(
                     listener,
                     limits=Limits(max_connections=max_connections),
                     min_read_interval=min_read_interval,
-                    kernel_reads=kernel_reads if backend == "bpf" else None,
                 )
             except PcpuError as exc:
                 raise click.ClickException(str(exc)) from None
     if check:
         click.echo(report)
     log.info("detached; exiting")
-
-
-def _bpf_reading(kernel_reads: SharedRead[KernelStats | None]) -> Constructor:
-    """The bpf backend's constructor, with ``kernel_reads`` as its kernel-stats reader."""
-
-    def construct(options: BackendOptions) -> Backend:
-        from pcpu_bpf.backends.bpf import BpfBackend
-
-        taken = {k: v for k, v in options.given().items() if k in TAKES["bpf"]}
-        return BpfBackend(kernel_stats=kernel_reads, **taken)
-
-    return construct
 
 
 def _ignore_hangup(signum: int, frame: FrameType | None) -> None:

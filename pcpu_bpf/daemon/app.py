@@ -9,7 +9,7 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from exporters.prometheus import PcpuCollector
 from pcpu_bpf.daemon.http import Request, Response, text_response
-from pcpu_bpf.daemon.source import KernelStatsAgeCollector, ScrapeSource
+from pcpu_bpf.daemon.source import ScrapeSource
 
 METHODS = ("GET", "HEAD")
 METRICS_PATH = "/metrics"
@@ -25,7 +25,6 @@ def make_registry(source: ScrapeSource) -> CollectorRegistry:
     memory."""
     registry = CollectorRegistry()
     registry.register(PcpuCollector(source.snapshot))
-    registry.register(KernelStatsAgeCollector(source))
     ProcessCollector(registry=registry)
     return registry
 

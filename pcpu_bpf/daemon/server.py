@@ -23,11 +23,9 @@ from pcpu_bpf.backends.base import Backend
 from pcpu_bpf.daemon.app import make_registry
 from pcpu_bpf.daemon.http_server import HttpServer, Limits
 from pcpu_bpf.daemon.listener import ListenAddress, bind, bound_address
-from pcpu_bpf.daemon.shared_read import SharedRead
 from pcpu_bpf.daemon.source import SNAPSHOT_WINDOW, ScrapeSource
 from pcpu_bpf.daemon.systemd import sd_notify, watchdog_interval
 from pcpu_bpf.errors import ListenError
-from pcpu_bpf.model.kernel_stats import KernelStats
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +41,11 @@ def serve(
     *,
     limits: Limits | None = None,
     min_read_interval: float = SNAPSHOT_WINDOW,
-    kernel_reads: SharedRead[KernelStats | None] | None = None,
 ) -> None:
     """Serve /metrics for ``backend`` until SIGTERM/SIGINT (or ``stop``); raises ListenError.
 
     ``listen`` is a socket from `listener.bind` (or an address to bind now). Snapshots
-    are shared by the scrapes of min(0.5 s, ``min_read_interval``); ``kernel_reads`` is
-    the backend's throttled kernel-stats reader, if it has one (for the stats' age).
+    are shared by the scrapes of min(0.5 s, ``min_read_interval``).
     """
     stop = stop or threading.Event()
     if isinstance(listen, ListenAddress):
@@ -59,7 +55,6 @@ def serve(
     source = ScrapeSource(
         backend,
         window=min(SNAPSHOT_WINDOW, min_read_interval),
-        kernel_reads=kernel_reads,
     )
     server = HttpServer(listen, make_registry(source), fit_open_file_limit(limits or Limits()))
     restore = _handle_signals(stop)

@@ -8,6 +8,8 @@ per part and carried in KernelStats.errors, so the exporter can count it.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pcpu_bpf.errors import StatsParseError
@@ -22,13 +24,18 @@ class KernelStatsReader:
     """Reads percpu_stats and meminfo on every call; logs each part's first failure."""
 
     def __init__(
-        self, debugfs_root: str | Path = "/sys/kernel/debug", proc_root: str | Path = "/proc"
+        self,
+        debugfs_root: str | Path = "/sys/kernel/debug",
+        proc_root: str | Path = "/proc",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.debugfs_root = Path(debugfs_root)
         self.proc_root = Path(proc_root)
+        self._clock = clock
         self._logged: set[str] = set()
 
     def __call__(self) -> KernelStats:
+        read_at = self._clock()
         errors: dict[str, str] = {}
         stats: PercpuStats | None = None
         meminfo: int | None = None
@@ -40,7 +47,7 @@ class KernelStatsReader:
             meminfo = read_meminfo_percpu(self.proc_root)
         except (OSError, StatsParseError) as exc:
             errors["meminfo"] = self._reason("meminfo", exc)
-        return KernelStats(percpu_stats=stats, meminfo_percpu_bytes=meminfo, errors=errors)
+        return KernelStats(stats, meminfo, errors, read_at)
 
     def _reason(self, part: str, exc: Exception) -> str:
         if isinstance(exc, FileNotFoundError) and part == "percpu_stats":

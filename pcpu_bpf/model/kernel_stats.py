@@ -116,3 +116,6 @@ class KernelStats:
     percpu_stats: PercpuStats | None = None
     meminfo_percpu_bytes: int | None = None
     errors: Mapping[str, str] = field(default_factory=_frozen)
+    # When they were read, on the clock of Snapshot.timestamp: a daemon reads the kernel at
+    # most once per interval, and scrapes in between are told how old the figures are.
+    read_at: float | None = None

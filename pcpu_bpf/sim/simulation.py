@@ -82,12 +82,13 @@ class Simulation:
         """The simulated debugfs percpu_stats, in the kernel's exact format."""
         return render_percpu_stats(self.allocator.percpu_stats())
 
-    def kernel_stats(self) -> KernelStats:
+    def kernel_stats(self, timestamp: float | None = None) -> KernelStats:
         """Kernel stats as the live backend gets them: the rendered text goes through the
         same parser as the real file."""
         return KernelStats(
             percpu_stats=parse_percpu_stats(self.percpu_stats_text()),
             meminfo_percpu_bytes=self.allocator.meminfo_percpu_kb() * 1024,
+            read_at=timestamp,
         )
 
     def snapshot(self, timestamp: float) -> Snapshot:
@@ -97,7 +98,7 @@ class Simulation:
             backend="sim",
             kernel=SIM_KERNEL,
             timestamp=timestamp,
-            kernel_stats=self.kernel_stats(),
+            kernel_stats=self.kernel_stats(timestamp),
             fields_available=SIM_FIELDS,
             maps=map_usage(tables, self.live_capacity, self.site_capacity),
         )

@@ -1,6 +1,6 @@
 """A read that many threads ask for and the source sees at most once per interval.
 
-The daemon reads the kernel through `SharedRead` only: scrapers, however many and however
+Kernel-side reads a scrape can cause go through `SharedRead`: scrapers, however many and however
 fast, share one result per interval instead of each costing the kernel a read.
 """
 
