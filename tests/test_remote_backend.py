@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import pytest
 
-from pcpu_bpf.backends.remote import RemoteBackend, normalize_url
+from exporters.exposition import read_exposition
+from pcpu_bpf.backends.remote import RemoteBackend, fetch_metrics, normalize_url
 from pcpu_bpf.errors import PcpuError
 
 
@@ -42,3 +49,65 @@ def test_metrics_source_reports_an_unreachable_daemon() -> None:
     source = RemoteBackend("127.0.0.1:9", timeout=2.0)
     with pytest.raises(PcpuError, match=r"cannot reach http://127.0.0.1:9/metrics: .*serve"):
         source.snapshot()
+
+
+class _Abuse(BaseHTTPRequestHandler):
+    """A server that is not a daemon: huge, endless, dripping, redirecting or HTML bodies."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        kind = self.path.strip("/")
+        if kind == "redirect":
+            self.send_response(302)
+            self.send_header("Location", "http://example.invalid/metrics")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.end_headers()
+        if kind == "html":
+            self.wfile.write(b"<html><body>hello</body></html>")
+        elif kind == "huge":
+            self.wfile.write(b"#" * (2 << 20))
+        elif kind == "endless":
+            with contextlib.suppress(OSError):
+                while True:
+                    self.wfile.write(b"# more\n" * 4096)
+        elif kind == "drip":
+            with contextlib.suppress(OSError):
+                for _ in range(100):
+                    self.wfile.write(b"#")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def abusive() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Abuse)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("html", "not a pcpu-bpf exposition"),
+        ("huge", "larger than"),
+        ("endless", "larger than"),
+        ("drip", "after the deadline"),
+        ("redirect", "redirects are not followed"),
+    ],
+)
+def test_a_server_that_is_not_a_daemon_is_one_bounded_error(
+    abusive: str, path: str, message: str
+) -> None:
+    with pytest.raises(PcpuError, match=message):
+        fetched = fetch_metrics(f"{abusive}/{path}", max_bytes=1 << 20, deadline=1.0)
+        read_exposition(fetched, 0.0)

@@ -315,3 +315,22 @@ def test_row_defaults_render_as_dashes() -> None:
     quiet = "FAIL/s\n(no percpu allocation or free traced yet)\n"
     assert render_text(view, clock="t").endswith(quiet)
     assert Row("x").live_bytes is None
+
+
+def test_a_counter_that_went_back_is_a_reset_never_a_negative_rate() -> None:
+    # A daemon restarted between two scrapes of `pcpu-top --from`: its counters restart.
+    restarted = snap(
+        14.0,
+        sites={("mm_init", False, False): (6, 96, 384, 2, 128, 4, 256)},
+        failures={(True, False): 1},
+        untracked=1,
+    )
+    view = build_view(AFTER, restarted)
+    mm = next(r for r in view.rows if r.label == "mm_init")
+    assert mm.allocs_per_s == pytest.approx(6 / 2)  # grew by its new value, like rate()
+    assert mm.frees_per_s == pytest.approx(2 / 2)
+    t = view.totals
+    assert t.allocs_per_s == pytest.approx(3.0) and t.frees_per_s == pytest.approx(1.5)
+    assert t.fails_per_s == pytest.approx(0.5)
+    rates = [getattr(r, f) for r in view.rows for f in ("allocs_per_s", "frees_per_s")]
+    assert all(rate is None or rate >= 0 for rate in rates)

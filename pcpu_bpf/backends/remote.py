@@ -23,6 +23,9 @@ from pcpu_bpf.model.snapshot import Snapshot
 DEFAULT_URL = "http://127.0.0.1:9717/metrics"
 # Ask for the classic text format: the reader parses it, not OpenMetrics.
 _ACCEPT = "text/plain; version=0.0.4"
+# A daemon with 4,096 call sites answers with a few MiB; anything far larger is not one.
+MAX_BODY_BYTES = 64 << 20
+_CHUNK = 1 << 16
 
 
 def normalize_url(url: str) -> str:
@@ -41,14 +44,26 @@ def normalize_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts)
 
 
-def fetch_metrics(url: str, timeout: float = 5.0) -> str:
-    """GET ``url`` and return the exposition text; any failure is a one-line PcpuError."""
+def fetch_metrics(
+    url: str, timeout: float = 5.0, *, max_bytes: int = MAX_BODY_BYTES, deadline: float = 10.0
+) -> str:
+    """GET ``url`` and return the exposition text; any failure is a one-line PcpuError.
+
+    Bounded: at most ``max_bytes`` of body and ``deadline`` seconds in all (``timeout``
+    bounds each read), and redirects are not followed: what answers must be the daemon.
+    """
     request = urllib.request.Request(url, headers={"Accept": _ACCEPT})
+    give_up = time.monotonic() + deadline
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            body: bytes = response.read()
+        with _OPENER.open(request, timeout=timeout) as response:
+            body = _read_bounded(response, url, max_bytes, give_up)
     except urllib.error.HTTPError as exc:
         exc.close()  # it holds the response, and with it the socket
+        if 300 <= exc.code < 400:
+            where = exc.headers.get("Location", "elsewhere")
+            raise PcpuError(
+                f"{url}: HTTP {exc.code} to {where}: redirects are not followed"
+            ) from None
         raise PcpuError(f"{url}: HTTP {exc.code} {exc.reason}") from exc
     except urllib.error.URLError as exc:
         raise PcpuError(
@@ -58,6 +73,29 @@ def fetch_metrics(url: str, timeout: float = 5.0) -> str:
         # timeouts, resets, malformed responses
         raise PcpuError(f"cannot read {url}: {exc}") from exc
     return body.decode("utf-8", errors="replace")
+
+
+def _read_bounded(
+    response: http.client.HTTPResponse, url: str, limit: int, give_up: float
+) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := response.read1(_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise PcpuError(f"{url}: response larger than {limit} bytes: not a pcpu-bpf daemon?")
+        if time.monotonic() > give_up:
+            raise PcpuError(f"{url}: response still arriving after the deadline: gave up")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None  # the 3xx surfaces as an HTTPError
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
 
 
 class RemoteBackend(Backend):

@@ -16,6 +16,7 @@ from pcpu_bpf.backends import (
     ignored_options,
     open_backend,
 )
+from pcpu_bpf.cli.params import Seconds
 from pcpu_bpf.daemon.http_server import DEFAULT_MAX_CONNECTIONS, Limits
 from pcpu_bpf.daemon.listener import DEFAULT_LISTEN, bind, parse_listen
 from pcpu_bpf.daemon.server import serve
@@ -108,7 +109,7 @@ def _opt(name: str, **kwargs: Any) -> Callable[[_F], _F]:
 )
 @_opt(
     "--min-read-interval",
-    type=click.FloatRange(min=0),
+    type=Seconds(zero_ok=True),
     default=DEFAULT_MIN_READ_INTERVAL,
     show_default=True,
     metavar="SECONDS",

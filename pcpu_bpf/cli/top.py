@@ -11,6 +11,7 @@ from click.core import ParameterSource
 from pcpu_bpf import __version__
 from pcpu_bpf.backends import Backend, BackendOptions, bpf_failure, first_line, open_backend
 from pcpu_bpf.backends.remote import DEFAULT_URL
+from pcpu_bpf.cli.params import Seconds
 from pcpu_bpf.errors import BackendUnavailable, PcpuError, ProgramLoadError, ScenarioError
 from pcpu_bpf.top.run import DEFAULT_LIMIT, TopDeps, TopOptions, run_top
 from pcpu_bpf.top.view import DEFAULT_SORT, SORT_KEYS
@@ -65,9 +66,7 @@ def _quiet_broken_pipe() -> None:
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 79},
 )
 @click.version_option(__version__, prog_name="pcpu-top")
-@click.argument(
-    "interval", type=click.FloatRange(min=0, min_open=True), default=1.0, required=False
-)
+@click.argument("interval", type=Seconds(), default=1.0, required=False)
 @click.argument("count", type=click.IntRange(min=1), required=False)
 @click.option("--live", is_flag=True, help="Redraw in place every INTERVAL until Ctrl-C.")
 @click.option(

@@ -71,6 +71,12 @@ def failure_label(atomic: bool, reserved: bool) -> str:
     return "[failed " + ",".join(flags) + "]" if flags else "[failed]"
 
 
+def increase(before: int, after: int) -> int:
+    """How much a counter grew; one that went back was reset (a daemon restarted), so it
+    grew by its new value, as Prometheus' rate() counts it. Never negative."""
+    return after - before if after >= before else after
+
+
 def _rate(delta: float, elapsed: float) -> float:
     return delta / elapsed if elapsed > 0 else 0.0
 
@@ -81,8 +87,8 @@ def build_view(before: Snapshot, after: Snapshot) -> View:
     rows: list[Row] = []
     for name, s1 in after.by_call_site.items():
         s0 = before.by_call_site.get(name, SiteRecord())
-        allocs = s1.allocations - s0.allocations
-        frees = s1.frees - s0.frees
+        allocs = increase(s0.allocations, s1.allocations)
+        frees = increase(s0.frees, s1.frees)
         # A site with nothing live and nothing happening in the interval is history.
         if not (allocs or frees or s1.live_allocations):
             continue
@@ -91,25 +97,26 @@ def build_view(before: Snapshot, after: Snapshot) -> View:
                 label=name,
                 allocs_per_s=_rate(allocs, elapsed),
                 frees_per_s=_rate(frees, elapsed),
-                alloc_bytes_per_s=_rate(s1.allocated_bytes - s0.allocated_bytes, elapsed),
+                alloc_bytes_per_s=_rate(increase(s0.allocated_bytes, s1.allocated_bytes), elapsed),
                 live_allocations=s1.live_allocations,
                 live_bytes=s1.live_bytes,
                 avg_size=s1.requested_bytes / s1.allocations if s1.allocations else None,
             )
         )
-    if after.untracked_frees - before.untracked_frees:
+    untracked = increase(before.untracked_frees, after.untracked_frees)
+    if untracked:
         rows.append(
             Row(
                 label=UNTRACKED_LABEL,
                 untracked=True,
                 allocs_per_s=0.0,
-                frees_per_s=_rate(after.untracked_frees - before.untracked_frees, elapsed),
+                frees_per_s=_rate(untracked, elapsed),
                 alloc_bytes_per_s=0.0,
             )
         )
     for (atomic, reserved), total in sorted(after.failures.items()):
         if total:
-            delta = total - before.failures.get((atomic, reserved), 0)
+            delta = increase(before.failures.get((atomic, reserved), 0), total)
             rows.append(
                 Row(
                     label=failure_label(atomic, reserved),
@@ -123,7 +130,7 @@ def build_view(before: Snapshot, after: Snapshot) -> View:
 
 def _totals(before: Snapshot, after: Snapshot, elapsed: float) -> Totals:
     t0, t1 = before.totals, after.totals
-    frees = t1.frees + after.untracked_frees - t0.frees - before.untracked_frees
+    frees = increase(t0.frees, t1.frees) + increase(before.untracked_frees, after.untracked_frees)
     ks = after.kernel_stats
     stats = ks.percpu_stats if ks is not None else None
     return Totals(
@@ -131,14 +138,14 @@ def _totals(before: Snapshot, after: Snapshot, elapsed: float) -> Totals:
         meminfo_percpu_bytes=ks.meminfo_percpu_bytes if ks is not None else None,
         chunks=stats.globals.nr_chunks if stats is not None else None,
         kernel_live_allocations=stats.globals.nr_cur_alloc if stats is not None else None,
-        chunk_creations=after.chunk_creations - before.chunk_creations,
-        chunk_destructions=after.chunk_destructions - before.chunk_destructions,
+        chunk_creations=increase(before.chunk_creations, after.chunk_creations),
+        chunk_destructions=increase(before.chunk_destructions, after.chunk_destructions),
         live_allocations=t1.live_allocations,
         live_bytes=t1.live_bytes,
-        allocs_per_s=_rate(t1.allocations - t0.allocations, elapsed),
+        allocs_per_s=_rate(increase(t0.allocations, t1.allocations), elapsed),
         frees_per_s=_rate(frees, elapsed),
-        alloc_bytes_per_s=_rate(t1.allocated_bytes - t0.allocated_bytes, elapsed),
-        fails_per_s=_rate(after.total_failures - before.total_failures, elapsed),
+        alloc_bytes_per_s=_rate(increase(t0.allocated_bytes, t1.allocated_bytes), elapsed),
+        fails_per_s=_rate(increase(before.total_failures, after.total_failures), elapsed),
         failures=after.total_failures,
         dropped=dict(after.dropped),
     )
