@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import click
 
@@ -10,7 +11,11 @@ import click
 MAX_SECONDS = 86_400.0
 
 
-class Seconds(click.ParamType):
+# click 8.2 made ParamType generic; Debian's python3-click (8.1) is not subscriptable.
+_ParamType = click.ParamType[float, object] if TYPE_CHECKING else click.ParamType
+
+
+class Seconds(_ParamType):
     """A finite number of seconds in (0, MAX_SECONDS], or [0, ...] with ``zero_ok``."""
 
     name = "seconds"
