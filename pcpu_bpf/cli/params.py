@@ -11,8 +11,10 @@ import click
 MAX_SECONDS = 86_400.0
 
 
-# click 8.2 made ParamType generic; Debian's python3-click (8.1) is not subscriptable.
-_ParamType = click.ParamType[float, object] if TYPE_CHECKING else click.ParamType
+if TYPE_CHECKING:
+    _ParamType = click.ParamType[float, object]
+else:  # click 8.2 made ParamType generic; Debian's python3-click (8.1) is not subscriptable
+    _ParamType = click.ParamType
 
 
 class Seconds(_ParamType):
