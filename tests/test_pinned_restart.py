@@ -57,7 +57,13 @@ def test_restart_keeps_the_live_table_and_the_counters(pin_dir: Path) -> None:
     try:
         before = parse(first.scrape())
         fd = syscalls.create_percpu_array(VALUE_SIZE, ENTRIES)
-        held = parse(first.scrape())
+
+        def counted() -> Samples | None:
+            s = parse(first.scrape())
+            grown = site(s, "pcpu_allocations_total") - site(before, "pcpu_allocations_total")
+            return s if grown >= ENTRIES else None
+
+        held = wait_until(counted, what=f"the {ENTRIES} allocations of the map")
     finally:
         stop(first)
     assert site(held, "pcpu_allocations_total") - site(before, "pcpu_allocations_total") >= ENTRIES

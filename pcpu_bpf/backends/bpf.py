@@ -19,16 +19,16 @@ from typing import Protocol
 
 from pcpu_bpf.backends.base import Backend
 from pcpu_bpf.bpf import pins, syscalls
-from pcpu_bpf.bpf.handoff import LoadedSet, spawn_loader
+from pcpu_bpf.bpf.handoff import spawn_loader
 from pcpu_bpf.bpf.loader import (
-    PROGRAMS,
     LoadRequest,
     compile_env_check,
     default_bpf_dir,
     layout_digest,
     program_defines,
 )
-from pcpu_bpf.bpf.maps import Capacities, read_tables
+from pcpu_bpf.bpf.maps import PROGRAMS, Capacities, read_tables
+from pcpu_bpf.bpf.pins import LoadedSet
 from pcpu_bpf.bpf.tracefs import read_layout
 from pcpu_bpf.errors import BackendUnavailable, StatsParseError
 from pcpu_bpf.kernel.procfs import kernel_release, read_possible_cpus

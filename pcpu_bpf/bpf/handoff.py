@@ -16,42 +16,15 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from pcpu_bpf.bpf.loader import LoadRequest
+from pcpu_bpf.bpf.pins import LoadedSet
 from pcpu_bpf.errors import BackendUnavailable, ProgramLoadError
 
 # The manifest and at most a few dozen fds; generous.
 _MAX_MESSAGE = 1 << 20
 _MAX_FDS = 64
-
-
-@dataclass(slots=True)
-class LoadedSet:
-    """Fds of one set: maps by name, programs by function, links by tracepoint."""
-
-    maps: dict[str, int]
-    programs: dict[str, int]
-    links: dict[str, int] = field(default_factory=dict)
-    layout: bytes = b""
-    started_ns: int = 0  # CLOCK_REALTIME ns tracking began
-    percpu_bytes_per_cpu: int = 0
-    pin_dir: str | None = None
-
-    def fds(self) -> list[int]:
-        return [*self.maps.values(), *self.programs.values(), *self.links.values()]
-
-    def close(self) -> None:
-        """Close every fd; an unpinned set detaches and is freed."""
-        for fd in self.fds():
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self.maps.clear()
-        self.programs.clear()
-        self.links.clear()
 
 
 def from_manifest(manifest: Mapping[str, Any], fds: list[int]) -> LoadedSet:

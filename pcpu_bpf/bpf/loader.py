@@ -25,7 +25,14 @@ from typing import Any
 
 from pcpu_bpf.bpf import syscalls
 from pcpu_bpf.bpf.footprint import bytes_per_cpu
-from pcpu_bpf.bpf.maps import META_FORMAT, Capacities, check_maps
+from pcpu_bpf.bpf.maps import (
+    BPF_MAPS,
+    META_FORMAT,
+    META_MAP,
+    PROGRAMS,
+    Capacities,
+    check_maps,
+)
 from pcpu_bpf.bpf.tracefs import OPTIONAL_FIELDS, REQUIRED_FIELDS, TracepointLayout
 from pcpu_bpf.errors import BackendUnavailable, ProgramLoadError
 from pcpu_bpf.model.layout import (
@@ -39,6 +46,8 @@ from pcpu_bpf.model.layout import (
     SIZE_BUCKET_SHIFT,
     SIZE_SUM_SLOT,
 )
+
+__all__ = ["PROGRAMS", "LoadRequest", "load", "program_defines"]
 
 SOURCE = "pcpu.bpf.c"
 HEADER = "pcpu.h"
@@ -54,18 +63,6 @@ BCC_FIX = (
     "bcc is not importable from this Python: install python3-bpfcc (apt) and use a venv "
     "made with --system-site-packages (PyPI's 'bcc' is an unrelated package)"
 )
-
-# Tracepoint -> the function of pcpu.bpf.c that serves it.
-PROGRAMS: dict[str, str] = {
-    "percpu_alloc_percpu": "on_alloc",
-    "percpu_free_percpu": "on_free",
-    "percpu_alloc_percpu_fail": "on_alloc_fail",
-    "percpu_create_chunk": "on_create_chunk",
-    "percpu_destroy_chunk": "on_destroy_chunk",
-}
-# The maps of pcpu.bpf.c, and the layout record the loader adds beside them.
-BPF_MAPS = ("pcpu_live", "pcpu_site_slots", "pcpu_sites", "pcpu_site_count", "pcpu_counters")
-META_MAP = "pcpu_meta"
 
 # Prefix of the -D argument-index defines, per tracepoint (see bpf_programs/README.md).
 _DEFINE_PREFIX = {

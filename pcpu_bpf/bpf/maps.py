@@ -32,6 +32,18 @@ from pcpu_bpf.model.layout import (
 )
 from pcpu_bpf.model.tables import Histogram, SiteAddressKey, SiteValue, Tables
 
+# Tracepoint -> the function of pcpu.bpf.c that serves it.
+PROGRAMS: dict[str, str] = {
+    "percpu_alloc_percpu": "on_alloc",
+    "percpu_free_percpu": "on_free",
+    "percpu_alloc_percpu_fail": "on_alloc_fail",
+    "percpu_create_chunk": "on_create_chunk",
+    "percpu_destroy_chunk": "on_destroy_chunk",
+}
+# The maps of pcpu.bpf.c, and the layout record the loader adds beside them.
+BPF_MAPS = ("pcpu_live", "pcpu_site_slots", "pcpu_sites", "pcpu_site_count", "pcpu_counters")
+META_MAP = "pcpu_meta"
+
 _MASK = (1 << 64) - 1
 _RECORD = struct.Struct(SITE_RECORD_FORMAT)
 # The layout record beside a set: sha256 of the sources and defines, the CLOCK_REALTIME

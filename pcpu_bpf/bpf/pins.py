@@ -17,18 +17,43 @@ import os
 import struct
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pcpu_bpf.bpf import syscalls
-from pcpu_bpf.bpf.handoff import LoadedSet
-from pcpu_bpf.bpf.loader import BPF_MAPS, META_MAP, PROGRAMS
-from pcpu_bpf.bpf.maps import META_FORMAT, Capacities, map_mismatch
+from pcpu_bpf.bpf.maps import BPF_MAPS, META_FORMAT, META_MAP, PROGRAMS, Capacities, map_mismatch
 from pcpu_bpf.errors import PcpuError, ProgramLoadError
 
 DEFAULT_PIN_DIR = Path("/sys/fs/bpf/pcpu-bpf")
 BPFFS_FIX = "mount -t bpf bpf /sys/fs/bpf"
 _LEFTOVER_TAGS = ("staging", "old")
+
+
+@dataclass(slots=True)
+class LoadedSet:
+    """Fds of one set: maps by name, programs by function, links by tracepoint."""
+
+    maps: dict[str, int]
+    programs: dict[str, int]
+    links: dict[str, int] = field(default_factory=dict)
+    layout: bytes = b""
+    started_ns: int = 0  # CLOCK_REALTIME ns tracking began
+    percpu_bytes_per_cpu: int = 0
+    pin_dir: str | None = None
+
+    def fds(self) -> list[int]:
+        return [*self.maps.values(), *self.programs.values(), *self.links.values()]
+
+    def close(self) -> None:
+        """Close every fd; an unpinned set detaches and is freed."""
+        for fd in self.fds():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.maps.clear()
+        self.programs.clear()
+        self.links.clear()
 
 
 class IncompatibleSet(PcpuError):

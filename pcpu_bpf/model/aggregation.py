@@ -95,7 +95,7 @@ class Aggregator:
         elif len(self._live) >= self._live_capacity:
             t.dropped["live_table_full"] += 1
             return
-        self._live[ev.ptr] = LiveEntry(call_site, ev.is_atomic, ev.reserved, used)
+        self._live[ev.ptr] = LiveEntry(call_site, ev.is_atomic, ev.reserved, ev.size, used)
         t.live_entries = len(self._live)
         site.live_allocations += 1
         site.live_bytes += used

@@ -54,6 +54,7 @@ class LiveEntry:
     call_site: int
     atomic: bool
     reserved: bool
+    size: int
     bytes_alloc: int
 
 
