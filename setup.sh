@@ -51,7 +51,7 @@ else
   ln -sfn "$common_dir" "/lib/modules/$(uname -r)/source"
 fi
 
-# 3. tracefs (the tracepoint format files) and debugfs (the kernel's percpu_stats).
+# 3. tracefs (the tracepoint format files), debugfs (the kernel's percpu_stats), bpffs.
 mount_if_missing() {  # fstype mountpoint
   if mountpoint -q "$2"; then
     step "$1 mounted at $2"
@@ -62,6 +62,17 @@ mount_if_missing() {  # fstype mountpoint
 }
 mount_if_missing debugfs /sys/kernel/debug
 mount_if_missing tracefs /sys/kernel/tracing
+# bpffs: where `pcpu-bpf serve` pins its maps and programs across restarts.
+mount_if_missing bpf /sys/fs/bpf
+
+# The system user the unit runs as (systemd/pcpu-bpf.service, User=pcpu-bpf).
+if id pcpu-bpf >/dev/null 2>&1; then
+  step "system user pcpu-bpf present"
+else
+  step "creating system user pcpu-bpf"
+  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin pcpu-bpf \
+    || fail "useradd pcpu-bpf"
+fi
 
 # 4. The virtualenv, from the system Python so that Debian's bcc bindings import.
 if [ ! -x "$VENV/bin/python" ]; then

@@ -189,7 +189,10 @@ def main() -> int:
         "--live-capacity",
         type=int,
         action="append",
-        help="pcpu-bpf live table sizes to measure (default: 262144 and 4096)",
+        help="pcpu-bpf live table sizes to measure (default: 262144, 65536 and 4096)",
+    )
+    ap.add_argument(
+        "--cost-only", action="store_true", help="measure the cost per event only (part 1)"
     )
     args = ap.parse_args()
     if os.geteuid() != 0 or shutil.which("bpftrace") is None or shutil.which("bpftool") is None:
@@ -198,10 +201,10 @@ def main() -> int:
     old = STATS.read_text().strip()
     try:
         STATS.write_text("1")
-        caps = args.live_capacity or [262_144, 4096]
+        caps = args.live_capacity or [262_144, 65_536, 4096]
         costs = {c: per_event_cost(args.reps, args.maps, args.netns, c) for c in caps}
         STATS.write_text("0")
-        slow = slowdown(args.reps, args.maps, args.netns)
+        slow = None if args.cost_only else slowdown(args.reps, args.maps, args.netns)
     finally:
         STATS.write_text(old)
 
@@ -217,6 +220,8 @@ def main() -> int:
             p, n, t = (cost[x][ev] for x in ("pcpu-bpf", "do-nothing", "bpftrace"))
             print(f"{ev}: pcpu-bpf / do-nothing = {p / n:.2f}x, pcpu-bpf / bpftrace = {p / t:.2f}x")
         print()
+    if slow is None:
+        return 0
     print(f"## workload time (median of {args.reps}, seconds)")
     print(f"| attached | {args.maps} map create+close | one unshare -n true |")
     print("| --- | ---: | ---: |")

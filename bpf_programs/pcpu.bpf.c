@@ -2,49 +2,27 @@
 #include "pcpu.h"
 
 /* Every map is preallocated: a map that allocated percpu memory while an event is
- * handled would re-enter these tracepoints, and the kernel drops nested runs.
- * Each per-CPU value has one writer program and a program never nests on its own CPU,
- * so plain += needs no atomics; what two programs change is kept as two counters
- * (tracked/frees, inserted/deleted) that the reader subtracts. */
+ * handled would re-enter these tracepoints, and the kernel drops nested runs. No map
+ * grows with the CPU count but the one counters element (small and fixed).
+ *
+ * Sites: pcpu_site_slots maps a site key to a slot of pcpu_sites, an array whose records
+ * carry their key, so the reader needs only the array; a live entry keeps the slot, so a
+ * free finds its record without a second hash lookup. Slots are handed out in order by
+ * pcpu_site_count. Records are shared by all CPUs: atomic adds.
+ *
+ * The per-CPU counters: each slot has one writer program, and a program never nests on
+ * its own CPU, so plain += is safe there. */
 BPF_TABLE("hash", u64, struct live_entry, pcpu_live, LIVE_CAPACITY);
-BPF_TABLE("percpu_hash", struct site_key, struct site_value, pcpu_sites, SITE_CAPACITY);
-BPF_TABLE("percpu_array", u32, u64, pcpu_sizes, NR_HISTOGRAM_SLOTS);
-BPF_TABLE("percpu_array", u32, u64, pcpu_failures, NR_FAILURE_CLASSES);
-BPF_TABLE("percpu_array", u32, u64, pcpu_fail_sizes, NR_HISTOGRAM_SLOTS);
-BPF_TABLE("percpu_array", u32, u64, pcpu_chunks, NR_CHUNK_SLOTS);
-BPF_TABLE("percpu_array", u32, u64, pcpu_drops, NR_DROP_REASONS);
-BPF_TABLE("percpu_array", u32, u64, pcpu_untracked, 1);
-BPF_TABLE("percpu_array", u32, u64, pcpu_live_count, NR_LIVE_COUNT_SLOTS);
+BPF_TABLE("hash", struct site_key, u32, pcpu_site_slots, SITE_CAPACITY);
+BPF_TABLE("array", u32, struct site_record, pcpu_sites, SITE_CAPACITY);
+BPF_TABLE("array", u32, u64, pcpu_site_count, 1);
+BPF_TABLE("percpu_array", u32, struct counters, pcpu_counters, 1);
 
-static __always_inline void add(u64 *counter, u64 n)
+static __always_inline struct counters *counters(void)
 {
-    if (counter)
-        *counter += n;
-}
+    u32 zero = 0;
 
-static __always_inline void add_size(u32 slot, u64 n)
-{
-    add(pcpu_sizes.lookup(&slot), n);
-}
-
-static __always_inline void add_failed_size(u32 slot, u64 n)
-{
-    add(pcpu_fail_sizes.lookup(&slot), n);
-}
-
-static __always_inline void add_drop(u32 reason)
-{
-    add(pcpu_drops.lookup(&reason), 1);
-}
-
-static __always_inline void add_live_count(u32 slot)
-{
-    add(pcpu_live_count.lookup(&slot), 1);
-}
-
-static __always_inline void add_chunk(u32 slot)
-{
-    add(pcpu_chunks.lookup(&slot), 1);
+    return pcpu_counters.lookup(&zero);
 }
 
 static __always_inline u32 size_slot(u64 size)
@@ -66,11 +44,53 @@ static __always_inline u32 size_slot(u64 size)
     return bits - SIZE_BUCKET_SHIFT;
 }
 
+/* The slot of a site seen for the first time; -1 when the site table is full. */
+static __always_inline int new_site(struct site_key *key, u32 *slot)
+{
+    u32 zero = 0, *found;
+    struct site_record *site;
+    u64 *count, n;
+
+    count = pcpu_site_count.lookup(&zero);
+    if (!count)
+        return -1;
+    n = __sync_fetch_and_add(count, 1);
+    if (n >= SITE_CAPACITY)
+        return -1;
+    *slot = n;
+    site = pcpu_sites.lookup(slot);
+    if (!site)
+        return -1;
+    site->key = *key;
+    if (pcpu_site_slots.insert(key, slot) == 0)
+        return 0;
+    /* Another CPU added the same key meanwhile: use its slot (this one stays empty). */
+    found = pcpu_site_slots.lookup(key);
+    if (!found)
+        return -1;
+    *slot = *found;
+    return 0;
+}
+
+/* Count a live entry's allocation as freed against its site. */
+static __always_inline void count_free(struct live_entry *entry)
+{
+    u32 slot = entry->slot;
+    struct site_record *site = pcpu_sites.lookup(&slot);
+
+    if (!site)
+        return;
+    __sync_fetch_and_add(&site->frees, 1);
+    __sync_fetch_and_add(&site->freed_bytes, entry->bytes_alloc);
+}
+
 int on_alloc(struct bpf_raw_tracepoint_args *ctx)
 {
     struct site_key key = {};
-    struct site_value zero = {}, *site;
-    struct live_entry entry = {};
+    struct live_entry entry = {}, *old;
+    struct site_record *site;
+    struct counters *c;
+    u32 *found;
     /* Read as u64, never through void *: ptr is void __seg_gs * on 6.18, and LLVM
      * aborts on that address-space cast. */
     u64 ptr = ctx->args[ARG_ALLOC_PTR];
@@ -89,38 +109,43 @@ int on_alloc(struct bpf_raw_tracepoint_args *ctx)
     key.atomic = (u8)ctx->args[ARG_ALLOC_IS_ATOMIC] != 0;
     key.reserved = (u8)ctx->args[ARG_ALLOC_RESERVED] != 0;
 
-    add_size(size_slot(size), 1);
-    add_size(SIZE_SUM_SLOT, size);
+    c = counters();
+    if (!c)
+        return 0;
+    c->v[SIZES_AT + size_slot(size)] += 1;
+    c->v[SIZES_AT + SIZE_SUM_SLOT] += size;
 
-    site = pcpu_sites.lookup(&key);
-    if (!site) {
-        pcpu_sites.insert(&key, &zero);
-        site = pcpu_sites.lookup(&key);
-        if (!site) {
-            add_drop(DROP_SITE_TABLE_FULL);
-            return 0;
-        }
-    }
-    site->allocations += 1;
-    site->requested_bytes += size;
-    site->allocated_bytes += used;
-
-    entry.call_site = key.call_site;
-    entry.size = size;
-    entry.bytes_alloc = used;
-    entry.atomic = key.atomic;
-    entry.reserved = key.reserved;
-    err = pcpu_live.insert(&ptr, &entry);
-    if (err == -EEXIST)
-        err = pcpu_live.update(&ptr, &entry);
-    else if (!err)
-        add_live_count(LIVE_INSERTED);
-    if (err) {
-        add_drop(DROP_LIVE_TABLE_FULL);
+    /* entry.slot doubles as the array key: a stack under 64 bytes gets no private
+     * stack from the JIT, which would cost percpu memory (bpf/footprint.py). */
+    found = pcpu_site_slots.lookup(&key);
+    if (found) {
+        entry.slot = *found;
+    } else if (new_site(&key, &entry.slot)) {
+        c->v[DROPS_AT + DROP_SITE_TABLE_FULL] += 1;
         return 0;
     }
-    site->tracked += 1;
-    site->tracked_bytes += used;
+    site = pcpu_sites.lookup(&entry.slot);
+    if (!site)
+        return 0;
+    __sync_fetch_and_add(&site->allocations, 1);
+    __sync_fetch_and_add(&site->requested_bytes, size);
+    __sync_fetch_and_add(&site->allocated_bytes, used);
+
+    entry.bytes_alloc = used;
+    err = pcpu_live.insert(&ptr, &entry);
+    if (err == -EEXIST) {
+        /* The pointer is live already: its free was lost (a recursion miss), and the
+         * allocator handed it out again, so the old allocation was freed. */
+        old = pcpu_live.lookup(&ptr);
+        if (old)
+            count_free(old);
+        err = pcpu_live.update(&ptr, &entry);
+    }
+    if (err) {
+        c->v[DROPS_AT + DROP_LIVE_TABLE_FULL] += 1;
+        __sync_fetch_and_add(&site->dropped, 1);
+        __sync_fetch_and_add(&site->dropped_bytes, used);
+    }
     return 0;
 }
 
@@ -128,27 +153,18 @@ int on_free(struct bpf_raw_tracepoint_args *ctx)
 {
     u64 ptr = ctx->args[ARG_FREE_PTR];
     struct live_entry *found, entry;
-    struct site_key key = {};
-    struct site_value *site;
-    u32 zero = 0;
+    struct counters *c;
 
     found = pcpu_live.lookup(&ptr);
     if (!found) {
-        add(pcpu_untracked.lookup(&zero), 1);
+        c = counters();
+        if (c)
+            c->v[UNTRACKED_FREES_AT] += 1;
         return 0;
     }
     entry = *found;
     pcpu_live.delete(&ptr);
-    add_live_count(LIVE_DELETED);
-
-    key.call_site = entry.call_site;
-    key.atomic = entry.atomic;
-    key.reserved = entry.reserved;
-    site = pcpu_sites.lookup(&key);
-    if (!site)
-        return 0;
-    site->frees += 1;
-    site->freed_bytes += entry.bytes_alloc;
+    count_free(&entry);
     return 0;
 }
 
@@ -157,22 +173,30 @@ int on_alloc_fail(struct bpf_raw_tracepoint_args *ctx)
     u64 size = ctx->args[ARG_FAIL_SIZE];
     u32 atomic = (u8)ctx->args[ARG_FAIL_IS_ATOMIC] != 0;
     u32 reserved = (u8)ctx->args[ARG_FAIL_RESERVED] != 0;
-    u32 slot = atomic * FAILURE_ATOMIC_WEIGHT + reserved;
+    struct counters *c = counters();
 
-    add(pcpu_failures.lookup(&slot), 1);
-    add_failed_size(size_slot(size), 1);
-    add_failed_size(SIZE_SUM_SLOT, size);
+    if (!c)
+        return 0;
+    c->v[FAILURES_AT + atomic * FAILURE_ATOMIC_WEIGHT + reserved] += 1;
+    c->v[FAIL_SIZES_AT + size_slot(size)] += 1;
+    c->v[FAIL_SIZES_AT + SIZE_SUM_SLOT] += size;
     return 0;
 }
 
 int on_create_chunk(struct bpf_raw_tracepoint_args *ctx)
 {
-    add_chunk(CHUNK_CREATED);
+    struct counters *c = counters();
+
+    if (c)
+        c->v[CHUNKS_AT + CHUNK_CREATED] += 1;
     return 0;
 }
 
 int on_destroy_chunk(struct bpf_raw_tracepoint_args *ctx)
 {
-    add_chunk(CHUNK_DESTROYED);
+    struct counters *c = counters();
+
+    if (c)
+        c->v[CHUNKS_AT + CHUNK_DESTROYED] += 1;
     return 0;
 }

@@ -457,6 +457,26 @@ CATALOG: tuple[Family, ...] = (
         SNAPSHOT,
         Age(("kernel_stats", "read_at")),
     ),
+    Family(
+        "pcpu_tracking_start_time_seconds",
+        GAUGE,
+        "When the counters began (seconds since the epoch). A restart that adopts the "
+        "pinned maps keeps it; a new or replaced set starts counting again from zero.",
+        (),
+        TRACING,
+        Scalar(("tracking_start_time",)),
+        _BPF,
+    ),
+    Family(
+        "pcpu_profiler_percpu_bytes",
+        GAUGE,
+        "Percpu memory the profiler's own BPF maps and programs hold, on all possible CPUs "
+        "(part of pcpu_meminfo_bytes).",
+        (),
+        TRACING,
+        Scalar(("profiler_percpu_bytes",)),
+        _BPF,
+    ),
     # The kernel's own accounting: debugfs percpu_stats.
     Family(
         "pcpu_stats_allocations_total",

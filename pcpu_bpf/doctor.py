@@ -12,9 +12,11 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from types import ModuleType
 
+from pcpu_bpf.bpf import pins
 from pcpu_bpf.bpf.loader import HEADERS_FIX, kernel_headers
 from pcpu_bpf.bpf.syscalls import bpf_stats_enabled
 from pcpu_bpf.bpf.tracefs import TRACEFS_CANDIDATES, find_tracefs, read_layout
@@ -228,6 +230,44 @@ def check_percpu_stats(paths: Paths) -> Check:
     return Check("percpu_stats", OK, f"{path} readable")
 
 
+def _age(seconds: float) -> str:
+    minutes, _ = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    return f"{days}d {hours}h {minutes}m" if days else f"{hours}h {minutes}m"
+
+
+def check_pinned(pin_dir: Path, why_incompatible: Callable[[], str | None]) -> Check:
+    """What `pcpu-bpf serve` left pinned at ``pin_dir``, its age, and whether it fits."""
+    name = "pinned set"
+    extra = pins.leftovers(pin_dir)
+    leftover = (
+        f"; leftovers of an interrupted start: {', '.join(str(p) for p in extra)}" if extra else ""
+    )
+    fix = "sudo pcpu-bpf detach (removes it all)"
+    state = pins.pinned_state(pin_dir)
+    if state is None:
+        verdict = WARN if extra else OK
+        return Check(name, verdict, f"nothing at {pin_dir}{leftover}", fix)
+    what = (
+        f"{pin_dir}: {state.count('prog_')} programs, {state.count('link_')} links, "
+        f"{state.count('map_')} maps"
+    )
+    if state.meta is not None:
+        since = datetime.fromtimestamp(state.meta.started_ns / 1e9).astimezone()
+        what += (
+            f", counting since {since.isoformat('T', 'seconds')} "
+            f"(age {_age(state.meta.age_seconds)}), "
+            f"{state.meta.percpu_bytes_per_cpu} percpu bytes per CPU"
+        )
+    why = why_incompatible()
+    if why is None:
+        return Check(
+            name, WARN if extra else OK, f"{what}; compatible: adopted on start{leftover}", fix
+        )
+    return Check(name, WARN, f"{what}; not compatible ({why}): replaced on start{leftover}", fix)
+
+
 def check_load(start: Callable[[], object]) -> Check:
     """The proof: compile, load and attach the programs, then detach."""
     try:
@@ -246,6 +286,7 @@ def run_checks(
     release: str | None = None,
     import_bcc: Callable[[], ModuleType] = lambda: importlib.import_module("bcc"),
     start_backend: Callable[[], object] | None = None,
+    pinned: Check | None = None,
 ) -> list[Check]:
     """Every check in order; the load check only when nothing before it failed."""
     checks = [
@@ -259,6 +300,8 @@ def run_checks(
         check_bpf_stats(paths),
         check_percpu_stats(paths),
     ]
+    if pinned is not None:
+        checks.append(pinned)
     if start_backend is not None and not any(c.verdict == FAIL for c in checks):
         checks.append(check_load(start_backend))
     return checks

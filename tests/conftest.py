@@ -15,6 +15,11 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, settings
 
 TRACEFS = Path("/sys/kernel/tracing")
+BPFFS = Path("/sys/fs/bpf")
+# Daemons the tests start pin their sets here, never in the real /sys/fs/bpf/pcpu-bpf:
+# every `pcpu-bpf` process of the session inherits it (PCPU_SERVE_PIN_DIR).
+TEST_PIN_DIR = BPFFS / f"pcpu-bpf-test-{os.getpid()}"
+os.environ["PCPU_SERVE_PIN_DIR"] = str(TEST_PIN_DIR)
 DEBUGFS = Path("/sys/kernel/debug")
 KALLSYMS = Path("/proc/kallsyms")
 
@@ -70,6 +75,8 @@ def privileged_unavailable() -> str | None:
         if not os.path.ismount(DEBUGFS):
             return f"debugfs is not mounted: mount -t debugfs nodev {DEBUGFS}"
         return f"no {DEBUGFS / 'percpu_stats'}: the kernel needs CONFIG_PERCPU_STATS=y"
+    if not os.path.ismount(BPFFS):
+        return f"bpffs is not mounted: mount -t bpf bpf {BPFFS} (setup.sh does)"
     with KALLSYMS.open() as kallsyms:
         first = kallsyms.readline().split()
         if not first or int(first[0], 16) == 0:
@@ -78,6 +85,16 @@ def privileged_unavailable() -> str | None:
                 "sysctl -w kernel.kptr_restrict=1"
             )
     return None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_test_pins() -> Generator[None, None, None]:
+    """Whatever the session's daemons left pinned is removed (their programs detach)."""
+    yield
+    if TEST_PIN_DIR.exists():
+        from pcpu_bpf.bpf.pins import remove_set
+
+        remove_set(TEST_PIN_DIR)
 
 
 def missing_tools(item: pytest.Item) -> list[str]:

@@ -72,7 +72,7 @@ def test_capacity_out_of_range_is_refused_before_compiling(
         raise AssertionError("reached past the capacity check")
 
     monkeypatch.setattr(bpf_backend, "read_layout", unreachable)
-    monkeypatch.setattr(bpf_backend, "LoadedPrograms", unreachable)
+    monkeypatch.setattr(bpf_backend, "spawn_loader", unreachable)
     with pytest.raises(BackendUnavailable) as err:
         BpfBackend(**{what: value})
     msg = str(err.value)

@@ -122,7 +122,14 @@ def run_in_bpf(backend, layout, events: list[Event]) -> None:
 
 def normalized(s: Snapshot) -> Snapshot:
     return dataclasses.replace(
-        s, timestamp=0.0, kernel_stats=None, programs=None, maps=None, fields_available=None
+        s,
+        timestamp=0.0,
+        kernel_stats=None,
+        programs=None,
+        maps=None,
+        fields_available=None,
+        tracking_start_time=None,
+        profiler_percpu_bytes=None,
     )
 
 

@@ -216,8 +216,9 @@ def test_journald_stream_gets_priorities_and_no_timestamps() -> None:
 
 @pytest.mark.privileged
 @pytest.mark.needs_tool("bpftool")
-def test_bpf_backend_sigterm_detaches(tmp_path: Path) -> None:
-    daemon = Daemon("--backend", "bpf")
+def test_sigterm_keeps_the_pinned_set_and_detach_removes_it() -> None:
+    pin_dir = Path(f"/sys/fs/bpf/pcpu-bpf-test-{os.getpid()}-detach")
+    daemon = Daemon("--backend", "bpf", "--pin-dir", str(pin_dir))
     try:
         daemon.wait_ready()
         ids = prog_ids(daemon.proc.pid)
@@ -226,11 +227,24 @@ def test_bpf_backend_sigterm_detaches(tmp_path: Path) -> None:
         assert code == 0, err
     finally:
         daemon.close()
+    assert ids <= loaded_prog_ids(), "SIGTERM must keep the pinned programs attached"
+    assert "the set stays pinned" in err
+    result = run("detach", "--pin-dir", str(pin_dir))
+    assert result.returncode == 0, result.stderr
+    assert "16 pins (5 links, 5 programs, 6 maps)" in result.stdout
+    assert not pin_dir.exists()
+    left = ids & loaded_prog_ids()
+    assert not left, f"programs still loaded after detach: {sorted(left)}"
+    again = run("detach", "--pin-dir", str(pin_dir))
+    assert again.returncode == 0 and "nothing pinned" in again.stdout
+
+
+def loaded_prog_ids() -> set[int]:
+    """Every BPF program id the kernel has loaded, as bpftool lists them."""
     shown = subprocess.run(
         ["bpftool", "prog", "show"], capture_output=True, text=True, check=True
     ).stdout
-    left = {int(line.split(":")[0]) for line in shown.splitlines() if line[:1].isdigit()}
-    assert not ids & left, f"programs still loaded after exit: {sorted(ids & left)}"
+    return {int(line.split(":")[0]) for line in shown.splitlines() if line[:1].isdigit()}
 
 
 @pytest.mark.privileged

@@ -56,6 +56,8 @@ def full_snapshot(**changes: object) -> Snapshot:
         fields_available={("percpu_alloc_percpu", "call_site"): True},
         programs={"pcpu_alloc": ProgramStats(10, 2_500_000_000, 1)},
         maps={"sites": MapUsage(3, 4096)},
+        tracking_start_time=1_790_000_000.5,
+        profiler_percpu_bytes=1160,
     )
     base.update(changes)
     return Snapshot(**base)  # type: ignore[arg-type]
@@ -109,6 +111,8 @@ EXPECTED_TYPES = {
     "pcpu_bpf_map_entries": "gauge",
     "pcpu_bpf_map_capacity": "gauge",
     "pcpu_kernel_stats_age_seconds": "gauge",
+    "pcpu_tracking_start_time_seconds": "gauge",
+    "pcpu_profiler_percpu_bytes": "gauge",
     "pcpu_stats_allocations": "counter",
     "pcpu_stats_frees": "counter",
     "pcpu_stats_live_allocations": "gauge",

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from daemon_helpers import PCPU_BPF, free_port, parse
 
+from pcpu_bpf.bpf.pins import remove_set
 from pcpu_bpf.cli.serve import serve_command
 
 CHECKOUT = Path(__file__).resolve().parents[1]
@@ -78,7 +79,7 @@ def test_kallsyms_is_not_hidden() -> None:
 def test_env_file_names_every_option() -> None:
     text = (SYSTEMD / "pcpu-bpf.env").read_text()
     envvars = [p.envvar for p in serve_command.params if getattr(p, "envvar", None)]
-    assert len(envvars) == 10
+    assert len(envvars) == 11
     for name in envvars:
         assert re.search(rf"^#?\s*\(?.*{name}\b", text, re.M), name
     assert "\nPCPU" not in text  # everything commented: defaults unless the admin decides
@@ -117,6 +118,8 @@ def unused_uid() -> int:
 # InaccessiblePaths=.
 SANDBOX = r"""
 set -e
+# ExecStartPre=+: the pin directory, owned by the service user.
+if [ -n "${PIN_DIR:-}" ]; then install -d -o "$PIN_UID" -g "$PIN_UID" -m 0700 "$PIN_DIR"; fi
 for m in $(findmnt -rn -o TARGET | sort -u); do
   case "$m" in /proc|/proc/*|/dev|/dev/*) continue;; esac
   mount -o remount,bind,ro "$m" 2>/dev/null || true
@@ -143,6 +146,10 @@ if [ -n "${CHECKOUT:-}" ]; then
     case "$CHECKOUT" in "$d"/*) mount -o remount,ro "$d";; esac
   done
 fi
+# ReadWritePaths=: the pin directory stays writable.
+if [ -n "${PIN_DIR:-}" ]; then
+  mount --bind "$PIN_DIR" "$PIN_DIR" && mount -o remount,bind,rw "$PIN_DIR"
+fi
 mount --bind -o ro /proc/sys /proc/sys
 touch /tmp/.inaccessible && chmod 000 /tmp/.inaccessible
 mount --bind -o ro /tmp/.inaccessible /proc/kmsg
@@ -159,11 +166,15 @@ MDWE = (
 )
 
 
-def as_unit(args: list[str], caps: list[str], env: dict[str, str]) -> list[str]:
-    """The daemon set up the way the unit sets it up: the sandbox above, a transient uid,
-    ambient = bounding set = the unit's capabilities, no_new_privs, MDWE, and a clean
-    environment like systemd's."""
+def as_unit(
+    args: list[str], caps: list[str], env: dict[str, str], pin_dir: Path | None = None
+) -> list[str]:
+    """The daemon set up the way the unit sets it up: the sandbox above, the service's own
+    uid, ambient = bounding set = the unit's capabilities, no_new_privs, MDWE, and a clean
+    environment like systemd's; ``pin_dir`` made and writable as the unit makes its own."""
     uid = unused_uid()
+    if pin_dir is not None:
+        env = {**env, "PCPU_SERVE_PIN_DIR": str(pin_dir)}
     capset = ",".join(f"+{c}" for c in caps)
     capset = f"-all,{capset}" if caps else "-all"
     clean = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/", "LANG": "C.UTF-8", **env}
@@ -174,6 +185,8 @@ def as_unit(args: list[str], caps: list[str], env: dict[str, str]) -> list[str]:
         "private",
         "env",
         f"CHECKOUT={CHECKOUT}",
+        f"PIN_DIR={pin_dir or ''}",
+        f"PIN_UID={uid}",
         "sh",
         "-c",
         SANDBOX,
@@ -213,6 +226,21 @@ needs_sandbox_tools = pytest.mark.needs_tool("setpriv", "unshare", "findmnt")
 @pytest.mark.privileged
 @needs_sandbox_tools
 def test_daemon_runs_with_exactly_the_unit_privileges() -> None:
+    pin_dir = Path(f"/sys/fs/bpf/pcpu-bpf-test-{os.getpid()}-unit")
+    try:
+        run_as_unit_and_restart(pin_dir)
+    finally:
+        remove_set(pin_dir)
+
+
+def run_as_unit_and_restart(pin_dir: Path) -> None:
+    """Start as the unit does, scrape, stop; start again: the pinned set is adopted."""
+    serve_as_unit(pin_dir)
+    err = serve_as_unit(pin_dir)
+    assert "adopted the pinned set" in err, err
+
+
+def serve_as_unit(pin_dir: Path) -> str:
     port = free_port()
     notify = f"@pcpu-unit-test-{os.getpid()}"
     env = {**env_file_values(), "PCPU_SERVE_LISTEN": f"127.0.0.1:{port}", "NOTIFY_SOCKET": notify}
@@ -220,7 +248,7 @@ def test_daemon_runs_with_exactly_the_unit_privileges() -> None:
         sock.bind("\0" + notify[1:])
         sock.settimeout(120)
         proc = subprocess.Popen(
-            as_unit(["serve"], unit_caps(), env),
+            as_unit(["serve"], unit_caps(), env, pin_dir),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -253,6 +281,7 @@ def test_daemon_runs_with_exactly_the_unit_privileges() -> None:
     }
     assert "mm_init" in sites, sites  # CAP_SYSLOG: kallsyms gives names, not hex
     assert "CapEff" not in err and "Traceback" not in err
+    return err
 
 
 @pytest.mark.privileged

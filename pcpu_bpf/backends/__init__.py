@@ -28,6 +28,7 @@ class BackendOptions:
     live_capacity: int | None = None
     site_capacity: int | None = None
     bpf_dir: str | None = None
+    pin_dir: str | None = None  # bpf: adopt or pin the set here (the daemon's)
     scenario: str | None = None
     seed: int | None = None
     url: str | None = None
@@ -42,7 +43,7 @@ class BackendOptions:
 
 # Which options each backend takes.
 TAKES: dict[str, tuple[str, ...]] = {
-    "bpf": ("live_capacity", "site_capacity", "bpf_dir", "min_read_interval"),
+    "bpf": ("live_capacity", "site_capacity", "bpf_dir", "min_read_interval", "pin_dir"),
     "sim": ("scenario", "seed", "live_capacity", "site_capacity"),
     "remote": ("url",),
 }

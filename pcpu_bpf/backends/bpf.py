@@ -1,9 +1,11 @@
 """The live-kernel backend: raw tracepoint programs aggregate in BPF maps; snapshots read them.
 
 Startup checks the kernel contract once (tracefs, the five tracepoints and their fields,
-kernel headers, bcc), compiles with -D defines for this kernel, loads, then attaches; any
-failure is one PcpuError naming the fix. A missing optional field degrades what is counted
-and is logged once. ``attach=False`` loads without attaching, for BPF_PROG_TEST_RUN.
+kernel headers), then either adopts a compatible set pinned in bpffs (``pin_dir``: no
+compile at all, counters continue) or has the loader process compile, load, attach
+(and pin) a new one. This process never imports bcc: it holds the fds the loader
+handed over and reads the maps through bpf(2). Any failure is one PcpuError naming the
+fix. ``attach=False`` loads without attaching, for BPF_PROG_TEST_RUN.
 """
 
 from __future__ import annotations
@@ -11,20 +13,22 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
 from pcpu_bpf.backends.base import Backend
-from pcpu_bpf.bpf import syscalls
+from pcpu_bpf.bpf import pins, syscalls
+from pcpu_bpf.bpf.handoff import spawn_loader
 from pcpu_bpf.bpf.loader import (
-    PROGRAMS,
-    LoadedPrograms,
-    build_cflags,
+    LoadRequest,
     compile_env_check,
     default_bpf_dir,
+    layout_digest,
     program_defines,
 )
-from pcpu_bpf.bpf.maps import read_tables
+from pcpu_bpf.bpf.maps import PROGRAMS, Capacities, read_tables
+from pcpu_bpf.bpf.pins import LoadedSet
 from pcpu_bpf.bpf.tracefs import read_layout
 from pcpu_bpf.errors import BackendUnavailable, StatsParseError
 from pcpu_bpf.kernel.procfs import kernel_release, read_possible_cpus
@@ -44,11 +48,6 @@ from pcpu_bpf.model.tables import (
 )
 
 log = logging.getLogger(__name__)
-
-BCC_FIX = (
-    "bcc is not importable from this Python: install python3-bpfcc (apt) and use a venv "
-    "made with --system-site-packages (PyPI's 'bcc' is an unrelated package)"
-)
 
 
 class _Resolver(Protocol):
@@ -74,13 +73,10 @@ class BpfBackend(Backend):
         kernel_stats: Callable[[], KernelStats | None] | None = None,
         min_read_interval: float = 0.0,
         attach: bool = True,
+        pin_dir: str | Path | None = None,
     ) -> None:
         check_capacity("live_capacity", live_capacity)
         check_capacity("site_capacity", site_capacity)
-        try:
-            import bcc
-        except ImportError as exc:
-            raise BackendUnavailable(f"{BCC_FIX} ({exc})") from exc
         layout = read_layout(tracefs_root)
         layout.check_required()
         self._fields_available = layout.fields_available()
@@ -96,7 +92,6 @@ class BpfBackend(Backend):
             self.possible_cpus = read_possible_cpus()
         except (OSError, StatsParseError) as exc:
             raise BackendUnavailable(f"cannot read the kernel's release or CPUs: {exc}") from exc
-        compile_env_check(self._release)
         self.live_capacity = live_capacity
         self.site_capacity = site_capacity
         directory = Path(bpf_dir) if bpf_dir is not None else default_bpf_dir()
@@ -110,33 +105,59 @@ class BpfBackend(Backend):
         # Reading percpu_stats holds the allocator's lock: at most once per interval,
         # whoever asks (scrapers share one reading).
         self._kernel_stats = SharedRead(kernel_stats or _default_kernel_stats(), min_read_interval)
-        self._programs: LoadedPrograms | None = LoadedPrograms(
-            bcc, bpf_dir=directory, cflags=build_cflags(directory, defines)
-        )
-        if attach:
-            try:
-                self._programs.attach()
-            except Exception:
-                self.close()
-                raise
+        if pin_dir is not None and not attach:
+            raise BackendUnavailable("a pinned set is always attached: pin_dir needs attach")
+        self.adopted = False
+        self._set: LoadedSet | None = None
+        if pin_dir is not None:
+            self._set = _adopt(Path(pin_dir), layout_digest(directory, defines), self._capacities)
+            self.adopted = self._set is not None
+        if self._set is None:
+            compile_env_check(self._release)
+            request = LoadRequest(
+                str(directory),
+                defines,
+                attach=attach,
+                pin_dir=str(pin_dir) if pin_dir is not None else None,
+            )
+            self._set = spawn_loader(request)
+
+    @property
+    def _capacities(self) -> Capacities:
+        return Capacities(self.live_capacity, self.site_capacity)
 
     @property
     def program_fds(self) -> dict[str, int]:
         """Program function name -> fd (for BPF_PROG_TEST_RUN and prog info)."""
-        return dict(self._live().fds)
+        return dict(self._live().programs)
 
-    def _live(self) -> LoadedPrograms:
-        if self._programs is None:
+    @property
+    def loaded_set(self) -> LoadedSet:
+        """The fds this backend holds."""
+        return self._live()
+
+    @property
+    def tracking_started(self) -> float:
+        """When the set began counting, in seconds since the epoch (CLOCK_REALTIME)."""
+        return self._live().started_ns / 1e9
+
+    @property
+    def percpu_bytes(self) -> int:
+        """Percpu memory the loaded set holds, on all possible CPUs."""
+        return self._live().percpu_bytes_per_cpu * self.possible_cpus
+
+    def _live(self) -> LoadedSet:
+        if self._set is None:
             raise BackendUnavailable("the bpf backend is closed")
-        return self._programs
+        return self._set
 
     def read_tables(self) -> Tables:
         """The maps as raw tables (addresses, not names), per-CPU values summed."""
-        return read_tables(self._live().table)
+        return read_tables(self._live().maps, self.possible_cpus, self.site_capacity)
 
     def snapshot(self) -> Snapshot:
         """Read every map (summing per-CPU values) into a Snapshot; nothing is cleared."""
-        programs = self._live()
+        loaded = self._live()
         tables = self.read_tables()
         ctx = SnapshotContext(
             backend=self.name,
@@ -144,17 +165,19 @@ class BpfBackend(Backend):
             timestamp=time.monotonic(),
             kernel_stats=self._kernel_stats(),
             fields_available=self._fields_available,
-            programs=self._program_stats(programs),
+            programs=self._program_stats(loaded),
             maps=map_usage(tables, self.live_capacity, self.site_capacity),
+            tracking_start_time=self.tracking_started,
+            profiler_percpu_bytes=self.percpu_bytes,
         )
         return tables_to_snapshot(tables, self._symbolize, ctx)
 
-    def _program_stats(self, programs: LoadedPrograms) -> dict[str, ProgramStats]:
+    def _program_stats(self, loaded: LoadedSet) -> dict[str, ProgramStats]:
         # run_cnt and run_time_ns only move while bpf_stats are on; then they mean nothing.
         stats_on = syscalls.bpf_stats_enabled()
         out = {}
         for function in PROGRAMS.values():
-            info = syscalls.prog_info(programs.fds[function])
+            info = syscalls.prog_info(loaded.programs[function])
             out[function] = ProgramStats(
                 runs=info.run_cnt if stats_on else None,
                 run_time_ns=info.run_time_ns if stats_on else None,
@@ -163,10 +186,30 @@ class BpfBackend(Backend):
         return out
 
     def close(self) -> None:
-        """Detach and free programs and maps; idempotent."""
-        programs, self._programs = self._programs, None
-        if programs is not None:
-            programs.close()
+        """Close every fd; idempotent. An unpinned set detaches; a pinned one stays."""
+        loaded, self._set = self._set, None
+        if loaded is not None:
+            loaded.close()
+
+
+def _adopt(pin_dir: Path, layout: bytes, capacities: Capacities) -> LoadedSet | None:
+    """The compatible set pinned at ``pin_dir``, or None after saying why it is replaced."""
+    for leftover in pins.leftovers(pin_dir):
+        log.warning("removing %s, left by an interrupted start", leftover)
+        pins.remove_tree(leftover)
+    if not pins.current(pin_dir).exists():
+        log.info("no pinned set in %s: loading a new one", pin_dir)
+        return None
+    try:
+        loaded = pins.open_pinned(pin_dir, layout, capacities)
+    except pins.IncompatibleSet as exc:
+        log.warning("replacing the pinned set in %s: %s; tracking starts again", pin_dir, exc)
+        return None
+    since = datetime.fromtimestamp(loaded.started_ns / 1e9).astimezone()
+    log.info(
+        "adopted the pinned set in %s: counting since %s", pin_dir, since.isoformat("T", "seconds")
+    )
+    return loaded
 
 
 def check_capacity(what: str, value: int) -> None:

@@ -1,36 +1,56 @@
-"""Compile and load bpf_programs/pcpu.bpf.c with bcc as one module; attaching is separate.
+"""Compile, load, attach and pin bpf_programs/pcpu.bpf.c: the short-lived loader process.
 
-Configuration is only -D defines, all built by `program_defines`: capacities, possible
-CPUs, the slots and lengths of model/layout.py, and the raw argument index of every
-tracepoint field the programs read that this kernel has. Each loaded set owns its maps,
-so any number of sets can live in one process. Tests load without attaching and drive
-the programs with BPF_PROG_TEST_RUN.
+Run as ``python -m pcpu_bpf.bpf.loader`` by `pcpu_bpf.bpf.handoff`, so bcc and LLVM
+live only in a process that exits once the programs are loaded: it reads a JSON request
+on stdin, compiles with bcc, creates the layout record, attaches the programs
+(BPF_RAW_TRACEPOINT_OPEN, so each attachment is a link fd), pins everything when asked,
+and sends the map, program and link fds with a JSON manifest over the Unix socket it was
+given (SCM_RIGHTS). Configuration is only -D defines, all built by `program_defines`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.resources
+import json
 import os
+import socket
+import struct
+import sys
+import time
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+from pcpu_bpf.bpf import syscalls
+from pcpu_bpf.bpf.footprint import bytes_per_cpu
+from pcpu_bpf.bpf.maps import (
+    BPF_MAPS,
+    META_FORMAT,
+    META_MAP,
+    PROGRAMS,
+    Capacities,
+    check_maps,
+)
 from pcpu_bpf.bpf.tracefs import OPTIONAL_FIELDS, REQUIRED_FIELDS, TracepointLayout
 from pcpu_bpf.errors import BackendUnavailable, ProgramLoadError
 from pcpu_bpf.model.layout import (
     CHUNK_CREATED,
     CHUNK_DESTROYED,
+    COUNTER_OFFSETS,
     DROP_REASONS,
     FAILURE_ATOMIC_WEIGHT,
-    LIVE_DELETED,
-    LIVE_INSERTED,
-    NR_FAILURE_CLASSES,
+    NR_COUNTERS,
     NR_SIZE_SLOTS,
     SIZE_BUCKET_SHIFT,
     SIZE_SUM_SLOT,
 )
 
+__all__ = ["PROGRAMS", "LoadRequest", "load", "program_defines"]
+
 SOURCE = "pcpu.bpf.c"
+HEADER = "pcpu.h"
 HEADERS_FIX = (
     "run ./setup.sh, or link headers by hand: ln -s /usr/src/linux-headers-<ver>-amd64 "
     "/lib/modules/$(uname -r)/build (and the -common dir as .../source)"
@@ -39,15 +59,10 @@ PRIVILEGE_FIX = (
     "run as root (or with CAP_BPF, CAP_PERFMON, CAP_SYSLOG and CAP_DAC_READ_SEARCH); "
     "see `pcpu-bpf doctor`"
 )
-
-# Tracepoint -> the function of pcpu.bpf.c that serves it.
-PROGRAMS: dict[str, str] = {
-    "percpu_alloc_percpu": "on_alloc",
-    "percpu_free_percpu": "on_free",
-    "percpu_alloc_percpu_fail": "on_alloc_fail",
-    "percpu_create_chunk": "on_create_chunk",
-    "percpu_destroy_chunk": "on_destroy_chunk",
-}
+BCC_FIX = (
+    "bcc is not importable from this Python: install python3-bpfcc (apt) and use a venv "
+    "made with --system-site-packages (PyPI's 'bcc' is an unrelated package)"
+)
 
 # Prefix of the -D argument-index defines, per tracepoint (see bpf_programs/README.md).
 _DEFINE_PREFIX = {
@@ -85,17 +100,12 @@ def program_defines(
         "SIZE_BUCKET_SHIFT": SIZE_BUCKET_SHIFT,
         "NR_SIZE_SLOTS": NR_SIZE_SLOTS,
         "SIZE_SUM_SLOT": SIZE_SUM_SLOT,
-        "NR_HISTOGRAM_SLOTS": SIZE_SUM_SLOT + 1,
         "FAILURE_ATOMIC_WEIGHT": FAILURE_ATOMIC_WEIGHT,
-        "NR_FAILURE_CLASSES": NR_FAILURE_CLASSES,
-        "NR_DROP_REASONS": len(DROP_REASONS),
         "CHUNK_CREATED": CHUNK_CREATED,
         "CHUNK_DESTROYED": CHUNK_DESTROYED,
-        "NR_CHUNK_SLOTS": max(CHUNK_CREATED, CHUNK_DESTROYED) + 1,
-        "LIVE_INSERTED": LIVE_INSERTED,
-        "LIVE_DELETED": LIVE_DELETED,
-        "NR_LIVE_COUNT_SLOTS": max(LIVE_INSERTED, LIVE_DELETED) + 1,
+        "NR_COUNTERS": NR_COUNTERS,
     }
+    defines |= {f"{group.upper()}_AT": at for group, at in COUNTER_OFFSETS.items()}
     defines |= {f"DROP_{reason.upper()}": i for i, reason in enumerate(DROP_REASONS)}
     for event, prefix in _DEFINE_PREFIX.items():
         names = layout.fields[event]
@@ -110,62 +120,18 @@ def build_cflags(bpf_dir: Path, defines: dict[str, int]) -> list[str]:
     return [f"-I{bpf_dir}", *(f"-D{name}={value}" for name, value in defines.items())]
 
 
-def _wrap(exc: Exception, what: str) -> Exception:
-    msg = str(exc)
-    if "super-user" in msg or "Operation not permitted" in msg or isinstance(exc, PermissionError):
-        return BackendUnavailable(f"{what}: {msg}: {PRIVILEGE_FIX}")
-    return ProgramLoadError(f"{what}: {msg}")
-
-
-class LoadedPrograms:
-    """The five programs and their maps, one bcc module in the kernel (attached on demand)."""
-
-    def __init__(self, bcc: ModuleType, *, bpf_dir: Path, cflags: list[str]) -> None:
-        self._attached: list[str] = []
-        self.fds: dict[str, int] = {}
-        path = bpf_dir / SOURCE
-        if not path.is_file():
-            raise ProgramLoadError(f"BPF source {path} not found: check --bpf-dir")
+def layout_digest(bpf_dir: Path, defines: dict[str, int]) -> bytes:
+    """sha256 of the C source, its header and every define: equal digests, equal maps."""
+    h = hashlib.sha256()
+    for name in (SOURCE, HEADER):
+        path = bpf_dir / name
         try:
-            self._module: Any = bcc.BPF(src_file=str(path).encode(), cflags=cflags)
-        except Exception as exc:  # bcc raises bare Exception with its message
-            raise _wrap(exc, "compiling the BPF programs failed") from exc
-        try:
-            for function in PROGRAMS.values():
-                fn = self._module.load_func(function.encode(), bcc.BPF.RAW_TRACEPOINT)
-                self.fds[function] = int(fn.fd)
-        except Exception as exc:
-            self.close()
-            raise _wrap(exc, "loading the BPF programs failed") from exc
-
-    def table(self, name: str) -> Any:
-        """A bcc table object of this set's maps."""
-        return self._module.get_table(name.encode())
-
-    def attach(self) -> None:
-        """Attach every program to its raw tracepoint; on failure, detach what was attached."""
-        try:
-            for tracepoint, function in PROGRAMS.items():
-                self._module.attach_raw_tracepoint(
-                    tp=tracepoint.encode(), fn_name=function.encode()
-                )
-                self._attached.append(tracepoint)
-        except Exception as exc:
-            self.detach()
-            raise _wrap(exc, f"attaching to raw tracepoint {tracepoint} failed") from exc
-
-    def detach(self) -> None:
-        """Detach every attached program; loaded programs and maps stay."""
-        while self._attached:
-            self._module.detach_raw_tracepoint(tp=self._attached.pop().encode())
-
-    def close(self) -> None:
-        """Detach and release programs and maps; idempotent."""
-        self.detach()
-        self.fds.clear()
-        module, self._module = self._module, None
-        if module is not None:
-            module.cleanup()
+            h.update(path.read_bytes())
+        except OSError as exc:
+            raise ProgramLoadError(f"BPF source {path} unreadable: {exc.strerror}") from None
+    h.update(json.dumps(sorted(defines.items())).encode())
+    h.update(META_FORMAT.encode())
+    return h.digest()
 
 
 def compile_env_check(release: str | None = None) -> None:
@@ -175,3 +141,131 @@ def compile_env_check(release: str | None = None) -> None:
         raise BackendUnavailable(
             f"kernel headers not found at /lib/modules/{release}/build: {HEADERS_FIX}"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class LoadRequest:
+    """What the loader process is asked to do."""
+
+    bpf_dir: str
+    defines: dict[str, int]
+    attach: bool = True
+    pin_dir: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "bpf_dir": self.bpf_dir,
+                "defines": self.defines,
+                "attach": self.attach,
+                "pin_dir": self.pin_dir,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> LoadRequest:
+        d = json.loads(text)
+        return cls(
+            d["bpf_dir"], {k: int(v) for k, v in d["defines"].items()}, d["attach"], d["pin_dir"]
+        )
+
+
+def _wrap(exc: Exception, what: str) -> Exception:
+    msg = str(exc)
+    if "super-user" in msg or "Operation not permitted" in msg or isinstance(exc, PermissionError):
+        return BackendUnavailable(f"{what}: {msg}: {PRIVILEGE_FIX}")
+    return ProgramLoadError(f"{what}: {msg}")
+
+
+def load(request: LoadRequest) -> tuple[dict[str, Any], list[int], Any]:
+    """Compile, load, attach and pin as asked: the manifest, the fds it indexes, and the
+    bcc module that owns the maps' and programs' fds (links and the record are ours)."""
+    from pcpu_bpf.bpf import pins
+
+    try:
+        import bcc
+    except ImportError as exc:
+        raise BackendUnavailable(f"{BCC_FIX} ({exc})") from exc
+    bpf_dir = Path(request.bpf_dir)
+    path = bpf_dir / SOURCE
+    if not path.is_file():
+        raise ProgramLoadError(f"BPF source {path} not found: check --bpf-dir")
+    try:
+        module = bcc.BPF(src_file=str(path).encode(), cflags=build_cflags(bpf_dir, request.defines))
+    except Exception as exc:  # bcc raises bare Exception with its message
+        raise _wrap(exc, "compiling the BPF programs failed") from exc
+    try:
+        programs = {
+            fn: int(module.load_func(fn.encode(), bcc.BPF.RAW_TRACEPOINT).fd)
+            for fn in PROGRAMS.values()
+        }
+    except Exception as exc:
+        raise _wrap(exc, "loading the BPF programs failed") from exc
+    maps = {name: int(module.get_table(name.encode()).map_fd) for name in BPF_MAPS}
+    try:
+        maps[META_MAP] = syscalls.create_map(
+            syscalls.BPF_MAP_TYPE_ARRAY, 4, struct.calcsize(META_FORMAT), 1, META_MAP
+        )
+    except OSError as exc:
+        raise _wrap(exc, "creating the layout record failed") from exc
+    infos = {name: syscalls.map_info(fd) for name, fd in maps.items()}
+    check_maps(
+        infos, Capacities(request.defines["LIVE_CAPACITY"], request.defines["SITE_CAPACITY"])
+    )
+    # os.cpu_count() is the CPUs online, what htab_map_alloc sizes its counter by.
+    per_cpu = bytes_per_cpu(infos.values(), len(programs), os.cpu_count() or 1)
+    started_ns = time.time_ns()
+    digest = layout_digest(bpf_dir, request.defines)
+    syscalls.update_elem(
+        maps[META_MAP], struct.pack("<I", 0), struct.pack(META_FORMAT, digest, started_ns, per_cpu)
+    )
+    links: dict[str, int] = {}
+    if request.attach:
+        for tracepoint, fn in PROGRAMS.items():
+            try:
+                links[tracepoint] = syscalls.raw_tracepoint_open(programs[fn], tracepoint)
+            except OSError as exc:
+                raise _wrap(exc, f"attaching to raw tracepoint {tracepoint} failed") from exc
+    if request.pin_dir is not None:
+        pins.pin_set(Path(request.pin_dir), maps, programs, links)
+    fds: list[int] = []
+
+    def index(fd: int) -> int:
+        fds.append(fd)
+        return len(fds) - 1
+
+    manifest = {
+        "maps": {name: index(fd) for name, fd in maps.items()},
+        "programs": {fn: index(fd) for fn, fd in programs.items()},
+        "links": {tp: index(fd) for tp, fd in links.items()},
+        "layout": digest.hex(),
+        "started_ns": started_ns,
+        "percpu_bytes_per_cpu": per_cpu,
+        "pinned": request.pin_dir,
+    }
+    return manifest, fds, module
+
+
+def _send(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> None:
+    socket.send_fds(sock, [json.dumps(message).encode()], fds)
+
+
+def main() -> int:
+    """The loader process: request on stdin, manifest and fds to the socket fd in argv."""
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    try:
+        manifest, fds, _ = load(LoadRequest.from_json(sys.stdin.read()))
+    except (BackendUnavailable, ProgramLoadError) as exc:
+        kind = "unavailable" if isinstance(exc, BackendUnavailable) else "load"
+        _send(sock, {"error": kind, "message": str(exc)}, [])
+        return 1
+    except Exception as exc:  # a bug: still one message; the traceback goes to stderr
+        traceback.print_exc()
+        _send(sock, {"error": "load", "message": f"the loader failed: {exc!r}"}, [])
+        return 1
+    _send(sock, manifest, fds)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,111 +1,193 @@
-"""Read the programs' maps (bpf_programs/pcpu.bpf.c) into a `Tables`, summing per-CPU values.
+"""Read the programs' maps (bpf_programs/pcpu.bpf.c) through bpf(2) into a `Tables`.
 
-Reading never clears or deletes anything: counters stay cumulative. Every per-CPU value
-has a single writer program, so the programs need no atomics; what two programs change
-is kept as two monotonic counters and subtracted here: a site's live allocations are
-tracked - frees (live bytes: tracked_bytes - freed_bytes), the live table's entries are
-inserted - deleted. Sums are modulo 2**64 like the kernel's u64s; live differences are
-never below zero (see `_live`).
+Each map's expected type, key and value size are checked against what the kernel reports
+before anything is decoded (`check_maps`): a mismatch is one line naming the map.
+
+Reading never clears or deletes anything: counters stay cumulative. Site records hold
+monotonic counters that the programs add to atomically; a site's live allocations are
+allocations - dropped - frees, its live bytes allocated - dropped - freed bytes. The
+per-CPU counters are summed over CPUs modulo 2**64 like the kernel's u64s.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Iterable
-from typing import Any
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
 
+from pcpu_bpf.bpf import syscalls
+from pcpu_bpf.errors import ProgramLoadError
 from pcpu_bpf.model.layout import (
     CHUNK_CREATED,
     CHUNK_DESTROYED,
+    COUNTER_GROUPS,
+    COUNTER_OFFSETS,
     DROP_REASONS,
-    LIVE_DELETED,
-    LIVE_INSERTED,
+    LIVE_ENTRY_FORMAT,
+    NR_COUNTERS,
     NR_SIZE_SLOTS,
+    SITE_KEY_FORMAT,
+    SITE_RECORD_FORMAT,
     SIZE_SUM_SLOT,
 )
 from pcpu_bpf.model.tables import Histogram, SiteAddressKey, SiteValue, Tables
 
-log = logging.getLogger(__name__)
+# Tracepoint -> the function of pcpu.bpf.c that serves it.
+PROGRAMS: dict[str, str] = {
+    "percpu_alloc_percpu": "on_alloc",
+    "percpu_free_percpu": "on_free",
+    "percpu_alloc_percpu_fail": "on_alloc_fail",
+    "percpu_create_chunk": "on_create_chunk",
+    "percpu_destroy_chunk": "on_destroy_chunk",
+}
+# The maps of pcpu.bpf.c, and the layout record the loader adds beside them.
+BPF_MAPS = ("pcpu_live", "pcpu_site_slots", "pcpu_sites", "pcpu_site_count", "pcpu_counters")
+META_MAP = "pcpu_meta"
 
 _MASK = (1 << 64) - 1
-_FIELDS = (
-    "allocations",
-    "requested_bytes",
-    "allocated_bytes",
-    "tracked",
-    "tracked_bytes",
-    "frees",
-    "freed_bytes",
-)
+_RECORD = struct.Struct(SITE_RECORD_FORMAT)
+# The layout record beside a set: sha256 of the sources and defines, the CLOCK_REALTIME
+# ns tracking began, the percpu bytes per CPU the set holds.
+META_FORMAT = "<32sQQ"
 
 
-def _u64(total: int) -> int:
-    return total & _MASK
+@dataclass(frozen=True, slots=True)
+class Capacities:
+    """The two table sizes a set was built with."""
+
+    live: int
+    sites: int
 
 
-def _s64(total: int) -> int:
-    total &= _MASK
-    return total - (1 << 64) if total >> 63 else total
+@dataclass(frozen=True, slots=True)
+class MapSpec:
+    """What a map must be: type, key and value size, and which capacity it has."""
+
+    type: int
+    key_size: int
+    value_size: int
+    capacity: str  # "live", "sites" or "one"
+
+    def entries(self, capacities: Capacities) -> int:
+        return {"live": capacities.live, "sites": capacities.sites, "one": 1}[self.capacity]
 
 
-def _live(added: int, removed: int) -> int:
-    """added - removed, never below 0.
-
-    The kernel copies a per-CPU value one CPU at a time, not atomically: an allocation
-    counted on CPU0 just after CPU0 was read, freed on CPU1 just before CPU1 was read,
-    shows as -1 for one read. A live count is never really negative.
-    """
-    return max(_s64(added - removed), 0)
-
-
-def read_array(table: Any) -> list[int]:
-    """A per-CPU array of u64 as one summed value per index."""
-    return [_u64(sum(int(v) for v in table.getvalue(table.Key(i)))) for i in range(len(table))]
+MAP_SPECS: dict[str, MapSpec] = {
+    "pcpu_live": MapSpec(syscalls.BPF_MAP_TYPE_HASH, 8, struct.calcsize(LIVE_ENTRY_FORMAT), "live"),
+    "pcpu_site_slots": MapSpec(
+        syscalls.BPF_MAP_TYPE_HASH, struct.calcsize(SITE_KEY_FORMAT), 4, "sites"
+    ),
+    "pcpu_sites": MapSpec(syscalls.BPF_MAP_TYPE_ARRAY, 4, _RECORD.size, "sites"),
+    "pcpu_site_count": MapSpec(syscalls.BPF_MAP_TYPE_ARRAY, 4, 8, "one"),
+    "pcpu_counters": MapSpec(syscalls.BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8 * NR_COUNTERS, "one"),
+    "pcpu_meta": MapSpec(syscalls.BPF_MAP_TYPE_ARRAY, 4, struct.calcsize(META_FORMAT), "one"),
+}
 
 
-def _site_items(table: Any) -> Iterable[tuple[Any, Any]]:
-    # One syscall for the whole table where the kernel supports it (5.6+), else key by key.
+def map_mismatch(name: str, info: syscalls.MapInfo, capacities: Capacities) -> str | None:
+    """Why map ``name`` is not what the reader decodes, or None when it is."""
+    spec = MAP_SPECS[name]
+    want = (spec.type, spec.key_size, spec.value_size, spec.entries(capacities))
+    got = (info.type, info.key_size, info.value_size, info.max_entries)
+    if want == got:
+        return None
+    return (
+        f"map {name} is {syscalls.MAP_TYPE_NAMES.get(got[0], got[0])} "
+        f"key {got[1]} value {got[2]} entries {got[3]}, the reader expects "
+        f"{syscalls.MAP_TYPE_NAMES.get(want[0], want[0])} key {want[1]} value {want[2]} "
+        f"entries {want[3]}"
+    )
+
+
+def check_maps(infos: Mapping[str, syscalls.MapInfo], capacities: Capacities) -> None:
+    """ProgramLoadError naming the first map that is missing or laid out otherwise."""
+    for name in MAP_SPECS:
+        if name not in infos:
+            raise ProgramLoadError(f"map {name} is missing from the loaded set")
+        why = map_mismatch(name, infos[name], capacities)
+        if why is not None:
+            raise ProgramLoadError(why)
+
+
+def _key(i: int) -> bytes:
+    return struct.pack("<I", i)
+
+
+def read_counters(fd: int, nr_cpus: int) -> list[int]:
+    """The per-CPU counters element, summed over CPUs, one value per slot."""
+    raw = syscalls.lookup_elem(fd, _key(0), 8 * NR_COUNTERS * nr_cpus)
+    if raw is None:
+        return [0] * NR_COUNTERS
+    per_cpu = struct.unpack(f"<{NR_COUNTERS * nr_cpus}Q", raw)
+    return [
+        sum(per_cpu[cpu * NR_COUNTERS + i] for cpu in range(nr_cpus)) & _MASK
+        for i in range(NR_COUNTERS)
+    ]
+
+
+def _records(fd: int, count: int) -> list[bytes]:
+    # One syscall for the whole array where the kernel supports it (5.6+), else by key.
+    if count == 0:
+        return []
     try:
-        return list(table.items_lookup_batch())
-    except Exception as exc:  # bcc raises bare Exception
-        log.debug("batch lookup unavailable (%s); iterating keys", exc)
-        return list(table.items())
+        return [v for _, v in syscalls.lookup_batch(fd, 4, _RECORD.size, count)][:count]
+    except OSError:
+        values = (syscalls.lookup_elem(fd, _key(i), _RECORD.size) for i in range(count))
+        return [v for v in values if v is not None]
 
 
-def read_sites(table: Any) -> dict[SiteAddressKey, SiteValue]:
-    """The per-CPU site table: (call_site, atomic, reserved) -> summed SiteValue."""
+def _live(n: int) -> int:
+    """A live figure, never below 0 (a reader can see a free before its allocation's
+    counts on another CPU, for one read)."""
+    n &= _MASK
+    return 0 if n >> 63 else n
+
+
+def read_sites(records_fd: int, count_fd: int, capacity: int) -> dict[SiteAddressKey, SiteValue]:
+    """The site records in use: (call_site, atomic, reserved) -> SiteValue."""
+    raw_count = syscalls.lookup_elem(count_fd, _key(0), 8)
+    handed_out = struct.unpack("<Q", raw_count)[0] if raw_count else 0
     out: dict[SiteAddressKey, SiteValue] = {}
-    for key, per_cpu in _site_items(table):
-        f = {name: _u64(sum(getattr(v, name) for v in per_cpu)) for name in _FIELDS}
-        out[(int(key.call_site), bool(key.atomic), bool(key.reserved))] = SiteValue(
-            allocations=f["allocations"],
-            requested_bytes=f["requested_bytes"],
-            allocated_bytes=f["allocated_bytes"],
-            frees=f["frees"],
-            freed_bytes=f["freed_bytes"],
-            live_allocations=_live(f["tracked"], f["frees"]),
-            live_bytes=_live(f["tracked_bytes"], f["freed_bytes"]),
+    for raw in _records(records_fd, min(handed_out, capacity)):
+        addr, atomic, reserved, allocs, req, alloc_b, dropped, dropped_b, frees, freed_b = (
+            _RECORD.unpack(raw)
+        )
+        if allocs == 0:
+            continue  # a slot being filled, or one a race between two CPUs left empty
+        out[(addr, bool(atomic), bool(reserved))] = SiteValue(
+            allocations=allocs,
+            requested_bytes=req,
+            allocated_bytes=alloc_b,
+            frees=frees,
+            freed_bytes=freed_b,
+            live_allocations=_live(allocs - dropped - frees),
+            live_bytes=_live(alloc_b - dropped_b - freed_b),
         )
     return out
+
+
+def _group(values: list[int], name: str) -> list[int]:
+    at = COUNTER_OFFSETS[name]
+    return values[at : at + dict(COUNTER_GROUPS)[name]]
 
 
 def _histogram(values: list[int]) -> Histogram:
     return Histogram(counts=values[:NR_SIZE_SLOTS], sum=values[SIZE_SUM_SLOT])
 
 
-def read_tables(table: Callable[[str], Any]) -> Tables:
-    """Every map, by name through ``table``, into one `Tables`."""
-    chunks = read_array(table("pcpu_chunks"))
-    live = read_array(table("pcpu_live_count"))
-    drops = read_array(table("pcpu_drops"))
+def read_tables(maps: Mapping[str, int], nr_cpus: int, site_capacity: int) -> Tables:
+    """Every map, by fd, into one `Tables`."""
+    counters = read_counters(maps["pcpu_counters"], nr_cpus)
+    sites = read_sites(maps["pcpu_sites"], maps["pcpu_site_count"], site_capacity)
+    chunks = _group(counters, "chunks")
     return Tables(
-        sites=read_sites(table("pcpu_sites")),
-        untracked_frees=read_array(table("pcpu_untracked"))[0],
-        sizes=_histogram(read_array(table("pcpu_sizes"))),
-        failures=read_array(table("pcpu_failures")),
-        failed_sizes=_histogram(read_array(table("pcpu_fail_sizes"))),
+        sites=sites,
+        untracked_frees=_group(counters, "untracked_frees")[0],
+        sizes=_histogram(_group(counters, "sizes")),
+        failures=_group(counters, "failures"),
+        failed_sizes=_histogram(_group(counters, "fail_sizes")),
         chunk_creations=chunks[CHUNK_CREATED],
         chunk_destructions=chunks[CHUNK_DESTROYED],
-        dropped=dict(zip(DROP_REASONS, drops, strict=True)),
-        live_entries=_live(live[LIVE_INSERTED], live[LIVE_DELETED]),
+        dropped=dict(zip(DROP_REASONS, _group(counters, "drops"), strict=True)),
+        live_entries=sum(s.live_allocations for s in sites.values()),
     )

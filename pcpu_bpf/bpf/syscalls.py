@@ -1,8 +1,9 @@
-"""The few bpf(2) commands bcc 0.26 does not expose, through ctypes.
+"""The bpf(2) commands the profiler needs, through ctypes: no bcc in the reading process.
 
-- BPF_OBJ_GET_INFO_BY_FD for a program's run_cnt, run_time_ns and recursion_misses;
-- BPF_MAP_CREATE of a per-CPU array: the deterministic real workload (N percpu
-  allocations of round_up(value_size, 8) bytes from bpf_map_alloc_percpu).
+Maps are read with MAP_LOOKUP_ELEM and MAP_LOOKUP_BATCH (GET_NEXT_KEY where batches are
+missing), objects are pinned and opened in bpffs with OBJ_PIN and OBJ_GET, and
+OBJ_GET_INFO_BY_FD describes maps, programs and links. The loader also creates its small
+arrays, writes them and attaches programs (RAW_TRACEPOINT_OPEN) through here.
 
 Layouts follow include/uapi/linux/bpf.h; offsets were checked against the C header.
 """
@@ -10,14 +11,36 @@ Layouts follow include/uapi/linux/bpf.h; offsets were checked against the C head
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
 
 BPF_MAP_CREATE = 0
+BPF_MAP_LOOKUP_ELEM = 1
+BPF_MAP_UPDATE_ELEM = 2
+BPF_MAP_GET_NEXT_KEY = 4
+BPF_OBJ_PIN = 6
+BPF_OBJ_GET = 7
 BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_RAW_TRACEPOINT_OPEN = 17
+BPF_MAP_LOOKUP_BATCH = 24
+
+BPF_MAP_TYPE_HASH = 1
+BPF_MAP_TYPE_ARRAY = 2
+BPF_MAP_TYPE_PERCPU_HASH = 5
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
+PERCPU_MAP_TYPES = frozenset({BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY, 10, 16})
+MAP_TYPE_NAMES = {
+    BPF_MAP_TYPE_HASH: "hash",
+    BPF_MAP_TYPE_ARRAY: "array",
+    BPF_MAP_TYPE_PERCPU_HASH: "percpu_hash",
+    BPF_MAP_TYPE_PERCPU_ARRAY: "percpu_array",
+}
+
+BPF_ANY = 0
+BPF_F_RDONLY = 1 << 3  # file_flags of OBJ_GET
 
 _NR_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
 
@@ -39,6 +62,69 @@ class _MapCreateAttr(ctypes.Structure):
         ("inner_map_fd", _u32),
         ("numa_node", _u32),
         ("map_name", ctypes.c_char * 16),
+    ]
+
+
+class _ElemAttr(ctypes.Structure):
+    _fields_ = [("map_fd", _u32), ("_pad", _u32), ("key", _u64), ("value", _u64), ("flags", _u64)]
+
+
+class _BatchAttr(ctypes.Structure):
+    _fields_ = [
+        ("in_batch", _u64),
+        ("out_batch", _u64),
+        ("keys", _u64),
+        ("values", _u64),
+        ("count", _u32),
+        ("map_fd", _u32),
+        ("elem_flags", _u64),
+        ("flags", _u64),
+    ]
+
+
+class _ObjAttr(ctypes.Structure):
+    _fields_ = [("pathname", _u64), ("bpf_fd", _u32), ("file_flags", _u32)]
+
+
+class _RawTpAttr(ctypes.Structure):
+    _fields_ = [("name", _u64), ("prog_fd", _u32), ("_pad", _u32)]
+
+
+class _MapInfo(ctypes.Structure):
+    """struct bpf_map_info up to map_extra (88 bytes)."""
+
+    _fields_ = [
+        ("type", _u32),
+        ("id", _u32),
+        ("key_size", _u32),
+        ("value_size", _u32),
+        ("max_entries", _u32),
+        ("map_flags", _u32),
+        ("name", ctypes.c_char * 16),
+        ("ifindex", _u32),
+        ("btf_vmlinux_value_type_id", _u32),
+        ("netns_dev", _u64),
+        ("netns_ino", _u64),
+        ("btf_id", _u32),
+        ("btf_key_type_id", _u32),
+        ("btf_value_type_id", _u32),
+        ("btf_vmlinux_id", _u32),
+        ("map_extra", _u64),
+    ]
+
+
+class _LinkInfo(ctypes.Structure):
+    """struct bpf_link_info: type, id, prog_id, then the raw_tracepoint member."""
+
+    _fields_ = [
+        ("type", _u32),
+        ("id", _u32),
+        ("prog_id", _u32),
+        ("_pad", _u32),
+        ("tp_name", _u64),
+        ("tp_name_len", _u32),
+        ("_pad2", _u32),
+        ("_rest", _u64 * 8),
     ]
 
 
@@ -97,6 +183,33 @@ class ProgInfo:
     run_cnt: int
     run_time_ns: int
     recursion_misses: int
+    load_time_ns: int = 0  # boot-time ns (CLOCK_BOOTTIME) the program was loaded
+
+
+@dataclass(frozen=True, slots=True)
+class MapInfo:
+    """A map's type, sizes and name, as the kernel reports them."""
+
+    id: int
+    type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    flags: int
+    name: str
+
+    @property
+    def type_name(self) -> str:
+        return MAP_TYPE_NAMES.get(self.type, f"type {self.type}")
+
+
+@dataclass(frozen=True, slots=True)
+class LinkInfo:
+    """A link's id and the program it holds attached."""
+
+    id: int
+    type: int
+    prog_id: int
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -116,30 +229,166 @@ def _bpf(cmd: int, attr: ctypes.Structure, what: str) -> int:
     return int(ret)
 
 
+def _info(fd: int, info: ctypes.Structure) -> None:
+    attr = _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, attr, "BPF_OBJ_GET_INFO_BY_FD")
+
+
 def prog_info(prog_fd: int) -> ProgInfo:
     """BPF_OBJ_GET_INFO_BY_FD for a program: id, name and the kernel's run counters."""
     info = _ProgInfo()
-    attr = _InfoAttr(bpf_fd=prog_fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
-    _bpf(BPF_OBJ_GET_INFO_BY_FD, attr, "BPF_OBJ_GET_INFO_BY_FD")
+    _info(prog_fd, info)
     return ProgInfo(
         id=int(info.id),
         name=info.name.decode(errors="replace"),
         run_cnt=int(info.run_cnt),
         run_time_ns=int(info.run_time_ns),
         recursion_misses=int(info.recursion_misses),
+        load_time_ns=int(info.load_time),
     )
 
 
-def create_percpu_array(value_size: int, max_entries: int, name: str = "") -> int:
-    """A BPF_MAP_TYPE_PERCPU_ARRAY's fd: ``max_entries`` percpu allocations in this process."""
+def map_info(map_fd: int) -> MapInfo:
+    """BPF_OBJ_GET_INFO_BY_FD for a map: type, key and value size, entries, name."""
+    info = _MapInfo()
+    _info(map_fd, info)
+    return MapInfo(
+        id=int(info.id),
+        type=int(info.type),
+        key_size=int(info.key_size),
+        value_size=int(info.value_size),
+        max_entries=int(info.max_entries),
+        flags=int(info.map_flags),
+        name=info.name.decode(errors="replace"),
+    )
+
+
+def link_info(link_fd: int) -> LinkInfo:
+    """BPF_OBJ_GET_INFO_BY_FD for a link: its id and its program's id."""
+    info = _LinkInfo()
+    _info(link_fd, info)
+    return LinkInfo(id=int(info.id), type=int(info.type), prog_id=int(info.prog_id))
+
+
+def create_map(
+    map_type: int, key_size: int, value_size: int, max_entries: int, name: str = ""
+) -> int:
+    """A new map's fd (BPF_MAP_CREATE)."""
     attr = _MapCreateAttr(
-        map_type=BPF_MAP_TYPE_PERCPU_ARRAY,
-        key_size=4,
+        map_type=map_type,
+        key_size=key_size,
         value_size=value_size,
         max_entries=max_entries,
         map_name=name.encode()[:15],
     )
     return _bpf(BPF_MAP_CREATE, attr, "BPF_MAP_CREATE")
+
+
+def create_percpu_array(value_size: int, max_entries: int, name: str = "") -> int:
+    """A BPF_MAP_TYPE_PERCPU_ARRAY's fd: ``max_entries`` percpu allocations in this process."""
+    return create_map(BPF_MAP_TYPE_PERCPU_ARRAY, 4, value_size, max_entries, name)
+
+
+def update_elem(map_fd: int, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
+    """Write one element (BPF_MAP_UPDATE_ELEM)."""
+    k = ctypes.create_string_buffer(key, len(key))
+    v = ctypes.create_string_buffer(value, len(value))
+    attr = _ElemAttr(map_fd=map_fd, key=ctypes.addressof(k), value=ctypes.addressof(v), flags=flags)
+    _bpf(BPF_MAP_UPDATE_ELEM, attr, "BPF_MAP_UPDATE_ELEM")
+
+
+def lookup_elem(map_fd: int, key: bytes, value_size: int) -> bytes | None:
+    """One element's value bytes, None when the key is absent (per-CPU maps: every CPU's)."""
+    k = ctypes.create_string_buffer(key, len(key))
+    v = ctypes.create_string_buffer(value_size)
+    attr = _ElemAttr(map_fd=map_fd, key=ctypes.addressof(k), value=ctypes.addressof(v))
+    try:
+        _bpf(BPF_MAP_LOOKUP_ELEM, attr, "BPF_MAP_LOOKUP_ELEM")
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return None
+        raise
+    return v.raw
+
+
+def next_key(map_fd: int, key: bytes | None, key_size: int) -> bytes | None:
+    """The key after ``key`` (the first for None); None past the last (BPF_MAP_GET_NEXT_KEY)."""
+    out = ctypes.create_string_buffer(key_size)
+    k = ctypes.create_string_buffer(key, len(key)) if key is not None else None
+    attr = _ElemAttr(
+        map_fd=map_fd, key=ctypes.addressof(k) if k is not None else 0, value=ctypes.addressof(out)
+    )
+    try:
+        _bpf(BPF_MAP_GET_NEXT_KEY, attr, "BPF_MAP_GET_NEXT_KEY")
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return None
+        raise
+    return out.raw
+
+
+def lookup_batch(
+    map_fd: int, key_size: int, value_size: int, max_entries: int
+) -> list[tuple[bytes, bytes]]:
+    """Every (key, value) of a map, batch by batch (BPF_MAP_LOOKUP_BATCH, Linux 5.6+).
+
+    ``value_size`` is the whole value the kernel copies out (per-CPU maps: every CPU's).
+    OSError(EINVAL or ENOTSUPP) where the kernel or the map type has no batch lookup.
+    """
+    count = max(1, min(max_entries, 4096))
+    keys = ctypes.create_string_buffer(key_size * count)
+    values = ctypes.create_string_buffer(value_size * count)
+    batch_in = ctypes.create_string_buffer(max(key_size, 8))
+    batch_out = ctypes.create_string_buffer(max(key_size, 8))
+    out: list[tuple[bytes, bytes]] = []
+    first = True
+    while True:
+        attr = _BatchAttr(
+            in_batch=0 if first else ctypes.addressof(batch_in),
+            out_batch=ctypes.addressof(batch_out),
+            keys=ctypes.addressof(keys),
+            values=ctypes.addressof(values),
+            count=count,
+            map_fd=map_fd,
+        )
+        done = False
+        try:
+            _bpf(BPF_MAP_LOOKUP_BATCH, attr, "BPF_MAP_LOOKUP_BATCH")
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            done = True  # the last batch; attr.count says how many it holds
+        n = int(attr.count)
+        kr, vr = keys.raw, values.raw
+        out += [
+            (kr[i * key_size : (i + 1) * key_size], vr[i * value_size : (i + 1) * value_size])
+            for i in range(n)
+        ]
+        if done or n == 0:
+            return out
+        ctypes.memmove(batch_in, batch_out, ctypes.sizeof(batch_out))
+        first = False
+
+
+def obj_pin(fd: int, path: str | Path) -> None:
+    """Pin a map, program or link in bpffs at ``path`` (BPF_OBJ_PIN)."""
+    name = ctypes.create_string_buffer(os.fsencode(path))
+    attr = _ObjAttr(pathname=ctypes.addressof(name), bpf_fd=fd)
+    _bpf(BPF_OBJ_PIN, attr, f"BPF_OBJ_PIN {path}")
+
+
+def obj_get(path: str | Path, flags: int = 0) -> int:
+    """An fd of the object pinned at ``path`` (BPF_OBJ_GET)."""
+    name = ctypes.create_string_buffer(os.fsencode(path))
+    attr = _ObjAttr(pathname=ctypes.addressof(name), file_flags=flags)
+    return _bpf(BPF_OBJ_GET, attr, f"BPF_OBJ_GET {path}")
+
+
+def raw_tracepoint_open(prog_fd: int, tracepoint: str) -> int:
+    """Attach a raw tracepoint program; the returned link fd keeps it attached."""
+    name = ctypes.create_string_buffer(tracepoint.encode())
+    attr = _RawTpAttr(name=ctypes.addressof(name), prog_fd=prog_fd)
+    return _bpf(BPF_RAW_TRACEPOINT_OPEN, attr, f"BPF_RAW_TRACEPOINT_OPEN {tracepoint}")
 
 
 def close(fd: int) -> None:

@@ -7,6 +7,7 @@ import logging
 import click
 
 from pcpu_bpf import __version__
+from pcpu_bpf.cli.detach import detach
 from pcpu_bpf.cli.doctor import doctor
 from pcpu_bpf.cli.serve import serve_command
 from pcpu_bpf.cli.simulate import simulate
@@ -25,5 +26,5 @@ def main(verbose: bool) -> None:
     )
 
 
-for command in (doctor, serve_command, simulate):
+for command in (detach, doctor, serve_command, simulate):
     main.add_command(command)

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
 from pcpu_bpf import doctor as checks
 from pcpu_bpf.backends import open_backend
+from pcpu_bpf.bpf import pins
+from pcpu_bpf.bpf.loader import default_bpf_dir, layout_digest, program_defines
+from pcpu_bpf.bpf.maps import Capacities
+from pcpu_bpf.bpf.tracefs import read_layout
+from pcpu_bpf.errors import PcpuError
+from pcpu_bpf.kernel.procfs import read_possible_cpus
+from pcpu_bpf.model.layout import DEFAULT_LIVE_CAPACITY, DEFAULT_SITE_CAPACITY
 
 EPILOG = """\b
 Examples:
@@ -18,6 +26,25 @@ Examples:
 
 def _start_backend() -> object:
     return open_backend("bpf")
+
+
+def _why_incompatible(
+    pin_dir: Path, tracefs_root: Path | None, live: int, site: int
+) -> Callable[[], str | None]:
+    def why() -> str | None:
+        try:
+            defines = program_defines(
+                read_layout(tracefs_root),
+                live_capacity=live,
+                site_capacity=site,
+                nr_possible_cpus=read_possible_cpus(),
+            )
+            digest = layout_digest(default_bpf_dir(), defines)
+        except (PcpuError, OSError) as exc:
+            return f"cannot tell: {exc}"
+        return pins.compatibility(pin_dir, digest, Capacities(live, site))
+
+    return why
 
 
 @click.command(epilog=EPILOG)
@@ -46,6 +73,29 @@ def _start_backend() -> object:
     "--tracefs-root", type=click.Path(path_type=Path, readable=False), default=None, hidden=True
 )
 @click.option("--release", default=None, hidden=True, help="Kernel release (uname -r).")
+@click.option(
+    "--pin-dir",
+    envvar="PCPU_SERVE_PIN_DIR",
+    show_envvar=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    default=pins.DEFAULT_PIN_DIR,
+    show_default=True,
+    help="Where `pcpu-bpf serve` pins its set: list it and say if this version adopts it.",
+)
+@click.option(
+    "--live-capacity",
+    envvar="PCPU_SERVE_LIVE_CAPACITY",
+    type=int,
+    default=DEFAULT_LIVE_CAPACITY,
+    hidden=True,
+)
+@click.option(
+    "--site-capacity",
+    envvar="PCPU_SERVE_SITE_CAPACITY",
+    type=int,
+    default=DEFAULT_SITE_CAPACITY,
+    hidden=True,
+)
 def doctor(
     load: bool,
     proc_root: Path,
@@ -53,6 +103,9 @@ def doctor(
     debugfs_root: Path,
     tracefs_root: Path | None,
     release: str | None,
+    pin_dir: Path,
+    live_capacity: int,
+    site_capacity: int,
 ) -> None:
     """Check that the bpf backend can run here; print what is wrong and the fix."""
     paths = checks.Paths(proc_root=proc_root, modules_root=modules_root, debugfs_root=debugfs_root)
@@ -63,8 +116,12 @@ def doctor(
             debugfs_root=debugfs_root,
             tracefs_candidates=(tracefs_root,),
         )
+    why = _why_incompatible(pin_dir, tracefs_root, live_capacity, site_capacity)
     results = checks.run_checks(
-        paths, release=release, start_backend=_start_backend if load else None
+        paths,
+        release=release,
+        start_backend=_start_backend if load else None,
+        pinned=checks.check_pinned(pin_dir, why),
     )
     for c in results:
         click.echo(c.line())

@@ -16,6 +16,7 @@ from pcpu_bpf.backends import (
     ignored_options,
     open_backend,
 )
+from pcpu_bpf.bpf.pins import DEFAULT_PIN_DIR
 from pcpu_bpf.cli.params import Seconds
 from pcpu_bpf.daemon.http_server import DEFAULT_MAX_CONNECTIONS, Limits
 from pcpu_bpf.daemon.listener import DEFAULT_LISTEN, bind, parse_listen
@@ -131,10 +132,20 @@ def _opt(name: str, **kwargs: Any) -> Callable[[_F], _F]:
     default=None,
     help="Directory of the BPF C sources (bpf only) [default: the installed package's].",
 )
+@_opt(
+    "--pin-dir",
+    type=click.Path(file_okay=False),
+    default=str(DEFAULT_PIN_DIR),
+    show_default=True,
+    help="bpffs directory the maps and programs stay pinned in across restarts (bpf "
+    "only); a compatible set there is adopted, counters continuing. `pcpu-bpf detach` "
+    "removes it.",
+)
 def serve_command(
     backend: str,
     check: bool,
     listen: str,
+    pin_dir: str,
     min_read_interval: float,
     max_connections: int,
     **options: Any,
@@ -151,6 +162,9 @@ def serve_command(
         raise _OneLineError(str(exc)) from None
     if backend == "bpf":  # the sim's kernel stats are simulated: nothing to spare
         options["min_read_interval"] = min_read_interval
+    # --check leaves nothing behind: it loads its own set and detaches it.
+    if backend == "bpf" and not check:
+        options["pin_dir"] = pin_dir
     backend_options = BackendOptions(**options)
     for name in ignored_options(backend, backend_options):
         log.warning("--%s does not apply to backend %s; ignored", name.replace("_", "-"), backend)
@@ -193,7 +207,11 @@ def serve_command(
                 raise click.ClickException(str(exc)) from None
     if check:
         click.echo(report)
-    log.info("detached; exiting")
+    pinned = options.get("pin_dir")
+    if pinned is not None:
+        log.info("exiting; the set stays pinned in %s (`pcpu-bpf detach` removes it)", pinned)
+    else:
+        log.info("detached; exiting")
 
 
 def _ignore_hangup(signum: int, frame: FrameType | None) -> None:

@@ -87,7 +87,12 @@ class Aggregator:
         site.allocations += 1
         site.requested_bytes += ev.size
         site.allocated_bytes += used
-        if ev.ptr not in self._live and len(self._live) >= self._live_capacity:
+        old = self._live.get(ev.ptr)
+        if old is not None:
+            # The pointer is live already: its free was lost (a recursion miss) and the
+            # allocator handed it out again, so the old allocation counts as freed.
+            self._count_free(old)
+        elif len(self._live) >= self._live_capacity:
             t.dropped["live_table_full"] += 1
             return
         self._live[ev.ptr] = LiveEntry(call_site, ev.is_atomic, ev.reserved, ev.size, used)
@@ -102,7 +107,10 @@ class Aggregator:
             t.untracked_frees += 1
             return
         t.live_entries = len(self._live)
-        site = t.sites[(entry.call_site, entry.atomic, entry.reserved)]
+        self._count_free(entry)
+
+    def _count_free(self, entry: LiveEntry) -> None:
+        site = self.tables.sites[(entry.call_site, entry.atomic, entry.reserved)]
         site.frees += 1
         site.freed_bytes += entry.bytes_alloc
         site.live_allocations -= 1

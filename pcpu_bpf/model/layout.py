@@ -28,12 +28,42 @@ MAX_TABLE_CAPACITY = 1 << 27
 
 # Slots of the chunk counter: chunks created, chunks destroyed.
 CHUNK_CREATED, CHUNK_DESTROYED = 0, 1
-# Slots of the live-table counter: entries inserted, entries deleted.
-LIVE_INSERTED, LIVE_DELETED = 0, 1
 
 # Failure counter slots: one per (atomic, reserved) class, see failure_index.
 FAILURE_ATOMIC_WEIGHT = 2
 NR_FAILURE_CLASSES = 2 * FAILURE_ATOMIC_WEIGHT
+
+# Every small counter lives in one per-CPU element of u64s (one lookup per event), in
+# groups at fixed offsets: group name -> its length, in the element's order.
+COUNTER_GROUPS: tuple[tuple[str, int], ...] = (
+    ("sizes", SIZE_SUM_SLOT + 1),  # histogram buckets, then the sum
+    ("fail_sizes", SIZE_SUM_SLOT + 1),
+    ("failures", NR_FAILURE_CLASSES),
+    ("chunks", max(CHUNK_CREATED, CHUNK_DESTROYED) + 1),
+    ("drops", len(DROP_REASONS)),
+    ("untracked_frees", 1),
+)
+
+
+def _offsets() -> dict[str, int]:
+    out, at = {}, 0
+    for name, length in COUNTER_GROUPS:
+        out[name] = at
+        at += length
+    out["end"] = at
+    return out
+
+
+COUNTER_OFFSETS: dict[str, int] = _offsets()
+NR_COUNTERS = COUNTER_OFFSETS.pop("end")
+
+# Struct layouts the reader decodes (bpf_programs/pcpu.h), as Python struct formats; the
+# loader checks each against the map's key and value size before reading anything.
+SITE_KEY_FORMAT = "<QBB6x"  # struct site_key: call_site, atomic, reserved
+# struct site_record: the key, 5 counters written by allocations, then in the second
+# 64-byte half the 2 written by frees.
+SITE_RECORD_FORMAT = SITE_KEY_FORMAT + "5Q8x2Q48x"
+LIVE_ENTRY_FORMAT = "<QI4x"  # struct live_entry: bytes_alloc, slot
 
 
 def size_slot(size: int) -> int:

@@ -121,6 +121,11 @@ class Snapshot:
     fields_available: Mapping[tuple[str, str], bool] | None = None
     programs: Mapping[str, ProgramStats] | None = None
     maps: Mapping[str, MapUsage] | None = None
+    # When the counters began (seconds since the epoch): a restart that adopts the
+    # pinned maps keeps it, a new set starts it again.
+    tracking_start_time: float | None = None
+    # Percpu memory the profiler's own maps and programs hold, on all possible CPUs.
+    profiler_percpu_bytes: int | None = None
     by_call_site: Mapping[str, SiteRecord] = field(init=False, repr=False, compare=False)
     totals: SiteRecord = field(init=False, repr=False, compare=False)
 

@@ -11,7 +11,8 @@ bytes. Anything uncovered resolves to a stable hex label.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping
+from array import array
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from pcpu_bpf.errors import StatsParseError
@@ -49,17 +50,29 @@ class Symbolizer:
         if names and names[-1] is not None:
             starts.append(starts[-1] + LAST_SYMBOL_SIZE)
             names.append(None)
-        self._starts = starts
-        self._names = names
+        # A daemon keeps this for its life: 120,000 kallsyms entries as Python ints and
+        # strs take about 25 MB, packed as below about 3 MB. A name is blob[off[i]:off[i+1]];
+        # an empty one marks the end of a range.
+        encoded = [(name or "").encode() for name in names]
+        offsets = [0]
+        for e in encoded:
+            offsets.append(offsets[-1] + len(e))
+        self._starts = array("Q", starts)
+        self._offsets = array("Q", offsets)
+        self._blob = b"".join(encoded)
         self._restricted = restricted
         self._cache: dict[int | None, str] = {}
 
     @classmethod
     def from_kallsyms_text(cls, text: str) -> Symbolizer:
         """Parse /proc/kallsyms lines: "ffffffff81234560 T name" with an optional [module]."""
+        return cls._from_lines(text.splitlines())
+
+    @classmethod
+    def _from_lines(cls, lines: Iterable[str]) -> Symbolizer:
         symbols: list[tuple[int, str | None]] = []
         all_zero = True
-        for no, line in enumerate(text.splitlines(), start=1):
+        for no, line in enumerate(lines, start=1):
             fields = line.split(maxsplit=3)
             if not fields:
                 continue
@@ -80,9 +93,9 @@ class Symbolizer:
 
     @classmethod
     def from_file(cls, path: str | Path = "/proc/kallsyms") -> Symbolizer:
-        """Load a kallsyms file; OSError propagates."""
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
-        return cls.from_kallsyms_text(text)
+        """Load a kallsyms file, line by line; OSError propagates."""
+        with Path(path).open(encoding="utf-8", errors="replace") as f:
+            return cls._from_lines(line.rstrip("\n") for line in f)
 
     @classmethod
     def from_symbols(cls, symbols: Mapping[str, int]) -> Symbolizer:
@@ -96,7 +109,11 @@ class Symbolizer:
 
     def __len__(self) -> int:
         """Number of function names known."""
-        return sum(1 for name in self._names if name is not None)
+        return sum(1 for i in range(len(self._starts)) if self._name(i) is not None)
+
+    def _name(self, i: int) -> str | None:
+        name = self._blob[self._offsets[i] : self._offsets[i + 1]]
+        return name.decode() if name else None
 
     def resolve(self, addr: int | None) -> str:
         """Name of the function containing ``addr``; a hex label if none, "unknown" for None."""
@@ -112,5 +129,5 @@ class Symbolizer:
         if addr is None:
             return UNKNOWN
         i = bisect.bisect_right(self._starts, addr) - 1
-        name = self._names[i] if i >= 0 else None
+        name = self._name(i) if i >= 0 else None
         return name if name is not None else hex_label(addr)

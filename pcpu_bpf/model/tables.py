@@ -35,8 +35,8 @@ SiteAddressKey = tuple[int, bool, bool]
 
 @dataclass(slots=True)
 class SiteValue:
-    """Counters under one site key; bpf/maps.py derives them from struct site_value
-    (bpf_programs/pcpu.h), whose live counts are kept as tracked minus freed."""
+    """Counters under one site key; bpf/maps.py derives them from struct site_record
+    (bpf_programs/pcpu.h), whose live counts are allocations - dropped - frees."""
 
     allocations: int = 0
     requested_bytes: int = 0
@@ -95,6 +95,8 @@ class SnapshotContext:
     fields_available: Mapping[tuple[str, str], bool] | None = None
     programs: Mapping[str, ProgramStats] | None = None
     maps: Mapping[str, MapUsage] | None = None
+    tracking_start_time: float | None = None
+    profiler_percpu_bytes: int | None = None
 
 
 def map_usage(tables: Tables, live_capacity: int, site_capacity: int) -> dict[str, MapUsage]:
@@ -146,4 +148,6 @@ def tables_to_snapshot(
         fields_available=ctx.fields_available,
         programs=ctx.programs,
         maps=ctx.maps,
+        tracking_start_time=ctx.tracking_start_time,
+        profiler_percpu_bytes=ctx.profiler_percpu_bytes,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pcpu_bpf.top.view import DEFAULT_SORT, Row, View, sort_rows
+from pcpu_bpf.top.view import DEFAULT_SORT, Row, Totals, View, sort_rows
 from pcpu_bpf.units import fit, human_bytes, human_int, human_rate
 
 # bcc's CONTRIBUTING-SCRIPTS: under 80 columns, so a line never wraps on an 80-column tty.
@@ -35,7 +35,7 @@ def header_lines(view: View, *, source: str, clock: str) -> list[str]:
     """The totals above the table, each line at most WIDTH characters."""
     t = view.totals
     lines = [
-        f"{clock}  {source}  interval {t.elapsed:.2f}s  kernel {view.kernel}",
+        f"{clock}  {source}  interval {t.elapsed:.2f}s  kernel {view.kernel}{_profiler(t)}",
         f"Percpu {_maybe(t.meminfo_percpu_bytes, human_bytes)} (meminfo)"
         f"  chunks {_maybe(t.chunks, str)} (+{t.chunk_creations} -{t.chunk_destructions})"
         f"  kernel live allocs {_maybe(t.kernel_live_allocations, str)}",
@@ -49,6 +49,12 @@ def header_lines(view: View, *, source: str, clock: str) -> list[str]:
         parts = ", ".join(f"{n} {reason}" for reason, n in dropped.items())
         lines.append(f"DROPPED (tracking table full): {parts}")
     return [fit_line(line) for line in lines]
+
+
+def _profiler(t: Totals) -> str:
+    if t.profiler_percpu_bytes is None:
+        return ""
+    return f"  own percpu {human_bytes(t.profiler_percpu_bytes)}"
 
 
 def fit_line(line: str) -> str:
@@ -121,6 +127,7 @@ def render_json(
         "interval_seconds": _round(t.elapsed),
         "totals": {
             "meminfo_percpu_bytes": t.meminfo_percpu_bytes,
+            "profiler_percpu_bytes": t.profiler_percpu_bytes,
             "chunks": t.chunks,
             "kernel_live_allocations": t.kernel_live_allocations,
             "chunk_creations": t.chunk_creations,

@@ -49,6 +49,7 @@ class Totals:
     fails_per_s: float
     failures: int  # cumulative
     dropped: dict[str, int]  # cumulative, by reason
+    profiler_percpu_bytes: int | None = None  # what the profiler's own maps hold
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +149,7 @@ def _totals(before: Snapshot, after: Snapshot, elapsed: float) -> Totals:
         fails_per_s=_rate(increase(before.total_failures, after.total_failures), elapsed),
         failures=after.total_failures,
         dropped=dict(after.dropped),
+        profiler_percpu_bytes=after.profiler_percpu_bytes,
     )
 
 

@@ -1,0 +1,89 @@
+"""A loaded set of maps, programs and links, held by fds: from the loader process, or pins.
+
+`spawn_loader` runs ``python -m pcpu_bpf.bpf.loader`` with one end of a socketpair and
+receives the fds it sends (SCM_RIGHTS) with their manifest; the process then exits, so
+bcc and LLVM never stay mapped in the caller. Links die with their last fd: a set that
+is not pinned detaches when its holder closes it or exits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+from pcpu_bpf.bpf.loader import LoadRequest
+from pcpu_bpf.bpf.pins import LoadedSet
+from pcpu_bpf.errors import BackendUnavailable, ProgramLoadError
+
+# The manifest and at most a few dozen fds; generous.
+_MAX_MESSAGE = 1 << 20
+_MAX_FDS = 64
+
+
+def from_manifest(manifest: Mapping[str, Any], fds: list[int]) -> LoadedSet:
+    """The set a loader's manifest describes, its indices resolved to ``fds``."""
+    return LoadedSet(
+        maps={k: fds[i] for k, i in manifest["maps"].items()},
+        programs={k: fds[i] for k, i in manifest["programs"].items()},
+        links={k: fds[i] for k, i in manifest["links"].items()},
+        layout=bytes.fromhex(manifest["layout"]),
+        started_ns=int(manifest["started_ns"]),
+        percpu_bytes_per_cpu=int(manifest["percpu_bytes_per_cpu"]),
+        pin_dir=manifest.get("pinned"),
+    )
+
+
+def spawn_loader(request: LoadRequest, timeout: float = 600.0) -> LoadedSet:
+    """Run the loader process on ``request`` and take over what it loaded."""
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    # bcc's compiler warnings go to a file: a full pipe would stall the loader.
+    with parent, tempfile.TemporaryFile("w+") as stderr:
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pcpu_bpf.bpf.loader", str(child.fileno())],
+                stdin=subprocess.PIPE,
+                stderr=stderr,
+                pass_fds=(child.fileno(),),
+                text=True,
+            )
+        finally:
+            child.close()
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(request.to_json())
+            proc.stdin.close()
+            message, fds = _receive(parent, timeout)
+        except BaseException:
+            proc.kill()
+            raise
+        finally:
+            proc.wait()
+            stderr.seek(0)
+            err = stderr.read()
+    if message is None:
+        tail = " | ".join(err.strip().splitlines()[-3:]) or f"exit status {proc.returncode}"
+        raise ProgramLoadError(f"the BPF loader process failed: {tail}")
+    if "error" in message:
+        for fd in fds:
+            os.close(fd)
+        kind = BackendUnavailable if message["error"] == "unavailable" else ProgramLoadError
+        raise kind(message["message"])
+    return from_manifest(message, fds)
+
+
+def _receive(sock: socket.socket, timeout: float) -> tuple[dict[str, Any] | None, list[int]]:
+    """The loader's one message and fds; None when it exited without sending."""
+    ready, _, _ = select.select([sock], [], [], timeout)
+    if not ready:
+        raise ProgramLoadError(f"the BPF loader process sent nothing in {timeout:g} s")
+    data, fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, _MAX_FDS)
+    if not data:
+        return None, list(fds)
+    return json.loads(data.decode()), list(fds)
