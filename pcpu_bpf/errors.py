@@ -6,7 +6,8 @@ PcpuError                  root: the CLI turns any of these into a one-line erro
 ├── ProgramLoadError       bcc failed to compile or attach a program (carries bcc's text)
 ├── ScenarioError          unknown scenario or bad simulator parameters
 ├── StatsParseError        a percpu_stats or meminfo text that does not parse
-└── ListenError            the daemon cannot bind its listen address
+├── ListenError            the daemon cannot bind its listen address
+└── WebConfigError         a --web-config file (TLS, basic auth) that cannot be used
 """
 
 from __future__ import annotations
@@ -34,3 +35,7 @@ class StatsParseError(PcpuError):
 
 class ListenError(PcpuError):
     """The daemon could not listen on the requested address."""
+
+
+class WebConfigError(PcpuError):
+    """A web configuration file (TLS and basic auth) that is malformed or names unusable files."""

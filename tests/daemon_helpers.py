@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import urllib.error
@@ -73,12 +75,20 @@ class Daemon:
         env: Mapping[str, str] | None = None,
         host: str = "127.0.0.1",
         stderr: int | None = subprocess.PIPE,
+        tls: ssl.SSLContext | None = None,
+        credentials: tuple[str, str] | None = None,
     ) -> None:
+        """``tls`` (the client's context) and ``credentials`` are what scrape() uses."""
         self.port = free_port(host)
-        hostport = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
-        self.url = f"http://{hostport}/metrics"
+        self.hostport = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        self.url = f"{'http' if tls is None else 'https'}://{self.hostport}/metrics"
+        self.tls = tls
+        self.headers: dict[str, str] = {}
+        if credentials is not None:
+            token = base64.b64encode(":".join(credentials).encode()).decode()
+            self.headers["Authorization"] = f"Basic {token}"
         self.proc = subprocess.Popen(
-            [PCPU_BPF, "serve", "--listen", hostport, *args],
+            [PCPU_BPF, "serve", "--listen", self.hostport, *args],
             stdout=subprocess.PIPE,
             stderr=stderr,
             env={**os.environ, **(env or {})},
@@ -100,7 +110,8 @@ class Daemon:
         wait_until(answers, timeout=timeout, what=f"pcpu-bpf serve to answer on {self.url}")
 
     def scrape(self) -> str:
-        with urllib.request.urlopen(self.url, timeout=10) as response:
+        request = urllib.request.Request(self.url, headers=self.headers)
+        with urllib.request.urlopen(request, timeout=10, context=self.tls) as response:
             body: bytes = response.read()
         return body.decode()
 

@@ -2,90 +2,18 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from daemon_helpers import Daemon, Samples, free_port, parse
+from daemon_helpers import Daemon, Samples, parse
+from prometheus_helpers import Prometheus, scrape_job
 from waiting import wait_until
 
 pytestmark = pytest.mark.needs_tool("prometheus")
 
 SITE = "bpf_map_alloc_percpu"
-_TARGET_LABELS = ("__name__", "job", "instance")  # added by Prometheus, not the daemon
-
-
-class Prometheus:
-    """A Prometheus server on loopback scraping one target every second."""
-
-    def __init__(self, target: str, tmp: Path) -> None:
-        config = tmp / "prometheus.yml"
-        config.write_text(
-            "global: {scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}\n"
-            "scrape_configs:\n"
-            f"  - job_name: pcpu\n    static_configs: [{{targets: ['{target}']}}]\n"
-        )
-        self.url = f"http://127.0.0.1:{free_port()}"
-        self.log = (tmp / "prometheus.log").open("w")
-        self.proc = subprocess.Popen(
-            [
-                "prometheus",
-                f"--config.file={config}",
-                f"--storage.tsdb.path={tmp / 'data'}",
-                f"--web.listen-address={self.url.removeprefix('http://')}",
-                "--log.level=warn",
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def query(self, promql: str) -> dict[frozenset[tuple[str, str]], tuple[float, float]]:
-        """Instant vector: labels (without name, job, instance) -> (sample time, value)."""
-        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-        with urllib.request.urlopen(url, timeout=5) as response:
-            body: dict[str, Any] = json.load(response)
-        assert body["status"] == "success", body
-        return {
-            frozenset((k, v) for k, v in r["metric"].items() if k not in _TARGET_LABELS): (
-                float(r["value"][0]),
-                float(r["value"][1]),
-            )
-            for r in body["data"]["result"]
-        }
-
-    def wait_for(self, promql: str, done: Callable[[dict], bool], timeout: float = 60.0) -> dict:
-        last: dict = {}
-
-        def answered() -> tuple[dict] | None:  # a tuple: an empty result may be the answer
-            nonlocal last
-            if self.proc.poll() is not None:
-                raise AssertionError(f"prometheus exited: {Path(self.log.name).read_text()}")
-            try:
-                last = self.query(promql)
-            except (urllib.error.URLError, ConnectionError):
-                return None  # not listening yet
-            return (last,) if done(last) else None
-
-        (result,) = wait_until(
-            answered, timeout=timeout, interval=0.2, what=lambda: f"{promql}; last result {last}"
-        )
-        return result
-
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
 
 
 @pytest.fixture
@@ -94,9 +22,7 @@ def stack(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Daem
     prometheus = None
     try:
         daemon.wait_ready()
-        prometheus = Prometheus(
-            daemon.url.removeprefix("http://").removesuffix("/metrics"), tmp_path
-        )
+        prometheus = Prometheus(tmp_path, [scrape_job("pcpu", [daemon.hostport])])
         yield daemon, prometheus
     finally:
         if prometheus is not None:

@@ -22,6 +22,7 @@ from pcpu_bpf.daemon.http_server import DEFAULT_MAX_CONNECTIONS, Limits
 from pcpu_bpf.daemon.listener import DEFAULT_LISTEN, bind, parse_listen
 from pcpu_bpf.daemon.server import serve
 from pcpu_bpf.daemon.systemd import configure_logging, sd_notify
+from pcpu_bpf.daemon.web_config import PLAIN, WebSecurity, load_web_config
 from pcpu_bpf.errors import PcpuError
 from pcpu_bpf.model.layout import (
     DEFAULT_LIVE_CAPACITY,
@@ -50,6 +51,7 @@ Examples:
   pcpu-bpf serve                              # live kernel on 127.0.0.1:9717
   pcpu-bpf serve --check                      # attach, report, detach, exit
   pcpu-bpf serve --backend sim --scenario leak --listen '[::1]:9717'
+  pcpu-bpf serve --listen :9717 --web-config /etc/pcpu-bpf/web.yml   # TLS, basic auth
   curl -s localhost:9717/metrics | grep ^pcpu_live_bytes
 """
 
@@ -127,6 +129,15 @@ def _opt(name: str, **kwargs: Any) -> Callable[[_F], _F]:
     "complete request is dropped. Needs as many open files (LimitNOFILE=).",
 )
 @_opt(
+    "--web-config",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="FILE",
+    help="TLS and basic auth for /metrics, in the Prometheus exporter-toolkit's web "
+    "configuration format (tls_server_config, basic_auth_users) [default: plain HTTP, "
+    "no authentication].",
+)
+@_opt(
     "--bpf-dir",
     type=click.Path(file_okay=False),
     default=None,
@@ -148,6 +159,7 @@ def serve_command(
     pin_dir: str,
     min_read_interval: float,
     max_connections: int,
+    web_config: str | None,
     **options: Any,
 ) -> None:
     """Export percpu allocator metrics for Prometheus (the pcpu-bpf daemon)."""
@@ -160,6 +172,12 @@ def serve_command(
         address = parse_listen(listen)
     except ValueError as exc:
         raise _OneLineError(str(exc)) from None
+    security: WebSecurity = PLAIN
+    if web_config is not None and not check:
+        try:
+            security = load_web_config(web_config)
+        except PcpuError as exc:
+            raise _OneLineError(str(exc)) from None
     if backend == "bpf":  # the sim's kernel stats are simulated: nothing to spare
         options["min_read_interval"] = min_read_interval
     # --check leaves nothing behind: it loads its own set and detaches it.
@@ -202,6 +220,7 @@ def serve_command(
                     listener,
                     limits=Limits(max_connections=max_connections),
                     min_read_interval=min_read_interval,
+                    security=security,
                 )
             except PcpuError as exc:
                 raise click.ClickException(str(exc)) from None

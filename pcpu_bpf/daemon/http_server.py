@@ -6,6 +6,12 @@ connection that has not yet sent a complete request head is dropped to let the n
 in (failing that, the oldest one still taking its response). Heads are bounded in size
 and in time. Complete /metrics requests go to a small pool
 of worker threads (the collector is synchronous); everything else is answered in the loop.
+
+With a web configuration (--web-config), TLS runs inside each connection's own stream
+(streams.py): the handshake counts against the same bound and deadline as the head.
+Basic-auth credentials are checked with bcrypt on a thread of their own, so a flood of
+wrong passwords delays only other first-time logins, never scrapes by a client whose
+credentials passed before.
 """
 
 from __future__ import annotations
@@ -13,8 +19,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -22,14 +30,22 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from pcpu_bpf.daemon.app import metrics_response, quick_response
+from pcpu_bpf.daemon.basic_auth import CHALLENGE
 from pcpu_bpf.daemon.http import HeadBuffer, HttpError, Request, Response, parse_head, text_response
 from pcpu_bpf.daemon.listener import BACKLOG
+from pcpu_bpf.daemon.streams import (
+    READ_CHUNK,
+    PlainHttpToTls,
+    PlainStream,
+    TlsStream,
+    plain_to_tls_answer,
+)
+from pcpu_bpf.daemon.web_config import PLAIN, WebSecurity
 from pcpu_bpf.daemon.workers import Workers
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_CONNECTIONS = 256
-_READ_CHUNK = 4096
 _WARN_EVERY = 60.0  # seconds between repeated warnings about clients
 
 
@@ -39,16 +55,16 @@ class Limits:
     response."""
 
     max_connections: int = DEFAULT_MAX_CONNECTIONS
-    head_timeout: float = 10.0
+    head_timeout: float = 10.0  # TLS handshake, request head and password check, together
     send_timeout: float = 10.0
     workers: int = 2
 
 
-# What a connection is doing, in the order it is dropped to make room: still sending
-# its head (nothing invested yet), then taking its response (answered; a slow reader),
-# never while its scrape is being worked on.
-HEAD, SENDING, WORKING = "head", "sending", "working"
-_EVICTION_ORDER = (HEAD, SENDING)
+# What a connection is doing, in the order it is dropped to make room: still in its
+# handshake or head (nothing invested yet), waiting for its password check, then taking
+# its response (answered; a slow reader), never while its scrape is being worked on.
+HEAD, AUTH, SENDING, WORKING = "head", "auth", "sending", "working"
+_EVICTION_ORDER = (HEAD, AUTH, SENDING)
 
 
 class _Connection:
@@ -63,12 +79,17 @@ class HttpServer:
     """Serves a registry on an already listening socket, from a thread of its own."""
 
     def __init__(
-        self, sock: socket.socket, registry: CollectorRegistry, limits: Limits | None = None
+        self,
+        sock: socket.socket,
+        registry: CollectorRegistry,
+        limits: Limits | None = None,
+        security: WebSecurity = PLAIN,
     ) -> None:
         limits = limits or Limits()
         self._sock = sock
         self._registry = registry
         self.limits = limits
+        self.security = security
         self._connections: dict[int, _Connection] = {}  # in order of arrival
         self._next_id = 0
         self.evicted = 0
@@ -79,6 +100,8 @@ class HttpServer:
         self._started = threading.Event()
         self._failure: BaseException | None = None
         self._workers = Workers(limits.workers, name="scrape")
+        # One thread: password checks queue behind each other, not behind scrapes.
+        self._auth_workers = Workers(1, name="auth") if security.auth is not None else None
         self._thread = threading.Thread(target=self._run, name="http", daemon=True)
 
     # --- control, from other threads ------------------------------------------------
@@ -116,6 +139,8 @@ class HttpServer:
         if self._thread.ident is not None:  # started
             self._thread.join(timeout)
         self._workers.close()
+        if self._auth_workers is not None:
+            self._auth_workers.close()
 
     # --- the loop ---------------------------------------------------------------------
 
@@ -133,7 +158,7 @@ class HttpServer:
         loop.set_exception_handler(self._loop_error)
         self._loop, self._stopping = loop, asyncio.Event()
         server = await asyncio.start_server(
-            self._serve_connection, sock=self._sock, backlog=BACKLOG, limit=_READ_CHUNK * 4
+            self._serve_connection, sock=self._sock, backlog=BACKLOG, limit=READ_CHUNK * 4
         )
         self._started.set()
         try:
@@ -195,6 +220,9 @@ class HttpServer:
     ) -> None:
         connection = _Connection(writer.transport)
         if not self._admit(connection):
+            if self.security.tls is not None:
+                writer.transport.abort()  # no session to answer in, and none is worth making
+                return
             writer.transport.set_write_buffer_limits(high=0)
             writer.write(text_response(503, "too many connections; retry").encode())
             writer.transport.close()  # after the small answer is flushed
@@ -217,45 +245,87 @@ class HttpServer:
         writer: asyncio.StreamWriter,
         connection: _Connection,
     ) -> None:
+        tls = self.security.tls
+        stream = PlainStream(reader, writer) if tls is None else TlsStream(tls, reader, writer)
         try:
             async with asyncio.timeout(self.limits.head_timeout):
-                request = await _read_request(reader)
+                if isinstance(stream, TlsStream):
+                    await self._handshake(stream)
+                request = await _read_request(stream)
+                if request is None:
+                    return  # the client closed (or was evicted) before sending a request
+                refusal = await self._authorize(request, connection)
+        except _NoAnswer:
+            return
         except TimeoutError:
-            await self._send(writer, text_response(408, "request head not received in time"))
+            if isinstance(stream, TlsStream) and not stream.ready:
+                return  # no TLS session to answer in
+            await self._send(stream, text_response(408, "request not received in time"))
             return
         except HttpError as exc:
-            await self._send(writer, text_response(exc.status, str(exc)))
+            await self._send(stream, text_response(exc.status, str(exc)))
             return
-        if request is None:
-            return  # the client closed (or was evicted) before sending a request
-        response = quick_response(request)
+        response = refusal or quick_response(request)
         if response is None:
             connection.phase = WORKING
             response = await self._workers.run(partial(metrics_response, self._registry, request))
         connection.phase = SENDING
-        await self._send(writer, response, head=request.method == "HEAD")
+        await self._send(stream, response, head=request.method == "HEAD")
 
-    async def _send(
-        self, writer: asyncio.StreamWriter, response: Response, *, head: bool = False
+    async def _handshake(self, stream: TlsStream) -> None:
+        try:
+            await stream.handshake()
+        except PlainHttpToTls:
+            stream.writer.write(plain_to_tls_answer())  # in clear: the client speaks no TLS
+            await self._drain_and_close(stream.writer, stream.writer.transport.close)
+            raise _NoAnswer from None
+        except ssl.SSLError as exc:
+            log.debug("TLS handshake failed: %s", exc)
+            raise _NoAnswer from None
+
+    async def _authorize(self, request: Request, connection: _Connection) -> Response | None:
+        """None when the request may go on; the 401 answer when it may not."""
+        auth = self.security.auth
+        if auth is None:
+            return None
+        header = request.headers.get("authorization")
+        if auth.remembered(header):
+            return None
+        if header is not None:
+            assert self._auth_workers is not None
+            connection.phase = AUTH
+            if await self._auth_workers.run(partial(auth.verify, header)):
+                return None
+        return text_response(401, "unauthorized", [("WWW-Authenticate", CHALLENGE)])
+
+    async def _send(self, stream: PlainStream, response: Response, *, head: bool = False) -> None:
+        stream.write(response.encode(head=head))
+        await self._drain_and_close(stream.writer, stream.close)
+
+    async def _drain_and_close(
+        self, writer: asyncio.StreamWriter, close: Callable[[], None]
     ) -> None:
         # No user-space buffering beyond the kernel's: drain() returns once all is sent,
         # so a client that never reads is cut off after send_timeout.
         writer.transport.set_write_buffer_limits(high=0)
-        writer.write(response.encode(head=head))
         try:
             async with asyncio.timeout(self.limits.send_timeout):
                 await writer.drain()
         except TimeoutError:
             log.debug("client did not take its response in time")
             return
-        writer.transport.close()
+        close()
 
 
-async def _read_request(reader: asyncio.StreamReader) -> Request | None:
+class _NoAnswer(Exception):
+    """The connection ends without an (encrypted) answer."""
+
+
+async def _read_request(stream: PlainStream) -> Request | None:
     """The next request head; None on EOF before it completed; HttpError if refused."""
     buffer = HeadBuffer()
     while True:
-        chunk = await reader.read(_READ_CHUNK)
+        chunk = await stream.read()
         if not chunk:
             return None
         head = buffer.feed(chunk)

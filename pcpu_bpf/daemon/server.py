@@ -25,6 +25,7 @@ from pcpu_bpf.daemon.http_server import HttpServer, Limits
 from pcpu_bpf.daemon.listener import ListenAddress, bind, bound_address
 from pcpu_bpf.daemon.source import SNAPSHOT_WINDOW, ScrapeSource
 from pcpu_bpf.daemon.systemd import sd_notify, watchdog_interval
+from pcpu_bpf.daemon.web_config import PLAIN, WebSecurity
 from pcpu_bpf.errors import ListenError
 
 log = logging.getLogger(__name__)
@@ -41,11 +42,13 @@ def serve(
     *,
     limits: Limits | None = None,
     min_read_interval: float = SNAPSHOT_WINDOW,
+    security: WebSecurity = PLAIN,
 ) -> None:
     """Serve /metrics for ``backend`` until SIGTERM/SIGINT (or ``stop``); raises ListenError.
 
     ``listen`` is a socket from `listener.bind` (or an address to bind now). Snapshots
-    are shared by the scrapes of min(0.5 s, ``min_read_interval``).
+    are shared by the scrapes of min(0.5 s, ``min_read_interval``). ``security`` is TLS
+    and basic auth from a web configuration file (default: plain HTTP, open).
     """
     stop = stop or threading.Event()
     if isinstance(listen, ListenAddress):
@@ -56,11 +59,15 @@ def serve(
         backend,
         window=min(SNAPSHOT_WINDOW, min_read_interval),
     )
-    server = HttpServer(listen, make_registry(source), fit_open_file_limit(limits or Limits()))
+    server = HttpServer(
+        listen, make_registry(source), fit_open_file_limit(limits or Limits()), security
+    )
     restore = _handle_signals(stop)
     try:
         server.start()
-        url = f"http://{address}/metrics"
+        url = f"{security.scheme}://{address}/metrics"
+        if security.auth is not None:
+            url += " (basic auth)"
         log.info("serving %s (backend %s)", url, backend.name)
         sd_notify(f"READY=1\nSTATUS=serving {url} (backend {backend.name})")
         interval = watchdog_interval()
