@@ -221,12 +221,31 @@ class Family:
     part: str  # the collector part that serves it (COLLECTORS), or EXPORTER
     binding: Binding
     backends: tuple[str, ...] = ("bpf", "sim")  # which backends fill it
+    # Bytes of one unit (one CPU's copy: ONE_UNIT) or of all units (ALL_UNITS); None when
+    # the family is not an amount of memory. See BYTES_RULE.
+    one_unit: bool | None = None
+    formerly: tuple[str, ...] = ()  # earlier names; the exposition reader still takes them
 
     @property
     def unit(self) -> str:
         """The unit its name ends in (Prometheus naming): bytes, seconds or none."""
         base = self.name.removesuffix("_total")
         return next((u for u in ("bytes", "seconds") if base.endswith("_" + u)), "")
+
+    @property
+    def unit_text(self) -> str:
+        """The unit as docs/metrics.md shows it: bytes say whose (one unit, all units)."""
+        if self.unit == "bytes" and self.one_unit is not None:
+            return "bytes, one unit" if self.one_unit else "bytes, all units"
+        return self.unit or "-"
+
+
+# How a bytes family says whose bytes it counts (tests/test_catalog.py holds every family
+# to it): an amount of memory is for all units (every possible CPU's copy, as meminfo
+# counts) unless its name ends in _unit_bytes; sizes of what callers ask for (requested,
+# allocation_size) are per unit by the percpu API's own definition. Either way the HELP
+# says "all units" or "one unit"; the two boot-time layout sizes that are neither say so.
+ONE_UNIT, ALL_UNITS = True, False
 
 
 def _site(attr: str) -> Binding:
@@ -245,8 +264,9 @@ CATALOG: tuple[Family, ...] = (
     Family(
         "pcpu_exporter_info",
         GAUGE,
-        "Always 1; labels name the exporter version, the backend (bpf = live kernel, "
-        "sim = simulated data) and the kernel release.",
+        "Always 1; the exporter's build and the kernel's facts as labels: the exporter version, "
+        "the backend (bpf = live kernel, sim = simulated data) and the kernel release. Join it "
+        "for them: * on(instance) group_left(kernel) pcpu_exporter_info.",
         ("version", "backend", "kernel"),
         EXPORTER,
         ExporterState(),
@@ -282,20 +302,22 @@ CATALOG: tuple[Family, ...] = (
     Family(
         "pcpu_requested_bytes_total",
         COUNTER,
-        "Bytes requested by percpu allocations since tracing began (one CPU's copy, as "
-        "the caller asked).",
+        "Bytes requested by percpu allocations since tracing began, for one unit (one CPU's "
+        "copy: the size the caller passed); pcpu_allocated_bytes_total counts all units.",
         _SITE_LABELS,
         TRACING,
         _site("requested_bytes"),
+        one_unit=ONE_UNIT,
     ),
     Family(
         "pcpu_allocated_bytes_total",
         COUNTER,
-        "Bytes really used by percpu allocations since tracing began: all CPUs' copies "
-        "plus the memory-cgroup extension (the tracepoint's bytes_alloc).",
+        "Bytes really used by percpu allocations since tracing began, on all units (every "
+        "possible CPU's copy) plus the memory-cgroup extension (the tracepoint's bytes_alloc).",
         _SITE_LABELS,
         TRACING,
         _site("allocated_bytes"),
+        one_unit=ALL_UNITS,
     ),
     Family(
         "pcpu_frees_total",
@@ -308,10 +330,12 @@ CATALOG: tuple[Family, ...] = (
     Family(
         "pcpu_freed_bytes_total",
         COUNTER,
-        "Bytes (as allocated) returned by frees of traced allocations.",
+        "Bytes returned by frees of traced allocations, as allocated: all units and the "
+        "memory-cgroup extension.",
         _SITE_LABELS,
         TRACING,
         _site("freed_bytes"),
+        one_unit=ALL_UNITS,
     ),
     Family(
         "pcpu_live_allocations",
@@ -324,11 +348,12 @@ CATALOG: tuple[Family, ...] = (
     Family(
         "pcpu_live_bytes",
         GAUGE,
-        "Bytes (as allocated) held by live traced allocations: allocated minus freed, "
-        "exactly, unless tracking dropped some (pcpu_tracking_dropped_total).",
+        "Bytes held by live traced allocations, as allocated (all units): allocated minus "
+        "freed, exactly, unless tracking dropped some (pcpu_tracking_dropped_total).",
         _SITE_LABELS,
         TRACING,
         _site("live_bytes"),
+        one_unit=ALL_UNITS,
     ),
     Family(
         "pcpu_untracked_frees_total",
@@ -343,10 +368,11 @@ CATALOG: tuple[Family, ...] = (
     Family(
         "pcpu_allocation_size_bytes",
         HISTOGRAM,
-        "Requested size of percpu allocations since tracing began (log2 buckets).",
+        "Requested size of percpu allocations since tracing began, for one unit (log2 buckets).",
         (),
         TRACING,
         Histogram(("size_histogram",)),
+        one_unit=ONE_UNIT,
     ),
     Family(
         "pcpu_allocation_failures_total",
@@ -360,10 +386,12 @@ CATALOG: tuple[Family, ...] = (
     Family(
         "pcpu_failed_allocation_size_bytes",
         HISTOGRAM,
-        "Requested size of failed percpu allocations since tracing began (log2 buckets).",
+        "Requested size of failed percpu allocations since tracing began, for one unit (log2 "
+        "buckets).",
         (),
         TRACING,
         Histogram(("failed_size_histogram",)),
+        one_unit=ONE_UNIT,
     ),
     Family(
         "pcpu_chunk_creations_total",
@@ -530,18 +558,20 @@ CATALOG: tuple[Family, ...] = (
     Family(
         "pcpu_stats_min_allocation_size_bytes",
         GAUGE,
-        "Smallest percpu request size since boot (min_alloc_size).",
+        "Smallest percpu request size since boot, for one unit (min_alloc_size).",
         (),
         PERCPU_STATS,
         _stat("globals", "min_alloc_size"),
+        one_unit=ONE_UNIT,
     ),
     Family(
         "pcpu_stats_max_allocation_size_bytes",
         GAUGE,
-        "Largest percpu request size since boot (max_alloc_size).",
+        "Largest percpu request size since boot, for one unit (max_alloc_size).",
         (),
         PERCPU_STATS,
         _stat("globals", "max_alloc_size"),
+        one_unit=ONE_UNIT,
     ),
     Family(
         "pcpu_stats_empty_populated_pages",
@@ -553,75 +583,89 @@ CATALOG: tuple[Family, ...] = (
         _stat("globals", "empty_pop_pages"),
     ),
     Family(
-        "pcpu_stats_free_bytes",
+        "pcpu_stats_free_unit_bytes",
         GAUGE,
-        "Free bytes summed over all chunks, per unit (one CPU's copy).",
+        "Free bytes of one unit, summed over all chunks (free_bytes), unpopulated pages "
+        "included: address space the allocator can still hand out, not memory.",
         (),
         PERCPU_STATS,
         _stat("totals", "free_bytes"),
+        formerly=("pcpu_stats_free_bytes",),
+        one_unit=ONE_UNIT,
     ),
     Family(
-        "pcpu_stats_fragmented_bytes",
+        "pcpu_stats_fragmented_unit_bytes",
         GAUGE,
-        "Free bytes stranded between allocations, summed over chunks (sum_frag); high "
-        "values with many chunks mean fragmentation, not demand.",
+        "Free bytes of one unit stranded between allocations, summed over chunks (sum_frag); "
+        "high values with many chunks mean fragmentation, not demand.",
         (),
         PERCPU_STATS,
         _stat("totals", "fragmented_bytes"),
+        formerly=("pcpu_stats_fragmented_bytes",),
+        one_unit=ONE_UNIT,
     ),
     Family(
-        "pcpu_stats_max_fragment_bytes",
+        "pcpu_stats_max_fragment_unit_bytes",
         GAUGE,
-        "Largest stranded free fragment of any chunk (max_frag).",
+        "Largest stranded free fragment in one unit of any chunk (max_frag).",
         (),
         PERCPU_STATS,
         _stat("totals", "max_fragment_bytes"),
+        formerly=("pcpu_stats_max_fragment_bytes",),
+        one_unit=ONE_UNIT,
     ),
     Family(
-        "pcpu_stats_contig_free_bytes",
+        "pcpu_stats_contig_free_unit_bytes",
         GAUGE,
-        "Largest contiguous free area of any chunk (contig_bytes, a kernel hint); a "
-        "request larger than this needs a new chunk.",
+        "Largest contiguous free area in one unit of any chunk (contig_bytes, a kernel hint); "
+        "a request larger than this needs a new chunk.",
         (),
         PERCPU_STATS,
         _stat("totals", "max_contig_bytes"),
+        formerly=("pcpu_stats_contig_free_bytes",),
+        one_unit=ONE_UNIT,
     ),
     Family(
         "pcpu_stats_unit_size_bytes",
         GAUGE,
-        "Size of one CPU's unit in every chunk (boot-time geometry).",
+        "Size of one unit, one CPU's share of every chunk (boot-time geometry).",
         (),
         PERCPU_STATS,
         _stat("info", "unit_size"),
+        one_unit=ONE_UNIT,
     ),
     Family(
         "pcpu_stats_static_size_bytes",
         GAUGE,
-        "Static percpu variables of the kernel and modules (boot-time geometry).",
+        "Static percpu variables of the kernel and modules, in one unit (boot-time geometry).",
         (),
         PERCPU_STATS,
         _stat("info", "static_size"),
+        one_unit=ONE_UNIT,
     ),
     Family(
         "pcpu_stats_reserved_size_bytes",
         GAUGE,
-        "Reserved area for module static percpu variables (boot-time geometry).",
+        "Reserved area for module static percpu variables, in one unit (boot-time geometry).",
         (),
         PERCPU_STATS,
         _stat("info", "reserved_size"),
+        one_unit=ONE_UNIT,
     ),
     Family(
         "pcpu_stats_dynamic_size_bytes",
         GAUGE,
-        "Dynamic area of the first chunk (boot-time geometry).",
+        "Dynamic area of the first chunk, in one unit (boot-time geometry).",
         (),
         PERCPU_STATS,
         _stat("info", "dyn_size"),
+        one_unit=ONE_UNIT,
     ),
     Family(
         "pcpu_stats_atom_size_bytes",
         GAUGE,
-        "Allocation atom size of the first chunk (boot-time geometry).",
+        "Alignment of the first chunk's boot-time allocations (atom_size; boot-time geometry): a "
+        "size in the address space, not the bytes of one unit or of all units.",
         (),
         PERCPU_STATS,
         _stat("info", "atom_size"),
@@ -629,7 +673,9 @@ CATALOG: tuple[Family, ...] = (
     Family(
         "pcpu_stats_alloc_size_bytes",
         GAUGE,
-        "Size of each first-chunk allocation (boot-time geometry).",
+        "Size of each boot-time allocation of the first chunk, a group of units (alloc_size; "
+        "boot-time geometry): a size in the address space, not the bytes of one unit or of all "
+        "units.",
         (),
         PERCPU_STATS,
         _stat("info", "alloc_size"),
@@ -638,11 +684,13 @@ CATALOG: tuple[Family, ...] = (
     Family(
         "pcpu_meminfo_bytes",
         GAUGE,
-        "Memory used by the percpu allocator on all CPUs (the Percpu: line of "
-        "/proc/meminfo); compare with pcpu_live_bytes to see how much tracing explains.",
+        "Memory used by the percpu allocator on all units (every possible CPU), the Percpu: "
+        "line of /proc/meminfo; compare with sum(pcpu_live_bytes) to see how much tracing "
+        "explains.",
         (),
         MEMINFO,
         Scalar(("kernel_stats", "meminfo_percpu_bytes")),
+        one_unit=ALL_UNITS,
     ),
 )
 

@@ -31,11 +31,12 @@ from pcpu_bpf.model.snapshot import Snapshot
 
 _SAMPLE_FAMILY: dict[str, Family] = {}
 for _family in CATALOG:
-    if _family.kind == HISTOGRAM:
-        for _suffix in ("_bucket", "_sum"):
-            _SAMPLE_FAMILY[_family.name + _suffix] = _family
-    elif _family.part != EXPORTER:
-        _SAMPLE_FAMILY[_family.name] = _family
+    for _name in (_family.name, *_family.formerly):  # a daemon of an earlier version too
+        if _family.kind == HISTOGRAM:
+            for _suffix in ("_bucket", "_sum"):
+                _SAMPLE_FAMILY[_name + _suffix] = _family
+        elif _family.part != EXPORTER:
+            _SAMPLE_FAMILY[_name] = _family
 
 
 def read_exposition(text: str, timestamp: float) -> Snapshot:

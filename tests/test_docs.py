@@ -35,8 +35,7 @@ SECTIONS = (
 def _row(f: Family) -> str:
     labels = ", ".join(f"`{label}`" for label in f.labels) or "-"
     return (
-        f"| `{f.name}` | {f.kind} | {labels} | {f.unit or '-'} | {', '.join(f.backends)} "
-        f"| {f.help} |"
+        f"| `{f.name}` | {f.kind} | {labels} | {f.unit_text} | {', '.join(f.backends)} | {f.help} |"
     )
 
 

@@ -122,10 +122,10 @@ EXPECTED_TYPES = {
     "pcpu_stats_min_allocation_size_bytes": "gauge",
     "pcpu_stats_max_allocation_size_bytes": "gauge",
     "pcpu_stats_empty_populated_pages": "gauge",
-    "pcpu_stats_free_bytes": "gauge",
-    "pcpu_stats_fragmented_bytes": "gauge",
-    "pcpu_stats_max_fragment_bytes": "gauge",
-    "pcpu_stats_contig_free_bytes": "gauge",
+    "pcpu_stats_free_unit_bytes": "gauge",
+    "pcpu_stats_fragmented_unit_bytes": "gauge",
+    "pcpu_stats_max_fragment_unit_bytes": "gauge",
+    "pcpu_stats_contig_free_unit_bytes": "gauge",
     "pcpu_stats_unit_size_bytes": "gauge",
     "pcpu_stats_static_size_bytes": "gauge",
     "pcpu_stats_reserved_size_bytes": "gauge",
@@ -175,9 +175,9 @@ def test_values_in_base_units() -> None:
     assert get("pcpu_live_bytes", {"call_site": "bpf_map_alloc_percpu", **plain}) == 4000
     assert get("pcpu_bpf_program_run_seconds_total", {"program": "pcpu_alloc"}) == 2.5
     assert get("pcpu_bpf_program_recursion_misses_total", {"program": "pcpu_alloc"}) == 1
-    assert get("pcpu_stats_free_bytes") == 10000
-    assert get("pcpu_stats_max_fragment_bytes") == 250
-    assert get("pcpu_stats_contig_free_bytes") == 8000
+    assert get("pcpu_stats_free_unit_bytes") == 10000
+    assert get("pcpu_stats_max_fragment_unit_bytes") == 250
+    assert get("pcpu_stats_contig_free_unit_bytes") == 8000
     assert get("pcpu_meminfo_bytes") == 8 << 20
     assert get("pcpu_kernel_stats_age_seconds") == 0.75  # read at 0.25, snapshot at 1.0
     assert (
