@@ -498,12 +498,13 @@ CATALOG: tuple[Family, ...] = (
     Family(
         "pcpu_profiler_percpu_bytes",
         GAUGE,
-        "Percpu memory the profiler's own BPF maps and programs hold, on all possible CPUs "
-        "(part of pcpu_meminfo_bytes).",
+        "Percpu memory the profiler's own BPF maps and programs hold, on all units (every "
+        "possible CPU; part of pcpu_meminfo_bytes).",
         (),
         TRACING,
         Scalar(("profiler_percpu_bytes",)),
         _BPF,
+        one_unit=ALL_UNITS,
     ),
     # The kernel's own accounting: debugfs percpu_stats.
     Family(

@@ -302,6 +302,23 @@ ROWS: tuple[Row, ...] = (
                 unit="percentunit",
             ),
             Panel(
+                "The profiler's own percpu memory",
+                "Percpu bytes (all units) held by pcpu-bpf's own BPF maps and programs: part "
+                "of meminfo's Percpu.",
+                (Target(f"pcpu_profiler_percpu_bytes{{{SEL}}}", "profiler {{instance}}"),),
+                unit="bytes",
+                kind="stat",
+                width=6,
+            ),
+            Panel(
+                "Tracing since",
+                "When the counters began: a restart that adopts the pinned maps keeps it.",
+                (Target(f"pcpu_tracking_start_time_seconds{{{SEL}}} * 1000", "{{instance}}"),),
+                unit="dateTimeAsIso",
+                kind="stat",
+                width=6,
+            ),
+            Panel(
                 "The daemon's memory",
                 "Resident memory of pcpu-bpf serve.",
                 (Target(f"process_resident_memory_bytes{{{SEL}}}", "resident {{instance}}"),),
