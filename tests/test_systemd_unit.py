@@ -79,7 +79,7 @@ def test_kallsyms_is_not_hidden() -> None:
 def test_env_file_names_every_option() -> None:
     text = (SYSTEMD / "pcpu-bpf.env").read_text()
     envvars = [p.envvar for p in serve_command.params if getattr(p, "envvar", None)]
-    assert len(envvars) == 11
+    assert len(envvars) == 12
     for name in envvars:
         assert re.search(rf"^#?\s*\(?.*{name}\b", text, re.M), name
     assert "\nPCPU" not in text  # everything commented: defaults unless the admin decides
