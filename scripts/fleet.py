@@ -62,6 +62,9 @@ GROWING = {"leak", "memcg-churn"}  # scenarios whose live bytes rise for good
 # alert's threshold is in bytes a second), a tenth of it for the others
 # (scripts/fleet_host.py says why).
 FULL_PACE, CALM_PACE = 2000.0, 200.0
+# The live daemon pins its set here, never in the service's /sys/fs/bpf/pcpu-bpf, and the
+# set is removed at the end (pinned programs would stay attached).
+LIVE_PIN_DIR = Path(f"/sys/fs/bpf/pcpu-bpf-fleet-{os.getpid()}")
 LEAK_ALERT = "PcpuCallSiteGrowing"
 
 
@@ -111,6 +114,7 @@ class Host:
     def start(self, log: Path, calm_pace: float) -> None:
         if self.scenario == "live":
             command = [PCPU_BPF, "serve", "--listen", self.target, "--backend", "bpf"]
+            command += ["--pin-dir", str(LIVE_PIN_DIR)]
         else:
             pace = FULL_PACE if self.scenario in GROWING else calm_pace
             command = [
@@ -384,6 +388,9 @@ def run(args: argparse.Namespace) -> int:
                     host.proc.wait(30)
                 except subprocess.TimeoutExpired:
                     host.proc.kill()
+        if LIVE_PIN_DIR.exists():
+            # Detaching removes the directory too.
+            subprocess.run([PCPU_BPF, "detach", "--pin-dir", str(LIVE_PIN_DIR)], check=False)
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
