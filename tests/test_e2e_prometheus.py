@@ -41,7 +41,8 @@ def test_prometheus_scrapes_sim_daemon(stack: tuple[Daemon, Prometheus]) -> None
     # The simulated workload keeps running: bracket Prometheus' latest sample between two
     # reads of the daemon's own /metrics, one before that sample was taken, one after.
     before = parse(daemon.scrape())
-    prom.wait_for(f"timestamp(pcpu_exporter_info) > {time.time()}", bool)
+    # A sample taken a second later: scrapes within half a second share one snapshot.
+    prom.wait_for(f"timestamp(pcpu_exporter_info) > {time.time() + 1.0}", bool)
     scraped = prom.query("pcpu_allocations_total")
     after = parse(daemon.scrape())
     low, high = series(before, "pcpu_allocations_total"), series(after, "pcpu_allocations_total")
