@@ -47,11 +47,12 @@ static __always_inline u32 size_slot(u64 size)
 /* The slot of a site seen for the first time; -1 when the site table is full. */
 static __always_inline int new_site(struct site_key *key, u32 *slot)
 {
-    u32 zero = 0, *found;
+    u32 *found;
     struct site_record *site;
     u64 *count, n;
 
-    count = pcpu_site_count.lookup(&zero);
+    *slot = 0;
+    count = pcpu_site_count.lookup(slot);
     if (!count)
         return -1;
     n = __sync_fetch_and_add(count, 1);
@@ -72,42 +73,48 @@ static __always_inline int new_site(struct site_key *key, u32 *slot)
     return 0;
 }
 
-/* Count a live entry's allocation as freed against its site. */
-static __always_inline void count_free(struct live_entry *entry)
-{
-    u32 slot = entry->slot;
-    struct site_record *site = pcpu_sites.lookup(&slot);
-
-    if (!site)
-        return;
-    __sync_fetch_and_add(&site->frees, 1);
-    __sync_fetch_and_add(&site->freed_bytes, entry->bytes_alloc);
-}
-
-int on_alloc(struct bpf_raw_tracepoint_args *ctx)
+/* The slot of this allocation's site, found or handed out; -1 when the site table is
+ * full. The key lives only in here: its stack is reused for the live entry after, and a
+ * stack under 64 bytes gets no private stack from the JIT, which would cost percpu
+ * memory (bpf/footprint.py). */
+static __always_inline s64 site_slot(struct bpf_raw_tracepoint_args *ctx)
 {
     struct site_key key = {};
-    struct live_entry entry = {}, *old;
-    struct site_record *site;
-    struct counters *c;
-    u32 *found;
-    /* Read as u64, never through void *: ptr is void __seg_gs * on 6.18, and LLVM
-     * aborts on that address-space cast. */
-    u64 ptr = ctx->args[ARG_ALLOC_PTR];
-    u64 size = ctx->args[ARG_ALLOC_SIZE];
-    u64 used;
-    int err;
+    u32 slot, *found;
 
 #ifdef ARG_ALLOC_CALL_SITE
     key.call_site = ctx->args[ARG_ALLOC_CALL_SITE];
 #endif
-#ifdef ARG_ALLOC_BYTES_ALLOC
-    used = ctx->args[ARG_ALLOC_BYTES_ALLOC];
-#else
-    used = size * NR_POSSIBLE_CPUS;
-#endif
     key.atomic = (u8)ctx->args[ARG_ALLOC_IS_ATOMIC] != 0;
     key.reserved = (u8)ctx->args[ARG_ALLOC_RESERVED] != 0;
+    found = pcpu_site_slots.lookup(&key);
+    if (found)
+        return *found;
+    if (new_site(&key, &slot))
+        return -1;
+    return slot;
+}
+
+/* Count a live entry's allocation as freed against its site. */
+static __always_inline void count_free(struct live_entry *entry)
+{
+    struct site_record *site = pcpu_sites.lookup(&entry->slot);
+
+    if (!site)
+        return;
+    __sync_fetch_and_add(&site->frees, 1);
+    __sync_fetch_and_add(&site->freed_bytes, entry->size);
+    __sync_fetch_and_add(&site->freed_extension_bytes, entry->extension);
+}
+
+int on_alloc(struct bpf_raw_tracepoint_args *ctx)
+{
+    struct live_entry *old;
+    struct site_record *site;
+    struct counters *c;
+    u64 size = ctx->args[ARG_ALLOC_SIZE];
+    s64 slot;
+    int err;
 
     c = counters();
     if (!c)
@@ -115,36 +122,49 @@ int on_alloc(struct bpf_raw_tracepoint_args *ctx)
     c->v[SIZES_AT + size_slot(size)] += 1;
     c->v[SIZES_AT + SIZE_SUM_SLOT] += size;
 
-    /* entry.slot doubles as the array key: a stack under 64 bytes gets no private
-     * stack from the JIT, which would cost percpu memory (bpf/footprint.py). */
-    found = pcpu_site_slots.lookup(&key);
-    if (found) {
-        entry.slot = *found;
-    } else if (new_site(&key, &entry.slot)) {
+    slot = site_slot(ctx);
+    if (slot < 0) {
         c->v[DROPS_AT + DROP_SITE_TABLE_FULL] += 1;
         return 0;
     }
-    site = pcpu_sites.lookup(&entry.slot);
-    if (!site)
-        return 0;
-    __sync_fetch_and_add(&site->allocations, 1);
-    __sync_fetch_and_add(&site->requested_bytes, size);
-    __sync_fetch_and_add(&site->allocated_bytes, used);
+    {
+        /* Read as u64, never through void *: ptr is void __seg_gs * on 6.18, and LLVM
+         * aborts on that address-space cast. */
+        u64 ptr = ctx->args[ARG_ALLOC_PTR];
+        struct live_entry entry = {.size = size, .slot = slot};
 
-    entry.bytes_alloc = used;
-    err = pcpu_live.insert(&ptr, &entry);
-    if (err == -EEXIST) {
-        /* The pointer is live already: its free was lost (a recursion miss), and the
-         * allocator handed it out again, so the old allocation was freed. */
-        old = pcpu_live.lookup(&ptr);
-        if (old)
-            count_free(old);
-        err = pcpu_live.update(&ptr, &entry);
-    }
-    if (err) {
-        c->v[DROPS_AT + DROP_LIVE_TABLE_FULL] += 1;
-        __sync_fetch_and_add(&site->dropped, 1);
-        __sync_fetch_and_add(&site->dropped_bytes, used);
+        /* entry.slot doubles as the array key. */
+        site = pcpu_sites.lookup(&entry.slot);
+        if (!site)
+            return 0;
+        __sync_fetch_and_add(&site->allocations, 1);
+        __sync_fetch_and_add(&site->requested_bytes, entry.size);
+        /* Percpu bytes are the size on every unit; bytes_alloc adds the memcg extension
+         * (slab memory, not Percpu), counted apart. Without bytes_alloc there is none. */
+#ifdef ARG_ALLOC_BYTES_ALLOC
+        entry.extension = ctx->args[ARG_ALLOC_BYTES_ALLOC] - size * NR_POSSIBLE_CPUS;
+#endif
+        /* CLOCK_BOOTTIME: it counts through suspend (a leak ages while the machine
+         * sleeps), never jumps with the wall clock, and is the same for every process,
+         * so a daemon that adopts the pinned table reads the same clock. */
+        entry.alloc_ns = bpf_ktime_get_boot_ns();
+        err = pcpu_live.insert(&ptr, &entry);
+        if (err == -EEXIST) {
+            /* The pointer is live already: its free was lost (a recursion miss), and
+             * the allocator handed it out again, so the old allocation was freed. */
+            old = pcpu_live.lookup(&ptr);
+            if (old)
+                count_free(old);
+            err = pcpu_live.update(&ptr, &entry);
+        }
+        if (err) {
+            c->v[DROPS_AT + DROP_LIVE_TABLE_FULL] += 1;
+            __sync_fetch_and_add(&site->dropped, 1);
+            __sync_fetch_and_add(&site->dropped_bytes, entry.size);
+            return 0;
+        }
+        if (entry.extension)
+            __sync_fetch_and_add(&site->extension_bytes, entry.extension);
     }
     return 0;
 }

@@ -9,25 +9,32 @@ struct site_key {
 };
 
 /* One call site's counters; shared by every CPU, so changed with atomic adds. The live
- * allocations are allocations - dropped - frees (dropped: not tracked, table full).
+ * allocations are allocations - dropped - frees (dropped: not tracked, table full), their
+ * sizes requested_bytes - dropped_bytes - freed_bytes: one unit's bytes, as the live
+ * entries keep them. The memcg extension is counted for tracked allocations only.
  * What allocations write and what frees write sit in two 64-byte halves: a free on one
  * CPU then does not take the cache line an allocation on another CPU is writing. */
 struct site_record {
     struct site_key key;
     u64 allocations;
     u64 requested_bytes;
-    u64 allocated_bytes;
     u64 dropped;
     u64 dropped_bytes;
+    u64 extension_bytes;
     u64 pad_alloc;
     u64 frees;
     u64 freed_bytes;
-    u64 pad_free[6];
+    u64 freed_extension_bytes;
+    u64 pad_free[5];
 };
 
-/* What the live table remembers of an allocation: its size and its site's slot. */
+/* What the live table remembers of an allocation: when it was made (CLOCK_BOOTTIME ns),
+ * its size and memcg extension (32 bits hold any real one: pcpu_alloc() refuses more
+ * than 32 KiB), and its site's slot. */
 struct live_entry {
-    u64 bytes_alloc;
+    u64 alloc_ns;
+    u32 size;
+    u32 extension;
     u32 slot;
     u32 pad;
 };

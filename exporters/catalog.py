@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from pcpu_bpf.model.layout import SIZE_BUCKETS
-from pcpu_bpf.model.snapshot import SiteKey, Snapshot
+from pcpu_bpf.model.snapshot import AgeKey, SiteKey, Snapshot
 
 COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
 
@@ -95,6 +95,7 @@ NAME = Key((str,))
 FLAGS = Key((bool, bool))
 PAIR = Key((str, str))
 SITE = Key((str, bool, bool), SiteKey)
+AGE = Key((str, bool, bool, str), AgeKey)
 
 
 # ---- bindings: where in a Snapshot a family's numbers live -----------------------------
@@ -312,8 +313,9 @@ CATALOG: tuple[Family, ...] = (
     Family(
         "pcpu_allocated_bytes_total",
         COUNTER,
-        "Bytes really used by percpu allocations since tracing began, on all units (every "
-        "possible CPU's copy) plus the memory-cgroup extension (the tracepoint's bytes_alloc).",
+        "Percpu bytes of the allocations since tracing began, on all units (the size on every "
+        "unit, as meminfo's Percpu counts them); the memory-cgroup extension the tracepoint's "
+        "bytes_alloc adds is apart (pcpu_memcg_extension_bytes).",
         _SITE_LABELS,
         TRACING,
         _site("allocated_bytes"),
@@ -330,8 +332,8 @@ CATALOG: tuple[Family, ...] = (
     Family(
         "pcpu_freed_bytes_total",
         COUNTER,
-        "Bytes returned by frees of traced allocations, as allocated: all units and the "
-        "memory-cgroup extension.",
+        "Percpu bytes returned by frees of traced allocations, on all units (the size on every "
+        "unit).",
         _SITE_LABELS,
         TRACING,
         _site("freed_bytes"),
@@ -348,11 +350,46 @@ CATALOG: tuple[Family, ...] = (
     Family(
         "pcpu_live_bytes",
         GAUGE,
-        "Bytes held by live traced allocations, as allocated (all units): allocated minus "
-        "freed, exactly, unless tracking dropped some (pcpu_tracking_dropped_total).",
+        "Percpu bytes held by live traced allocations, on all units (the size on every unit): "
+        "allocated minus freed, exactly, unless tracking dropped some "
+        "(pcpu_tracking_dropped_total). Summed over the sites outside the reserved chunk: "
+        'pcpu_memory_bytes{part="traced_live"}.',
         _SITE_LABELS,
         TRACING,
         _site("live_bytes"),
+        one_unit=ALL_UNITS,
+    ),
+    Family(
+        "pcpu_memcg_extension_bytes",
+        GAUGE,
+        "What the tracepoint's bytes_alloc adds to live traced allocations beyond their "
+        "size on every possible CPU: the memory-cgroup extension, slab memory charged with "
+        "them for all units together, not part of pcpu_meminfo_bytes. Absent where the "
+        "kernel has no bytes_alloc.",
+        _SITE_LABELS,
+        TRACING,
+        _site("memcg_extension_bytes"),
+        one_unit=ALL_UNITS,
+    ),
+    Family(
+        "pcpu_live_oldest_age_seconds",
+        GAUGE,
+        "Age of the oldest live traced allocation of the site, as of the last walk of the "
+        "live table (at most once per --min-read-interval: pcpu_kernel_stats_age_seconds).",
+        _SITE_LABELS,
+        TRACING,
+        Table(("ages", "oldest_seconds"), SITE),
+    ),
+    Family(
+        "pcpu_live_by_age_bytes",
+        GAUGE,
+        'Live traced percpu bytes on all units by age band, not cumulative: age="1m" younger '
+        'than a minute, "1h" a minute to an hour, "1d" an hour to a day, "older" a day or '
+        "more; a band without bytes has no series. Summed over age: pcpu_live_bytes, as of "
+        "the last walk of the live table.",
+        (*_SITE_LABELS, "age"),
+        TRACING,
+        Table(("ages", "bytes_by_age"), AGE),
         one_unit=ALL_UNITS,
     ),
     Family(
@@ -499,11 +536,11 @@ CATALOG: tuple[Family, ...] = (
         "pcpu_profiler_percpu_bytes",
         GAUGE,
         "Percpu memory the profiler's own BPF maps and programs hold, on all units (every "
-        "possible CPU; part of pcpu_meminfo_bytes).",
+        "possible CPU; part of pcpu_meminfo_bytes). The simulator allocates the same before "
+        "its tracing begins.",
         (),
         TRACING,
         Scalar(("profiler_percpu_bytes",)),
-        _BPF,
         one_unit=ALL_UNITS,
     ),
     # The kernel's own accounting: debugfs percpu_stats.
@@ -686,12 +723,35 @@ CATALOG: tuple[Family, ...] = (
         "pcpu_meminfo_bytes",
         GAUGE,
         "Memory used by the percpu allocator on all units (every possible CPU), the Percpu: "
-        "line of /proc/meminfo; compare with sum(pcpu_live_bytes) to see how much tracing "
-        "explains.",
+        "line of /proc/meminfo; pcpu_memory_bytes splits it into parts, sum(pcpu_live_bytes) "
+        "being the traced one.",
         (),
         MEMINFO,
         Scalar(("kernel_stats", "meminfo_percpu_bytes")),
         one_unit=ALL_UNITS,
+    ),
+    Family(
+        "pcpu_memory_bytes",
+        GAUGE,
+        "pcpu_meminfo_bytes in parts that add up to it, on all units: static, reserved, "
+        "traced_live, untraced_live (live before tracing began, or not tracked), profiler, "
+        "empty_pages, free_in_used_pages, unexplained. Parts that need percpu_stats are "
+        "absent without it, and the rest is unexplained; docs/metrics.md has the arithmetic.",
+        ("part",),
+        MEMINFO,
+        Table(("breakdown", "parts"), NAME),
+        one_unit=ALL_UNITS,
+    ),
+    Family(
+        "pcpu_memory_bound_violations_total",
+        COUNTER,
+        "Scrapes whose pcpu_memory_bytes broke a bound of this part (a derived part below "
+        "0 or above what percpu_stats allows; part=units: meminfo is not whole pages of "
+        "the units assumed). The parts are served unclipped; the daemon's log says which "
+        "bound.",
+        ("part",),
+        EXPORTER,
+        ExporterState(),
     ),
 )
 

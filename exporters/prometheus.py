@@ -35,6 +35,7 @@ from exporters.catalog import (
     families_of,
 )
 from pcpu_bpf import __version__
+from pcpu_bpf.model.breakdown import BOUND_SUBJECTS, violation_subject
 from pcpu_bpf.model.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,9 @@ class PcpuCollector:
         self._failing: dict[str, str] = {}  # part -> reason last logged
         self._seen: set[str] = {SNAPSHOT, TRACING}
         self._info = ("unknown", "unknown")  # (backend, kernel) of the last good snapshot
+        # Bound violations of the breakdown: scrapes by part, and the text last logged.
+        self._violations = dict.fromkeys(BOUND_SUBJECTS, 0)
+        self._violating: dict[str, str] = {}
 
     def describe(self) -> Iterable[Metric]:
         """Empty families naming everything collect() may yield (no snapshot is taken)."""
@@ -108,7 +112,24 @@ class PcpuCollector:
                     self._part(PERCPU_STATS, snap, out, ok)
                 if ks.meminfo_percpu_bytes is not None and MEMINFO not in ok:
                     self._part(MEMINFO, snap, out, ok)
+            self._check_bounds(snap)
         return self._self_families(ok) + out
+
+    def _check_bounds(self, snap: Snapshot) -> None:
+        """Count the breakdown's violated bounds, logging a part when its reason changes."""
+        broken: dict[str, str] = {}
+        if snap.breakdown is not None:
+            for violation in snap.breakdown.violations:
+                broken.setdefault(violation_subject(violation), violation)
+        with self._lock:
+            for part, violation in broken.items():
+                self._violations[part] = self._violations.get(part, 0) + 1
+                if self._violating.get(part) != violation:
+                    log.warning("breakdown bound broken, parts served unclipped: %s", violation)
+                    self._violating[part] = violation
+            for part in [p for p in self._violating if p not in broken]:
+                del self._violating[part]
+                log.info("breakdown bound of %s holds again", part)
 
     def _part(self, part: str, snap: Snapshot, out: list[Metric], ok: dict[str, bool]) -> None:
         try:
@@ -141,8 +162,10 @@ class PcpuCollector:
         info = _empty(BY_NAME["pcpu_exporter_info"])
         success = _empty(BY_NAME["pcpu_collector_success"])
         errors = _empty(BY_NAME["pcpu_collector_errors_total"])
+        violations = _empty(BY_NAME["pcpu_memory_bound_violations_total"])
         assert isinstance(info, GaugeMetricFamily) and isinstance(success, GaugeMetricFamily)
         assert isinstance(errors, CounterMetricFamily)
+        assert isinstance(violations, CounterMetricFamily)
         info.add_metric([self._version, *self._info], 1)
         with self._lock:
             # A part seen before but not served now (the snapshot failed) reads 0, no gap.
@@ -150,4 +173,6 @@ class PcpuCollector:
                 success.add_metric([part], int(ok.get(part, False)))
             for part, n in sorted(self._errors.items()):
                 errors.add_metric([part], n)
-        return [info, success, errors]
+            for part, n in sorted(self._violations.items()):
+                violations.add_metric([part], n)
+        return [info, success, errors, violations]

@@ -17,7 +17,11 @@ from pcpu_bpf.model.snapshot import SiteKey, SiteRecord
 from pcpu_bpf.model.tables import SnapshotContext
 
 SYMS = {0x1000: "mm_init", 0x1010: "mm_init", 0x2000: "ipv4_mib_init_net"}
-CTX = SnapshotContext(backend="test", kernel="6.18", timestamp=0.0)
+CTX = SnapshotContext(backend="test", kernel="6.18", timestamp=0.0, nr_units=2)
+# A kernel before 5.19: no bytes_alloc, so no memcg extension is known.
+OLD_CTX = SnapshotContext(
+    backend="test", kernel="5.15", timestamp=0.0, nr_units=2, memcg_extension=False
+)
 
 
 def symbolize(addr: int) -> str:
@@ -51,11 +55,11 @@ def free(ptr: int) -> PercpuFree:
     return PercpuFree(base_addr=0xFFFFE8FFFFC00000, off=ptr & 0xFFFF, ptr=ptr)
 
 
-def aggregate(events, **kw):
+def aggregate(events, ctx=CTX, **kw):
     agg = Aggregator(symbolize, possible_cpus=2, **kw)
     for event in events:
         agg.apply(event)
-    return agg.snapshot(CTX)
+    return agg.snapshot(ctx)
 
 
 @pytest.mark.parametrize(
@@ -69,10 +73,41 @@ def test_size_slot_is_log2_upper_bound(size: int, bucket: int) -> None:
 
 
 def test_alloc_then_free_balances_exactly() -> None:
+    # Percpu bytes are the size on each of the 2 units; bytes_alloc (4 x size here) adds
+    # the memcg extension beyond size x 2 possible CPUs, counted apart for live ones.
     snap = aggregate([alloc(1, 16), alloc(2, 100), free(1)])
-    assert snap.sites == {SiteKey("mm_init"): SiteRecord(2, 116, 464, 1, 64, 1, 400)}
+    assert snap.sites == {SiteKey("mm_init"): SiteRecord(2, 116, 232, 1, 32, 1, 200, 200)}
     s = snap.by_call_site["mm_init"]
     assert s.allocated_bytes - s.freed_bytes == s.live_bytes
+
+
+def test_units_are_what_percpu_bytes_count() -> None:
+    # 3 possible CPUs in allocations of 2 units: 4 units, each holding a copy.
+    agg = Aggregator(symbolize, possible_cpus=3)
+    agg.apply(alloc(1, 16, bytes_alloc=16 * 3 + 32))
+    ctx = SnapshotContext(backend="test", kernel="6.18", timestamp=0.0, nr_units=4)
+    record = agg.snapshot(ctx).sites[SiteKey("mm_init")]
+    assert (record.live_bytes, record.memcg_extension_bytes) == (64, 32)
+
+
+def test_sizes_kept_in_32_bits_keep_live_exact() -> None:
+    # pcpu_alloc() never reports more than 32 KiB; a live entry keeps 32 bits, and the
+    # counts add what it keeps, so allocated - freed = live holds for any event.
+    huge = (1 << 33) + 8
+    snap = aggregate([alloc(1, huge, bytes_alloc=huge * 2), alloc(2, 8), free(1)])
+    s = snap.by_call_site["mm_init"]
+    assert (s.requested_bytes, s.live_bytes) == (16, 16)
+    assert s.allocated_bytes - s.freed_bytes == s.live_bytes
+    assert snap.size_histogram.sum == huge + 8  # the histogram sees the event's size
+
+
+def test_live_entries_keep_their_allocation_time() -> None:
+    now = [5.0]
+    agg = Aggregator(symbolize, possible_cpus=2, clock=lambda: now[0])
+    agg.apply(alloc(1))
+    now[0] = 9.0
+    agg.apply(alloc(2))
+    assert sorted(e.alloc_time for e in agg.live_entries()) == [5.0, 9.0]
 
 
 def test_addresses_in_one_function_fold_into_one_label() -> None:
@@ -98,9 +133,9 @@ def test_free_of_unknown_pointer_is_untracked() -> None:
 
 
 def test_kernel_without_call_site_or_bytes_alloc() -> None:
-    # Pre-5.19 kernels: site "unknown", memory used = size x possible CPUs.
-    snap = aggregate([alloc(1, 24, site=None, bytes_alloc=None)])
-    assert snap.sites == {SiteKey("unknown"): SiteRecord(1, 24, 48, 0, 0, 1, 48)}
+    # Pre-5.19 kernels: site "unknown", no memcg extension known.
+    snap = aggregate([alloc(1, 24, site=None, bytes_alloc=None)], OLD_CTX)
+    assert snap.sites == {SiteKey("unknown"): SiteRecord(1, 24, 48, 0, 0, 1, 48, None)}
 
 
 def test_histograms_failures_and_chunks() -> None:

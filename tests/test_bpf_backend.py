@@ -24,6 +24,7 @@ from pcpu_bpf.bpf.tracefs import read_layout
 from pcpu_bpf.errors import BackendUnavailable
 from pcpu_bpf.kernel.percpu_stats import read_percpu_stats
 from pcpu_bpf.model.aggregation import Aggregator
+from pcpu_bpf.model.breakdown import nr_units
 from pcpu_bpf.model.events import (
     PercpuAlloc,
     PercpuAllocFail,
@@ -97,7 +98,10 @@ def test_exact_counts_for_per_cpu_maps(backend, value_size: int, entries: int) -
         fd = syscalls.create_percpu_array(value_size, entries)
         mid = backend.snapshot()
     assert len(reported) == entries and len(set(reported)) == 1, reported
-    used = reported[0]
+    # Percpu bytes: the size on every unit; the rest of bytes_alloc is the extension.
+    units = nr_units(read_percpu_stats(), backend.possible_cpus)
+    used = value_size * units
+    extension = reported[0] - value_size * backend.possible_cpus
 
     a0 = before.sites.get(KEY, SiteRecord())
     a1 = mid.sites[KEY]
@@ -106,6 +110,8 @@ def test_exact_counts_for_per_cpu_maps(backend, value_size: int, entries: int) -
     assert a1.allocated_bytes - a0.allocated_bytes == entries * used
     assert site(mid).live_allocations - site(before).live_allocations == entries
     assert site(mid).live_bytes - site(before).live_bytes == entries * used
+    ext0 = site(before).memcg_extension_bytes or 0
+    assert site(mid).memcg_extension_bytes == ext0 + entries * extension
     assert mid.size_histogram.counts[slot] - before.size_histogram.counts[slot] == entries
 
     syscalls.close(fd)
@@ -118,6 +124,7 @@ def test_exact_counts_for_per_cpu_maps(backend, value_size: int, entries: int) -
     assert site(after).freed_bytes - site(mid).freed_bytes == entries * used
     assert site(after).live_bytes == site(before).live_bytes
     assert site(after).live_allocations == site(before).live_allocations
+    assert (site(after).memcg_extension_bytes or 0) == ext0
     # frees never touch the allocation counters
     assert after.sites[KEY].allocations == a1.allocations
     assert after.sites[KEY].allocated_bytes == a1.allocated_bytes

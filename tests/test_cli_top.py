@@ -41,6 +41,7 @@ SCENARIOS = [
     "leak",
     "atomic-pressure",
     "chunk-churn",
+    "fragmentation",
 ]
 BIN = Path(sys.executable).parent
 

@@ -27,7 +27,7 @@ SECTIONS = (
     (TRACING, "From tracing (the BPF programs, or the simulator's events)"),
     (SNAPSHOT, "How fresh the kernel's own figures are"),
     (PERCPU_STATS, "From the kernel's percpu_stats (debugfs)"),
-    (MEMINFO, "From /proc/meminfo"),
+    (MEMINFO, "From /proc/meminfo, and the parts of its Percpu"),
     (EXPORTER, "About the exporter itself"),
 )
 

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from exporters.prometheus import PcpuCollector
 from pcpu_bpf import __version__
+from pcpu_bpf.model.breakdown import Breakdown
 from pcpu_bpf.model.kernel_stats import (
     AllocationInfo,
     ChunkStats,
@@ -17,6 +18,8 @@ from pcpu_bpf.model.kernel_stats import (
     PercpuStats,
 )
 from pcpu_bpf.model.snapshot import (
+    AgeKey,
+    LiveAges,
     MapUsage,
     ProgramStats,
     SiteKey,
@@ -41,10 +44,19 @@ def full_snapshot(**changes: object) -> Snapshot:
         kernel="6.18.0",
         timestamp=1.0,
         sites={
-            SiteKey("mm_init", False, False): SiteRecord(3, 48, 192, 1, 64, 2, 128),
-            SiteKey("mm_init", True, False): SiteRecord(1, 16, 64, 0, 0, 1, 64),
-            SiteKey("bpf_map_alloc_percpu"): SiteRecord(2, 2000, 4000, 0, 0, 2, 4000),
+            SiteKey("mm_init", False, False): SiteRecord(3, 48, 96, 1, 32, 2, 64, 64),
+            SiteKey("mm_init", True, False): SiteRecord(1, 16, 32, 0, 0, 1, 32, 32),
+            SiteKey("bpf_map_alloc_percpu"): SiteRecord(2, 2000, 4000, 0, 0, 2, 4000, 4000),
         },
+        ages=LiveAges(
+            oldest_seconds={SiteKey("mm_init"): 4000.5, SiteKey("bpf_map_alloc_percpu"): 2.0},
+            bytes_by_age={
+                AgeKey("mm_init", False, False, "1m"): 32,
+                AgeKey("mm_init", False, False, "1d"): 32,
+                AgeKey("bpf_map_alloc_percpu", False, False, "1m"): 4000,
+            },
+        ),
+        breakdown=Breakdown({"static": 4 << 20, "traced_live": 4096, "unexplained": 4 << 20}),
         untracked_frees=7,
         size_histogram=SizeHistogram((0, 0, 4, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0), 2064),
         failures={(True, False): 2},
@@ -98,6 +110,9 @@ EXPECTED_TYPES = {
     "pcpu_freed_bytes": "counter",
     "pcpu_live_allocations": "gauge",
     "pcpu_live_bytes": "gauge",
+    "pcpu_memcg_extension_bytes": "gauge",
+    "pcpu_live_oldest_age_seconds": "gauge",
+    "pcpu_live_by_age_bytes": "gauge",
     "pcpu_allocation_size_bytes": "histogram",
     "pcpu_allocation_failures": "counter",
     "pcpu_failed_allocation_size_bytes": "histogram",
@@ -133,6 +148,8 @@ EXPECTED_TYPES = {
     "pcpu_stats_atom_size_bytes": "gauge",
     "pcpu_stats_alloc_size_bytes": "gauge",
     "pcpu_meminfo_bytes": "gauge",
+    "pcpu_memory_bytes": "gauge",
+    "pcpu_memory_bound_violations": "counter",
 }
 
 
@@ -169,7 +186,13 @@ def test_values_in_base_units() -> None:
         == 1
     )
     plain = {"atomic": "false", "reserved": "false"}
-    assert get("pcpu_allocated_bytes_total", {"call_site": "mm_init", **plain}) == 192
+    assert get("pcpu_allocated_bytes_total", {"call_site": "mm_init", **plain}) == 96
+    assert get("pcpu_memcg_extension_bytes", {"call_site": "mm_init", **plain}) == 64
+    assert get("pcpu_live_oldest_age_seconds", {"call_site": "mm_init", **plain}) == 4000.5
+    assert get("pcpu_live_by_age_bytes", {"call_site": "mm_init", "age": "1d", **plain}) == 32
+    assert get("pcpu_live_by_age_bytes", {"call_site": "mm_init", "age": "1h", **plain}) is None
+    assert get("pcpu_memory_bytes", {"part": "traced_live"}) == 4096
+    assert get("pcpu_memory_bound_violations_total", {"part": "untraced_live"}) == 0
     assert get("pcpu_requested_bytes_total", {"call_site": "mm_init", **plain}) == 48
     assert get("pcpu_untracked_frees_total") == 7
     assert get("pcpu_live_bytes", {"call_site": "bpf_map_alloc_percpu", **plain}) == 4000
@@ -299,3 +322,30 @@ def test_every_collect_takes_exactly_one_fresh_snapshot() -> None:
     assert registry.get_sample_value("pcpu_chunk_creations_total") == 1
     assert registry.get_sample_value("pcpu_chunk_creations_total") == 2
     assert len(calls) == 2
+
+
+def test_bound_violations_are_counted_by_part_and_logged_once_per_change(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    why = "untraced_live: traced bytes exceed the kernel's live bytes"
+    parts = {"traced_live": 8192, "untraced_live": -4096, "unexplained": 0}
+    state = {"violations": (why,)}
+
+    def snap() -> Snapshot:
+        return full_snapshot(breakdown=Breakdown(parts, state["violations"]))
+
+    registry = registry_for(snap)
+    with caplog.at_level(logging.INFO):
+        for _ in range(3):
+            generate_latest(registry)
+        state["violations"] = ()
+        generate_latest(registry)
+        samples = read(registry)
+    assert value(samples, "pcpu_memory_bound_violations_total", part="untraced_live") == 3
+    assert value(samples, "pcpu_memory_bound_violations_total", part="units") == 0
+    # Served unclipped: the parts still add up to what they add up to.
+    assert value(samples, "pcpu_memory_bytes", part="untraced_live") == -4096
+    assert [r.getMessage() for r in caplog.records] == [
+        f"breakdown bound broken, parts served unclipped: {why}",
+        "breakdown bound of untraced_live holds again",
+    ]

@@ -121,7 +121,7 @@ def other_version(pin_dir: Path) -> str:
 @pytest.mark.parametrize(
     ("first_args", "change", "reason"),
     [
-        (("--live-capacity", "4096"), None, "map pcpu_live is hash key 8 value 16 entries 4096"),
+        (("--live-capacity", "4096"), None, "map pcpu_live is hash key 8 value 24 entries 4096"),
         ((), damage, "link_percpu_free_percpu is missing"),
         ((), other_version, "its layout record differs"),
     ],

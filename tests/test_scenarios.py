@@ -162,9 +162,11 @@ def test_netns_churn_uses_the_networking_call_sites() -> None:
 def test_bpf_maps_allocates_multiples_of_eight_from_one_site() -> None:
     snap = run("bpf-maps").snapshot(1.0)
     assert list(snap.by_call_site) == ["bpf_map_alloc_percpu"]
-    # bytes_alloc = 4 x size on the 2-CPU memcg geometry
+    # Percpu bytes are the size on each of the 2 units; bytes_alloc (4 x size on the
+    # 2-CPU memcg geometry) adds 2 x size of memcg extension, counted apart.
     counts = snap.by_call_site["bpf_map_alloc_percpu"]
-    assert counts.allocated_bytes == 4 * counts.requested_bytes
+    assert counts.allocated_bytes == 2 * counts.requested_bytes
+    assert counts.memcg_extension_bytes == counts.live_bytes
     assert counts.requested_bytes % 8 == 0
 
 

@@ -33,6 +33,7 @@ class BackendOptions:
     seed: int | None = None
     url: str | None = None
     min_read_interval: float | None = None
+    min_age: float | None = None  # bpf, sim: also count what is at least this old
 
     def given(self) -> dict[str, Any]:
         """The options that were set, by name."""
@@ -43,8 +44,15 @@ class BackendOptions:
 
 # Which options each backend takes.
 TAKES: dict[str, tuple[str, ...]] = {
-    "bpf": ("live_capacity", "site_capacity", "bpf_dir", "min_read_interval", "pin_dir"),
-    "sim": ("scenario", "seed", "live_capacity", "site_capacity"),
+    "bpf": (
+        "live_capacity",
+        "site_capacity",
+        "bpf_dir",
+        "min_read_interval",
+        "pin_dir",
+        "min_age",
+    ),
+    "sim": ("scenario", "seed", "live_capacity", "site_capacity", "min_age"),
     "remote": ("url",),
 }
 

@@ -34,6 +34,12 @@ class Backend:
         """Everything counted since the backend started, plus current kernel stats."""
         raise NotImplementedError
 
+    def started_at(self) -> float | None:
+        """When the counters began, on the Snapshots' clock, if they began with this
+        backend (a fresh trace); None when they began before it (a daemon's, an adopted
+        pinned set). pcpu-top measures its first window from here."""
+        return None
+
     def close(self) -> None:
         """Detach and release; safe to call twice."""
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
@@ -27,24 +28,39 @@ from pcpu_bpf.bpf.loader import (
     layout_digest,
     program_defines,
 )
-from pcpu_bpf.bpf.maps import PROGRAMS, Capacities, read_tables
+from pcpu_bpf.bpf.maps import (
+    PROGRAMS,
+    Capacities,
+    read_live,
+    read_tables,
+    read_tables_and_slots,
+)
 from pcpu_bpf.bpf.pins import LoadedSet
 from pcpu_bpf.bpf.tracefs import read_layout
 from pcpu_bpf.errors import BackendUnavailable, StatsParseError
 from pcpu_bpf.kernel.procfs import kernel_release, read_possible_cpus
 from pcpu_bpf.kernel.shared_read import SharedRead
+from pcpu_bpf.model.ages import AgeFold
+from pcpu_bpf.model.breakdown import Breakdown, BreakdownInputs, breakdown, nr_units
 from pcpu_bpf.model.kernel_stats import KernelStats
 from pcpu_bpf.model.layout import (
     DEFAULT_LIVE_CAPACITY,
     DEFAULT_SITE_CAPACITY,
     MAX_TABLE_CAPACITY,
 )
-from pcpu_bpf.model.snapshot import ProgramStats, Snapshot
+from pcpu_bpf.model.snapshot import (
+    UNKNOWN_SITE,
+    LiveAges,
+    ProgramStats,
+    SiteKey,
+    Snapshot,
+)
 from pcpu_bpf.model.tables import (
     SnapshotContext,
     Tables,
     map_usage,
     tables_to_snapshot,
+    traced_live_per_unit,
 )
 
 log = logging.getLogger(__name__)
@@ -74,6 +90,7 @@ class BpfBackend(Backend):
         min_read_interval: float = 0.0,
         attach: bool = True,
         pin_dir: str | Path | None = None,
+        min_age: float | None = None,
     ) -> None:
         check_capacity("live_capacity", live_capacity)
         check_capacity("site_capacity", site_capacity)
@@ -102,9 +119,16 @@ class BpfBackend(Backend):
             nr_possible_cpus=self.possible_cpus,
         )
         self._symbolize = _symbolizer(symbolizer)
-        # Reading percpu_stats holds the allocator's lock: at most once per interval,
-        # whoever asks (scrapers share one reading).
-        self._kernel_stats = SharedRead(kernel_stats or _default_kernel_stats(), min_read_interval)
+        self._read_kernel_stats = kernel_stats or _default_kernel_stats()
+        self._min_age = min_age
+        self._walk_failed = False
+        self._memcg_extension = self._fields_available.get(
+            ("percpu_alloc_percpu", "bytes_alloc"), False
+        )
+        # Reading percpu_stats holds the allocator's lock, and walking a full live table
+        # takes a while: both at most once per interval, whoever asks (scrapers share one
+        # reading), with the breakdown computed from the same moment.
+        self._slow = SharedRead(self._read_slow, min_read_interval)
         if pin_dir is not None and not attach:
             raise BackendUnavailable("a pinned set is always attached: pin_dir needs attach")
         self.adopted = False
@@ -121,6 +145,8 @@ class BpfBackend(Backend):
                 pin_dir=str(pin_dir) if pin_dir is not None else None,
             )
             self._set = spawn_loader(request)
+        # When the counters began, on the Snapshots' clock (monotonic).
+        self._started_monotonic = time.monotonic() - max(0.0, time.time() - self.tracking_started)
 
     @property
     def _capacities(self) -> Capacities:
@@ -151,26 +177,77 @@ class BpfBackend(Backend):
             raise BackendUnavailable("the bpf backend is closed")
         return self._set
 
+    def started_at(self) -> float | None:
+        """When tracing began, on the Snapshots' clock, unless the set was adopted (its
+        counters then began before this backend)."""
+        return None if self.adopted else self._started_monotonic
+
     def read_tables(self) -> Tables:
         """The maps as raw tables (addresses, not names), per-CPU values summed."""
         return read_tables(self._live().maps, self.possible_cpus, self.site_capacity)
 
     def snapshot(self) -> Snapshot:
-        """Read every map (summing per-CPU values) into a Snapshot; nothing is cleared."""
+        """Read every map (summing per-CPU values) into a Snapshot; nothing is cleared.
+
+        The kernel stats, the live-table walk and the breakdown come from the throttled
+        read (at most one per min_read_interval); the counters are read every time."""
         loaded = self._live()
+        slow = self._slow()
         tables = self.read_tables()
         ctx = SnapshotContext(
             backend=self.name,
             kernel=self._release,
             timestamp=time.monotonic(),
-            kernel_stats=self._kernel_stats(),
+            nr_units=slow.nr_units,
+            kernel_stats=slow.kernel_stats,
             fields_available=self._fields_available,
             programs=self._program_stats(loaded),
             maps=map_usage(tables, self.live_capacity, self.site_capacity),
             tracking_start_time=self.tracking_started,
             profiler_percpu_bytes=self.percpu_bytes,
+            memcg_extension=self._memcg_extension,
+            ages=slow.ages,
+            breakdown=slow.breakdown,
         )
         return tables_to_snapshot(tables, self._symbolize, ctx)
+
+    def _read_slow(self) -> _SlowRead:
+        """The live-table walk, then the site records and the kernel stats back to back,
+        so the breakdown's traced and kernel figures are of one moment."""
+        loaded = self._live()
+        fold: AgeFold[int] = AgeFold(
+            time.clock_gettime_ns(time.CLOCK_BOOTTIME), per_second=1e9, min_age=self._min_age
+        )
+        walked = True
+        try:
+            fold.add(read_live(loaded.maps["pcpu_live"], self.live_capacity))
+        except OSError as exc:  # no batch lookup (before 5.6): no ages, the rest goes on
+            walked = False
+            if not self._walk_failed:
+                log.warning("cannot walk the live table, no ages: %s", exc)
+            self._walk_failed = True
+        tables, slots = read_tables_and_slots(loaded.maps, self.possible_cpus, self.site_capacity)
+        ks = self._read_kernel_stats()
+        stats = ks.percpu_stats if ks is not None else None
+        units = nr_units(stats, self.possible_cpus)
+        names: dict[int, SiteKey] = {}
+        for slot, (addr, atomic, reserved) in slots.items():
+            names[slot] = SiteKey(
+                UNKNOWN_SITE if addr == 0 else self._symbolize(addr), atomic, reserved
+            )
+        parts = None
+        if ks is not None and ks.meminfo_percpu_bytes is not None:
+            parts = breakdown(
+                BreakdownInputs(
+                    meminfo_bytes=ks.meminfo_percpu_bytes,
+                    nr_units=units,
+                    traced_live_per_unit=traced_live_per_unit(tables),
+                    profiler_bytes=loaded.percpu_bytes_per_cpu * units,
+                    percpu_stats=stats,
+                )
+            )
+        ages = fold.ages(nr_units=units, site_of=names.get) if walked else None
+        return _SlowRead(ks, units, ages, parts)
 
     def _program_stats(self, loaded: LoadedSet) -> dict[str, ProgramStats]:
         # run_cnt and run_time_ns only move while bpf_stats are on; then they mean nothing.
@@ -190,6 +267,17 @@ class BpfBackend(Backend):
         loaded, self._set = self._set, None
         if loaded is not None:
             loaded.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _SlowRead:
+    """What the throttled read gives: the kernel stats, the units they imply, the ages
+    and the breakdown, all of one moment."""
+
+    kernel_stats: KernelStats | None
+    nr_units: int
+    ages: LiveAges | None
+    breakdown: Breakdown | None
 
 
 def _adopt(pin_dir: Path, layout: bytes, capacities: Capacities) -> LoadedSet | None:

@@ -34,9 +34,17 @@ class SimBackend(Backend):
         clock: Callable[[], float] = time.monotonic,
         live_capacity: int = DEFAULT_LIVE_CAPACITY,
         site_capacity: int = DEFAULT_SITE_CAPACITY,
+        min_age: float | None = None,
     ) -> None:
+        # A simulated host has booted and started the profiler before tracing begins.
         self.simulation = Simulation(
-            scenario, seed, live_capacity=live_capacity, site_capacity=site_capacity
+            scenario,
+            seed,
+            live_capacity=live_capacity,
+            site_capacity=site_capacity,
+            before_tracing=True,
+            ops_per_second=ops_per_second,
+            min_age=min_age,
         )
         self.ops_per_second = ops_per_second
         self._clock = clock
@@ -45,6 +53,10 @@ class SimBackend(Backend):
     @property
     def label(self) -> str:
         return f"sim ({self.simulation.scenario.name})"
+
+    def started_at(self) -> float:
+        """Simulated time 0: the counters begin with the backend."""
+        return 0.0
 
     def advance(self, ops: int) -> None:
         """Run `ops` workload steps now, independent of the clock."""
@@ -59,4 +71,4 @@ class SimBackend(Backend):
             due = self.simulation.ops + cap
         if due > self.simulation.ops:
             self.simulation.advance(due - self.simulation.ops)
-        return self.simulation.snapshot(self.simulation.ops / self.ops_per_second)
+        return self.simulation.snapshot(self.simulation.now())

@@ -5,14 +5,16 @@ before anything is decoded (`check_maps`): a mismatch is one line naming the map
 
 Reading never clears or deletes anything: counters stay cumulative. Site records hold
 monotonic counters that the programs add to atomically; a site's live allocations are
-allocations - dropped - frees, its live bytes allocated - dropped - freed bytes. The
-per-CPU counters are summed over CPUs modulo 2**64 like the kernel's u64s.
+allocations - dropped - frees, its live bytes requested - dropped - freed bytes (one
+unit's, as the live entries keep them; the Snapshot multiplies by the units). The live
+table is read only for the age walk (`read_live`). The per-CPU counters are summed over
+CPUs modulo 2**64 like the kernel's u64s.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from pcpu_bpf.bpf import syscalls
@@ -46,6 +48,7 @@ META_MAP = "pcpu_meta"
 
 _MASK = (1 << 64) - 1
 _RECORD = struct.Struct(SITE_RECORD_FORMAT)
+_ENTRY = struct.Struct(LIVE_ENTRY_FORMAT)
 # The layout record beside a set: sha256 of the sources and defines, the CLOCK_REALTIME
 # ns tracking began, the percpu bytes per CPU the set holds.
 META_FORMAT = "<32sQQ"
@@ -143,27 +146,52 @@ def _live(n: int) -> int:
     return 0 if n >> 63 else n
 
 
-def read_sites(records_fd: int, count_fd: int, capacity: int) -> dict[SiteAddressKey, SiteValue]:
-    """The site records in use: (call_site, atomic, reserved) -> SiteValue."""
+def read_sites(
+    records_fd: int, count_fd: int, capacity: int
+) -> tuple[dict[SiteAddressKey, SiteValue], dict[int, SiteAddressKey]]:
+    """The site records in use: (call_site, atomic, reserved) -> SiteValue, and the
+    slot -> key map the live entries' slots resolve through."""
     raw_count = syscalls.lookup_elem(count_fd, _key(0), 8)
     handed_out = struct.unpack("<Q", raw_count)[0] if raw_count else 0
     out: dict[SiteAddressKey, SiteValue] = {}
-    for raw in _records(records_fd, min(handed_out, capacity)):
-        addr, atomic, reserved, allocs, req, alloc_b, dropped, dropped_b, frees, freed_b = (
-            _RECORD.unpack(raw)
-        )
+    slots: dict[int, SiteAddressKey] = {}
+    for slot, raw in enumerate(_records(records_fd, min(handed_out, capacity))):
+        (
+            addr,
+            atomic,
+            reserved,
+            allocs,
+            req,
+            dropped,
+            dropped_b,
+            ext,
+            frees,
+            freed_b,
+            freed_ext,
+        ) = _RECORD.unpack(raw)
         if allocs == 0:
             continue  # a slot being filled, or one a race between two CPUs left empty
-        out[(addr, bool(atomic), bool(reserved))] = SiteValue(
+        key = (addr, bool(atomic), bool(reserved))
+        slots[slot] = key
+        out[key] = SiteValue(
             allocations=allocs,
             requested_bytes=req,
-            allocated_bytes=alloc_b,
             frees=frees,
             freed_bytes=freed_b,
             live_allocations=_live(allocs - dropped - frees),
-            live_bytes=_live(alloc_b - dropped_b - freed_b),
+            live_bytes=_live(req - dropped_b - freed_b),
+            live_extension_bytes=_live(ext - freed_ext),
         )
-    return out
+    return out, slots
+
+
+def read_live(fd: int, capacity: int) -> Iterator[tuple[int, int, int]]:
+    """Every live entry as (slot, size, alloc_ns), batch by batch: one bpf(2) call per
+    4,096 entries and no Python object per key. Entries freed or added while the walk
+    runs may be missed or seen (a hash map has no snapshot)."""
+    for blob in syscalls.lookup_batch_values(fd, 8, _ENTRY.size, capacity):
+        for alloc_ns, size, _extension, slot in _ENTRY.iter_unpack(blob):
+            yield slot, size, alloc_ns
 
 
 def _group(values: list[int], name: str) -> list[int]:
@@ -176,9 +204,16 @@ def _histogram(values: list[int]) -> Histogram:
 
 
 def read_tables(maps: Mapping[str, int], nr_cpus: int, site_capacity: int) -> Tables:
-    """Every map, by fd, into one `Tables`."""
+    """Every map but the live table, by fd, into one `Tables`."""
+    return read_tables_and_slots(maps, nr_cpus, site_capacity)[0]
+
+
+def read_tables_and_slots(
+    maps: Mapping[str, int], nr_cpus: int, site_capacity: int
+) -> tuple[Tables, dict[int, SiteAddressKey]]:
+    """`read_tables`, and which site key each slot holds."""
     counters = read_counters(maps["pcpu_counters"], nr_cpus)
-    sites = read_sites(maps["pcpu_sites"], maps["pcpu_site_count"], site_capacity)
+    sites, slots = read_sites(maps["pcpu_sites"], maps["pcpu_site_count"], site_capacity)
     chunks = _group(counters, "chunks")
     return Tables(
         sites=sites,
@@ -190,4 +225,4 @@ def read_tables(maps: Mapping[str, int], nr_cpus: int, site_capacity: int) -> Ta
         chunk_destructions=chunks[CHUNK_DESTROYED],
         dropped=dict(zip(DROP_REASONS, _group(counters, "drops"), strict=True)),
         live_entries=sum(s.live_allocations for s in sites.values()),
-    )
+    ), slots

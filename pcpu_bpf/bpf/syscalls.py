@@ -14,6 +14,7 @@ import ctypes
 import errno
 import os
 import platform
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -335,12 +336,33 @@ def lookup_batch(
     ``value_size`` is the whole value the kernel copies out (per-CPU maps: every CPU's).
     OSError(EINVAL or ENOTSUPP) where the kernel or the map type has no batch lookup.
     """
-    count = max(1, min(max_entries, 4096))
+    out: list[tuple[bytes, bytes]] = []
+    for kr, vr, n in _batches(map_fd, key_size, value_size, max_entries, 4096):
+        out += [
+            (kr[i * key_size : (i + 1) * key_size], vr[i * value_size : (i + 1) * value_size])
+            for i in range(n)
+        ]
+    return out
+
+
+def lookup_batch_values(
+    map_fd: int, key_size: int, value_size: int, max_entries: int, batch: int = 4096
+) -> Iterator[bytes]:
+    """The values of a map, one bytes object per batch of up to ``batch`` entries: for
+    walking a large table without a Python object per entry. OSError as `lookup_batch`."""
+    for _, values, _ in _batches(map_fd, key_size, value_size, max_entries, batch):
+        yield values
+
+
+def _batches(
+    map_fd: int, key_size: int, value_size: int, max_entries: int, batch: int
+) -> Iterator[tuple[bytes, bytes, int]]:
+    """(keys, values, count) of each BPF_MAP_LOOKUP_BATCH call until the map is done."""
+    count = max(1, min(max_entries, batch))
     keys = ctypes.create_string_buffer(key_size * count)
     values = ctypes.create_string_buffer(value_size * count)
     batch_in = ctypes.create_string_buffer(max(key_size, 8))
     batch_out = ctypes.create_string_buffer(max(key_size, 8))
-    out: list[tuple[bytes, bytes]] = []
     first = True
     while True:
         attr = _BatchAttr(
@@ -359,13 +381,10 @@ def lookup_batch(
                 raise
             done = True  # the last batch; attr.count says how many it holds
         n = int(attr.count)
-        kr, vr = keys.raw, values.raw
-        out += [
-            (kr[i * key_size : (i + 1) * key_size], vr[i * value_size : (i + 1) * value_size])
-            for i in range(n)
-        ]
+        if n:
+            yield ctypes.string_at(keys, n * key_size), ctypes.string_at(values, n * value_size), n
         if done or n == 0:
-            return out
+            return
         ctypes.memmove(batch_in, batch_out, ctypes.sizeof(batch_out))
         first = False
 

@@ -32,7 +32,7 @@ Columns:
 \b
 Simulator scenarios (--scenario):
   steady, netns-churn, memcg-churn, bpf-maps, leak, atomic-pressure,
-  chunk-churn
+  chunk-churn, fragmentation
 
 \b
 Examples:

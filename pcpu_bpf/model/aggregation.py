@@ -8,7 +8,7 @@ both and require equal Snapshots.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from pcpu_bpf.model.events import (
     Event,
@@ -21,6 +21,7 @@ from pcpu_bpf.model.events import (
 from pcpu_bpf.model.layout import (
     DEFAULT_LIVE_CAPACITY,
     DEFAULT_SITE_CAPACITY,
+    KEPT_MASK,
     failure_index,
     size_slot,
 )
@@ -44,13 +45,21 @@ class Aggregator:
         possible_cpus: int,
         live_capacity: int = DEFAULT_LIVE_CAPACITY,
         site_capacity: int = DEFAULT_SITE_CAPACITY,
+        clock: Callable[[], float] = lambda: 0.0,
     ) -> None:
+        """``clock`` stamps each live entry (the programs use CLOCK_BOOTTIME); the
+        simulator passes its simulated time."""
         self._symbolize = symbolize
         self._possible_cpus = possible_cpus
         self._live_capacity = live_capacity
         self._site_capacity = site_capacity
+        self._clock = clock
         self.tables = Tables()
         self._live: dict[int, LiveEntry] = {}
+
+    def live_entries(self) -> Iterable[LiveEntry]:
+        """The live table's entries (for the age walk)."""
+        return self._live.values()
 
     def apply(self, event: Event) -> None:
         """Account one event."""
@@ -74,7 +83,13 @@ class Aggregator:
         # Kernels before 5.19 report neither: the site is "unknown" (address 0) and the
         # memory used is size x possible CPUs, as the BPF program computes it.
         call_site = ev.call_site or 0
-        used = ev.bytes_alloc if ev.bytes_alloc is not None else ev.size * self._possible_cpus
+        # The memcg extension: what bytes_alloc counts beyond the size on every possible
+        # CPU (slab memory, not Percpu); none without bytes_alloc. Both are kept in 32
+        # bits, with the programs' u64 wrap-around.
+        extension = 0
+        if ev.bytes_alloc is not None:
+            extension = (ev.bytes_alloc - ev.size * self._possible_cpus) & KEPT_MASK
+        size = ev.size & KEPT_MASK
         t.sizes.counts[size_slot(ev.size)] += 1
         t.sizes.sum += ev.size
         key = (call_site, ev.is_atomic, ev.reserved)
@@ -85,8 +100,7 @@ class Aggregator:
                 return
             site = t.sites[key] = SiteValue()
         site.allocations += 1
-        site.requested_bytes += ev.size
-        site.allocated_bytes += used
+        site.requested_bytes += size
         old = self._live.get(ev.ptr)
         if old is not None:
             # The pointer is live already: its free was lost (a recursion miss) and the
@@ -95,10 +109,11 @@ class Aggregator:
         elif len(self._live) >= self._live_capacity:
             t.dropped["live_table_full"] += 1
             return
-        self._live[ev.ptr] = LiveEntry(call_site, ev.is_atomic, ev.reserved, ev.size, used)
+        self._live[ev.ptr] = LiveEntry(key, size, extension, self._clock())
         t.live_entries = len(self._live)
         site.live_allocations += 1
-        site.live_bytes += used
+        site.live_bytes += size
+        site.live_extension_bytes += extension
 
     def _free(self, ptr: int) -> None:
         t = self.tables
@@ -110,11 +125,12 @@ class Aggregator:
         self._count_free(entry)
 
     def _count_free(self, entry: LiveEntry) -> None:
-        site = self.tables.sites[(entry.call_site, entry.atomic, entry.reserved)]
+        site = self.tables.sites[entry.key]
         site.frees += 1
-        site.freed_bytes += entry.bytes_alloc
+        site.freed_bytes += entry.size
         site.live_allocations -= 1
-        site.live_bytes -= entry.bytes_alloc
+        site.live_bytes -= entry.size
+        site.live_extension_bytes -= entry.extension
 
     def snapshot(self, ctx: SnapshotContext) -> Snapshot:
         """The Snapshot of everything applied so far."""

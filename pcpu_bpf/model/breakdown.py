@@ -52,6 +52,33 @@ NEEDS_PERCPU_STATS: tuple[str, ...] = (
 )
 
 
+# What a violated bound is counted under (pcpu_memory_bound_violations_total{part}): the
+# derived parts, and "units", meminfo not being whole pages of nr_units units (the units
+# assumption broke). A violation's text starts with one of these and a colon.
+BOUND_SUBJECTS: tuple[str, ...] = (
+    "untraced_live",
+    "empty_pages",
+    "free_in_used_pages",
+    "unexplained",
+    "units",
+)
+
+
+def violation_subject(violation: str) -> str:
+    """The part (or "units") a violation text is about."""
+    return violation.split(":", 1)[0]
+
+
+def nr_units(stats: PercpuStats | None, possible_cpus: int) -> int:
+    """Units per chunk, pcpu_nr_units: the possible CPUs rounded up to whole allocations
+    of alloc_size / unit_size units (pcpu_build_alloc_info), assuming one allocation
+    group (one NUMA node's worth); the possible CPUs where percpu_stats is missing."""
+    if stats is None or stats.info.unit_size <= 0:
+        return possible_cpus
+    per_allocation = max(stats.info.alloc_size // stats.info.unit_size, 1)
+    return -(-possible_cpus // per_allocation) * per_allocation
+
+
 def _frozen(mapping: Mapping[str, int] | None = None) -> Mapping[str, int]:
     return MappingProxyType(dict(mapping or {}))
 
@@ -134,7 +161,7 @@ def breakdown(inputs: BreakdownInputs) -> Breakdown:
     parts["free_in_used_pages"] = populated_dynamic - live - parts["empty_pages"]
     parts["unexplained"] = 0
     if inputs.meminfo_bytes % (PAGE_SIZE * u):
-        violations.append(f"meminfo: {inputs.meminfo_bytes} is not whole pages of {u} units")
+        violations.append(f"units: meminfo {inputs.meminfo_bytes} is not whole pages of {u} units")
     if parts["untraced_live"] < 0:
         violations.append("untraced_live: traced bytes exceed the kernel's live bytes")
     if parts["empty_pages"] < 0:

@@ -59,11 +59,20 @@ NR_COUNTERS = COUNTER_OFFSETS.pop("end")
 
 # Struct layouts the reader decodes (bpf_programs/pcpu.h), as Python struct formats; the
 # loader checks each against the map's key and value size before reading anything.
-SITE_KEY_FORMAT = "<QBB6x"  # struct site_key: call_site, atomic, reserved
-# struct site_record: the key, 5 counters written by allocations, then in the second
-# 64-byte half the 2 written by frees.
-SITE_RECORD_FORMAT = SITE_KEY_FORMAT + "5Q8x2Q48x"
-LIVE_ENTRY_FORMAT = "<QI4x"  # struct live_entry: bytes_alloc, slot
+# struct site_key: call_site, atomic, reserved. The one place a new key field goes (with
+# pcpu.h's struct, SiteAddressKey in tables.py and the site labels).
+SITE_KEY_FORMAT = "<QBB6x"
+# struct site_record: the key and 5 counters written by allocations (allocations,
+# requested_bytes, dropped, dropped_bytes, extension_bytes), then in the second 64-byte
+# half the 3 written by frees (frees, freed_bytes, freed_extension_bytes).
+SITE_RECORD_FORMAT = SITE_KEY_FORMAT + "5Q8x3Q40x"
+# struct live_entry: alloc_ns (CLOCK_BOOTTIME), size, extension, slot.
+LIVE_ENTRY_FORMAT = "<QIII4x"
+# A live entry keeps an allocation's size and memcg extension in 32 bits: pcpu_alloc()
+# refuses requests above 32 KiB (PCPU_MIN_UNIT_SIZE) before any tracepoint, so a real
+# size never needs more. The site records add what the entry keeps, so a record's
+# allocated minus freed sizes stays exactly its live sizes, whatever an event says.
+KEPT_MASK = 0xFFFF_FFFF
 
 
 def size_slot(size: int) -> int:

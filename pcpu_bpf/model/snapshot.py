@@ -8,10 +8,11 @@ cumulative since tracing began; rates are differences of two Snapshots.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from pcpu_bpf.model.breakdown import Breakdown
 from pcpu_bpf.model.events import ALL_FIELDS
 from pcpu_bpf.model.kernel_stats import KernelStats
 from pcpu_bpf.model.layout import DROP_REASONS, NR_SIZE_SLOTS, SIZE_BUCKETS
@@ -58,8 +59,12 @@ class SiteKey:
 class SiteRecord:
     """Everything counted under one site key: allocations, frees and what is still live.
 
-    Bytes: ``requested`` is the size asked for (one CPU's copy); ``allocated``, ``freed``
-    and ``live`` are the tracepoint's bytes_alloc, the memory really used.
+    Bytes: ``requested`` is the size asked for (one unit's copy, rounded by the allocator
+    to 4 bytes); ``allocated``, ``freed`` and ``live`` are percpu bytes in meminfo's sense,
+    the size on every unit, so live bytes add up to the breakdown's traced_live.
+    ``memcg_extension_bytes`` is what the tracepoint's bytes_alloc adds for live traced
+    allocations beyond that (slab memory, not Percpu); None where the kernel has no
+    bytes_alloc.
     """
 
     allocations: int = 0
@@ -69,12 +74,47 @@ class SiteRecord:
     freed_bytes: int = 0
     live_allocations: int = 0
     live_bytes: int = 0
+    memcg_extension_bytes: int | None = None
 
     def __add__(self, other: SiteRecord) -> SiteRecord:
-        return SiteRecord(*(getattr(self, f) + getattr(other, f) for f in _RECORD_FIELDS))
+        ext = self.memcg_extension_bytes, other.memcg_extension_bytes
+        return SiteRecord(
+            allocations=self.allocations + other.allocations,
+            requested_bytes=self.requested_bytes + other.requested_bytes,
+            allocated_bytes=self.allocated_bytes + other.allocated_bytes,
+            frees=self.frees + other.frees,
+            freed_bytes=self.freed_bytes + other.freed_bytes,
+            live_allocations=self.live_allocations + other.live_allocations,
+            live_bytes=self.live_bytes + other.live_bytes,
+            memcg_extension_bytes=None if ext == (None, None) else (ext[0] or 0) + (ext[1] or 0),
+        )
 
 
-_RECORD_FIELDS = tuple(f.name for f in fields(SiteRecord))
+@dataclass(frozen=True, slots=True, order=True)
+class AgeKey:
+    """A site key and an age band: the label set of pcpu_live_by_age_bytes."""
+
+    call_site: str
+    atomic: bool
+    reserved: bool
+    age: str
+
+
+@dataclass(frozen=True, slots=True)
+class LiveAges:
+    """How old the live traced allocations are, from a walk of the live table.
+
+    Bytes are percpu bytes in meminfo's sense, as SiteRecord.live_bytes. A band holds the
+    allocations younger than its name and older than the band before (model/ages.py);
+    bands without bytes are left out. ``min_age``, when asked for (pcpu-top --min-age),
+    adds the count and bytes of each site's allocations at least that many seconds old.
+    """
+
+    oldest_seconds: Mapping[SiteKey, float] = field(default_factory=_frozen)
+    bytes_by_age: Mapping[AgeKey, int] = field(default_factory=_frozen)
+    min_age: float | None = None
+    old_allocations: Mapping[SiteKey, int] = field(default_factory=_frozen)
+    old_bytes: Mapping[SiteKey, int] = field(default_factory=_frozen)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +166,10 @@ class Snapshot:
     tracking_start_time: float | None = None
     # Percpu memory the profiler's own maps and programs hold, on all possible CPUs.
     profiler_percpu_bytes: int | None = None
+    # How old the live traced allocations are (a walk of the live table).
+    ages: LiveAges | None = None
+    # meminfo's Percpu in parts (model/breakdown.py), computed with the kernel stats.
+    breakdown: Breakdown | None = None
     by_call_site: Mapping[str, SiteRecord] = field(init=False, repr=False, compare=False)
     totals: SiteRecord = field(init=False, repr=False, compare=False)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from pcpu_bpf.model.breakdown import Breakdown
 from pcpu_bpf.model.kernel_stats import KernelStats
 from pcpu_bpf.model.layout import (
     DROP_REASONS,
@@ -20,6 +21,7 @@ from pcpu_bpf.model.layout import (
 )
 from pcpu_bpf.model.snapshot import (
     UNKNOWN_SITE,
+    LiveAges,
     MapUsage,
     ProgramStats,
     SiteKey,
@@ -36,26 +38,28 @@ SiteAddressKey = tuple[int, bool, bool]
 @dataclass(slots=True)
 class SiteValue:
     """Counters under one site key; bpf/maps.py derives them from struct site_record
-    (bpf_programs/pcpu.h), whose live counts are allocations - dropped - frees."""
+    (bpf_programs/pcpu.h), whose live counts are allocations - dropped - frees.
+
+    Bytes here are one unit's: sizes as the live entries keep them (KEPT_MASK). The
+    Snapshot multiplies them by the number of units."""
 
     allocations: int = 0
     requested_bytes: int = 0
-    allocated_bytes: int = 0
     frees: int = 0
     freed_bytes: int = 0
     live_allocations: int = 0
     live_bytes: int = 0
+    live_extension_bytes: int = 0  # memcg extension of the live tracked allocations
 
 
 @dataclass(slots=True)
 class LiveEntry:
     """What the live table remembers of one allocation, keyed by its percpu pointer."""
 
-    call_site: int
-    atomic: bool
-    reserved: bool
-    size: int
-    bytes_alloc: int
+    key: SiteAddressKey
+    size: int  # one unit's copy, as kept (KEPT_MASK)
+    extension: int  # bytes_alloc - size x possible CPUs, as kept
+    alloc_time: float  # on the backend's clock
 
 
 @dataclass(slots=True)
@@ -91,12 +95,23 @@ class SnapshotContext:
     backend: str
     kernel: str
     timestamp: float
+    # Units per chunk (breakdown.nr_units): per-site bytes are sizes times this.
+    nr_units: int
     kernel_stats: KernelStats | None = None
     fields_available: Mapping[tuple[str, str], bool] | None = None
     programs: Mapping[str, ProgramStats] | None = None
     maps: Mapping[str, MapUsage] | None = None
     tracking_start_time: float | None = None
     profiler_percpu_bytes: int | None = None
+    # False where the kernel's alloc tracepoint has no bytes_alloc: no extension then.
+    memcg_extension: bool = True
+    ages: LiveAges | None = None
+    breakdown: Breakdown | None = None
+
+
+def traced_live_per_unit(tables: Tables) -> int:
+    """Live traced bytes of one unit outside the reserved chunk: the breakdown's input."""
+    return sum(v.live_bytes for (_, _, reserved), v in tables.sites.items() if not reserved)
 
 
 def map_usage(tables: Tables, live_capacity: int, site_capacity: int) -> dict[str, MapUsage]:
@@ -117,14 +132,16 @@ def tables_to_snapshot(
         if addr not in names:
             names[addr] = UNKNOWN_SITE if addr == 0 else symbolize(addr)
         key = SiteKey(names[addr], atomic, reserved)
+        u = ctx.nr_units
         record = SiteRecord(
-            v.allocations,
-            v.requested_bytes,
-            v.allocated_bytes,
-            v.frees,
-            v.freed_bytes,
-            v.live_allocations,
-            v.live_bytes,
+            allocations=v.allocations,
+            requested_bytes=v.requested_bytes,
+            allocated_bytes=v.requested_bytes * u,
+            frees=v.frees,
+            freed_bytes=v.freed_bytes * u,
+            live_allocations=v.live_allocations,
+            live_bytes=v.live_bytes * u,
+            memcg_extension_bytes=v.live_extension_bytes if ctx.memcg_extension else None,
         )
         sites[key] = sites[key] + record if key in sites else record
     failures = {
@@ -150,4 +167,6 @@ def tables_to_snapshot(
         maps=ctx.maps,
         tracking_start_time=ctx.tracking_start_time,
         profiler_percpu_bytes=ctx.profiler_percpu_bytes,
+        ages=ctx.ages,
+        breakdown=ctx.breakdown,
     )

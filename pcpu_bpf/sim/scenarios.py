@@ -51,6 +51,10 @@ SYMBOLS: dict[str, int] = {
             "leaky_driver_open",
             "alloc_bulk",
             "dst_cache_init",
+            "bpf_prog_alloc_no_stats",
+            "pcpu_freelist_init",
+            "bpf_map_init_elem_count",
+            "htab_map_alloc",
         ]
     )
 }
@@ -202,16 +206,34 @@ def netns_churn(w: Workload) -> Steps:
     return _groups(w, lambda: NETNS, keep=20)
 
 
+# What a removed memory cgroup keeps while it is a zombie (offline, not yet freed because
+# page cache pages still charge it): its per-CPU statistics, freed only by
+# mem_cgroup_free(). Its percpu_ref and percpu_counter go when it is taken offline.
+MEMCG_ZOMBIE_KEEPS = 3  # MEMCG[:3]: the memcg's stats, its per-node stats, its rstat
+ZOMBIE_SHARE = 0.02
+
+
 def memcg_churn(w: Workload) -> Steps:
-    """Memory cgroups come and go; a fraction never go (zombie memcgs), so live grows.
+    """Memory cgroups come and go (containers); one in 50 removed stays a zombie, its
+    per-CPU statistics live on with nothing left to free them, so live grows.
 
     About 10 zombie allocations a second at the sim backend's 2,000 ops/s: the
     262,144-entry live table lasts about 7 hours of a demo daemon."""
-    for _ in _groups(w, lambda: MEMCG, keep=10):
-        yield
-        if w.rng.random() < 0.0025:  # a dying memcg pinned by a page cache page
-            for req in MEMCG[:2]:
-                w.alloc(req)  # never freed: nothing keeps the pointer
+    alive: list[list[int | None]] = []
+    while True:
+        if _creating(w, 10, len(alive)):
+            ptrs: list[int | None] = []
+            for req in MEMCG:
+                ptrs.append(w.alloc(req))
+                yield
+            alive.append(ptrs)
+        else:
+            ptrs = alive.pop(w.rng.randrange(len(alive)))
+            zombie = w.rng.random() < ZOMBIE_SHARE
+            # A zombie keeps its statistics: the pointers are dropped, never freed.
+            for ptr in ptrs[MEMCG_ZOMBIE_KEEPS:] if zombie else ptrs:
+                if ptr is not None:
+                    w.free(ptr)
                 yield
 
 
@@ -293,6 +315,69 @@ def chunk_churn(w: Workload) -> Steps:
     return _waves(w, (60, 140), large_value)
 
 
+FRAGMENTING_BURST = (20, 41)  # namespaces made in one burst
+FRAGMENTING_KEEP = 600  # long-lived processes held at most (the oldest goes after)
+
+
+def fragmentation(w: Workload) -> Steps:
+    """Bursts of short-lived network namespaces (CI jobs, rsync over ssh), each with a
+    process forked beside it; the namespaces all go, but one process in three stays (a
+    daemon), and those small survivors, scattered over the pages the burst used, keep the
+    pages populated and mostly free.
+
+    The free space inside used pages (the breakdown's free_in_used_pages) grows far
+    beyond the empty pages the balance work keeps; at most FRAGMENTING_KEEP processes
+    stay, the oldest going when a new one stays.
+    """
+    kept: list[list[int]] = []
+    while True:
+        burst: list[int] = []
+        for _ in range(w.rng.randrange(*FRAGMENTING_BURST)):
+            for req in NETNS:
+                ptr = w.alloc(req)
+                if ptr is not None:
+                    burst.append(ptr)
+                yield
+            process: list[int] = []
+            for req in FORK:
+                ptr = w.alloc(req)
+                if ptr is not None:
+                    process.append(ptr)
+                yield
+            if w.rng.random() < 1 / 3:
+                kept.append(process)
+            else:
+                burst += process
+        while len(kept) > FRAGMENTING_KEEP:
+            burst += kept.pop(0)
+        w.rng.shuffle(burst)
+        for ptr in burst:
+            w.free(ptr)
+            yield
+
+
+# Allocated before tracing begins (`Simulation(before_tracing=True)`), so they are what
+# the breakdown calls untraced_live: the boot's own users (the initial network namespace,
+# the first processes and mounts, the root and system memory cgroups).
+BOOT = NETNS + FORK * 12 + MEMCG * 2 + (Request("alloc_vfsmnt", 8, 8, offset=0xE7),) * 30
+# The profiler's own percpu memory, allocated by its loader before its programs attach
+# (the breakdown's profiler part): the per-CPU counters element (41 u64s), each of the
+# five programs' run statistics and recursion guard, and each of the two preallocated
+# hash maps' free-list heads, element count, spare-element pointer and percpu_counter
+# (bpf/footprint.py; 580 bytes per CPU, tests/test_breakdown.py checks the sum).
+PROFILER = (
+    (Request("bpf_map_alloc_percpu", 328, 8, GFP_BPF_MAP, 0x59),)
+    + (Request("bpf_prog_alloc_no_stats", 32, 8), Request("bpf_prog_alloc_no_stats", 4, 4)) * 5
+    + (
+        Request("pcpu_freelist_init", 16, 8),
+        Request("bpf_map_init_elem_count", 8, 8),
+        Request("htab_map_alloc", 8, 8),
+        Request("__percpu_counter_init_many", 4, 4),
+    )
+    * 2
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Scenario:
     """A named workload and how often the allocator's balance work runs under it."""
@@ -317,6 +402,7 @@ SCENARIOS: dict[str, Scenario] = {
         # The kernel's balance work is a workqueue item: under a burst it runs late.
         Scenario("atomic-pressure", atomic_pressure, balance="every:64"),
         Scenario("chunk-churn", chunk_churn),
+        Scenario("fragmentation", fragmentation),
     )
 }
 

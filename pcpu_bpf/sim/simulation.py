@@ -5,20 +5,24 @@ from __future__ import annotations
 import random
 
 from pcpu_bpf.kernel.percpu_stats import parse_percpu_stats, render_percpu_stats
+from pcpu_bpf.model.ages import AgeFold
 from pcpu_bpf.model.aggregation import Aggregator
+from pcpu_bpf.model.breakdown import BreakdownInputs, breakdown, nr_units
 from pcpu_bpf.model.events import ALL_FIELDS, GFP_ATOMIC, GFP_KERNEL, Event
 from pcpu_bpf.model.kernel_stats import KernelStats
 from pcpu_bpf.model.layout import DEFAULT_LIVE_CAPACITY, DEFAULT_SITE_CAPACITY
-from pcpu_bpf.model.snapshot import Snapshot
+from pcpu_bpf.model.snapshot import UNKNOWN_SITE, SiteKey, Snapshot
 from pcpu_bpf.model.symbolizer import Symbolizer
 from pcpu_bpf.model.tables import (
+    SiteAddressKey,
     SnapshotContext,
     map_usage,
+    traced_live_per_unit,
 )
 from pcpu_bpf.sim.allocator import Allocator
 from pcpu_bpf.sim.geometry import CONFIG_L, Geometry
 from pcpu_bpf.sim.request import REQUEST_CALL_SITE, RequestOutcome
-from pcpu_bpf.sim.scenarios import SYMBOLS, Workload, get_scenario
+from pcpu_bpf.sim.scenarios import BOOT, PROFILER, SYMBOLS, Workload, get_scenario
 
 # The simulator emits the 6.18 events, so every field is there.
 SIM_FIELDS = dict.fromkeys(ALL_FIELDS, True)
@@ -29,7 +33,14 @@ OPS_PER_SECOND = 2000.0
 
 
 class Simulation:
-    """Deterministic for a given (scenario, seed, geometry): steps, events, Snapshots."""
+    """Deterministic for a given (scenario, seed, geometry): steps, events, Snapshots.
+
+    ``before_tracing``: before the scenario starts and the aggregator listens, make the
+    boot's allocations (scenarios.BOOT) and the profiler's own (scenarios.PROFILER), as
+    a live host has them when the programs attach: the breakdown's untraced_live and
+    profiler parts. Simulated time is ops / ``ops_per_second``; live entries are stamped
+    with it, so ages are simulated seconds.
+    """
 
     def __init__(
         self,
@@ -40,27 +51,49 @@ class Simulation:
         balance: str | None = None,
         live_capacity: int = DEFAULT_LIVE_CAPACITY,
         site_capacity: int = DEFAULT_SITE_CAPACITY,
+        before_tracing: bool = False,
+        ops_per_second: float = OPS_PER_SECOND,
+        min_age: float | None = None,
     ) -> None:
         self.scenario = get_scenario(scenario)
         self.seed = seed
         self.geometry = geometry
         self.live_capacity = live_capacity
         self.site_capacity = site_capacity
+        self.ops_per_second = ops_per_second
+        self.min_age = min_age
         self.symbolizer = Symbolizer.from_symbols(SYMBOLS)
+        self.ops = 0
         self.aggregator = Aggregator(
             self.symbolizer.resolve,
             possible_cpus=geometry.nr_possible_cpus,
             live_capacity=live_capacity,
             site_capacity=site_capacity,
+            clock=self.now,
         )
         self.events = 0
+        self.tracing = not before_tracing
         self.allocator = Allocator(
             geometry, balance=balance or self.scenario.balance, sink=self._on_event
         )
+        self.profiler_bytes_per_cpu: int | None = None
+        if before_tracing:
+            boot = Workload(self.allocator, random.Random(seed))
+            for req in BOOT:
+                boot.alloc(req)
+            for req in PROFILER:
+                boot.alloc(req)
+            self.profiler_bytes_per_cpu = sum(req.size for req in PROFILER)
+            self.tracing = True
         self._steps = self.scenario.run(Workload(self.allocator, random.Random(seed)))
-        self.ops = 0
+
+    def now(self) -> float:
+        """Simulated seconds since the scenario began."""
+        return self.ops / self.ops_per_second
 
     def _on_event(self, event: Event) -> None:
+        if not self.tracing:
+            return
         self.events += 1
         self.aggregator.apply(event)
 
@@ -68,7 +101,7 @@ class Simulation:
         """Run `ops` more workload steps (each one allocation or free)."""
         for _ in range(ops):
             next(self._steps)
-        self.ops += ops
+            self.ops += 1
 
     def request(self, size: int, align: int, atomic: bool = False) -> RequestOutcome:
         """Make one allocation outside the scenario, from REQUEST_CALL_SITE, and say how
@@ -92,14 +125,42 @@ class Simulation:
         )
 
     def snapshot(self, timestamp: float) -> Snapshot:
-        """The Snapshot a live backend would give for the same events."""
+        """The Snapshot a live backend would give for the same events, with the ages of
+        the live allocations and meminfo's Percpu in parts."""
         tables = self.aggregator.tables
+        ks = self.kernel_stats(timestamp)
+        units = nr_units(ks.percpu_stats, self.geometry.nr_possible_cpus)
+        profiler = self.profiler_bytes_per_cpu
+        parts = None
+        if ks.meminfo_percpu_bytes is not None:
+            parts = breakdown(
+                BreakdownInputs(
+                    meminfo_bytes=ks.meminfo_percpu_bytes,
+                    nr_units=units,
+                    traced_live_per_unit=traced_live_per_unit(tables),
+                    profiler_bytes=None if profiler is None else profiler * units,
+                    percpu_stats=ks.percpu_stats,
+                )
+            )
+        fold: AgeFold[SiteAddressKey] = AgeFold(self.now(), min_age=self.min_age)
+        fold.add((e.key, e.size, e.alloc_time) for e in self.aggregator.live_entries())
         ctx = SnapshotContext(
             backend="sim",
             kernel=SIM_KERNEL,
             timestamp=timestamp,
-            kernel_stats=self.kernel_stats(timestamp),
+            nr_units=units,
+            kernel_stats=ks,
             fields_available=SIM_FIELDS,
             maps=map_usage(tables, self.live_capacity, self.site_capacity),
+            profiler_percpu_bytes=(
+                None if profiler is None else profiler * self.geometry.nr_possible_cpus
+            ),
+            ages=fold.ages(nr_units=units, site_of=self._site_key),
+            breakdown=parts,
         )
         return self.aggregator.snapshot(ctx)
+
+    def _site_key(self, key: SiteAddressKey) -> SiteKey:
+        addr, atomic, reserved = key
+        name = UNKNOWN_SITE if addr == 0 else self.symbolizer.resolve(addr)
+        return SiteKey(name, atomic, reserved)
