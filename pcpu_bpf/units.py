@@ -51,3 +51,23 @@ def fit(text: str, width: int) -> str:
     head = (width - 2 + 1) // 2
     tail = width - 2 - head
     return text[:head] + ".." + text[len(text) - tail :]
+
+
+def short_bytes(n: float) -> str:
+    """IEC size in at most 5 characters, no space: "0", "512", "1.1K", "362K", "1.7M"."""
+    value = float(n)
+    if abs(value) < 1023.5:
+        return f"{value:.0f}"
+    for unit in "KMGTP":
+        value /= 1024
+        if abs(value) < 1023.5 or unit == "P":
+            return f"{value:.1f}{unit}" if abs(value) < 9.95 else f"{value:.0f}{unit}"
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def human_age(seconds: float) -> str:
+    """A duration in at most 5 characters: "0s", "59s", "12m", "23h", "364d"."""
+    for limit, scale, unit in ((60, 1, "s"), (3600, 60, "m"), (86400, 3600, "h")):
+        if seconds < limit:
+            return f"{int(seconds // scale)}{unit}"
+    return f"{int(seconds // 86400)}d"

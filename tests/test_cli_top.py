@@ -29,7 +29,7 @@ from pcpu_bpf.backends.sim import SimBackend
 from pcpu_bpf.cli.top import main
 from pcpu_bpf.errors import BackendUnavailable, PcpuError, ProgramLoadError
 from pcpu_bpf.top.render import WIDTH
-from pcpu_bpf.top.run import CLEAR, TopDeps, TopOptions, run_top
+from pcpu_bpf.top.run import CLEAR, HELP_LINE, TopDeps, TopOptions, run_top
 
 BANNER = Backend.banner
 
@@ -88,7 +88,10 @@ class Recorder(Mapping[str, Constructor]):
             assert options.url is not None
             return RemoteBackend(options.url, clock=self.clock.now)
         sim = SimBackend(
-            clock=self.clock.now, scenario=options.scenario or "steady", seed=options.seed or 0
+            clock=self.clock.now,
+            scenario=options.scenario or "steady",
+            seed=options.seed or 0,
+            min_age=options.min_age,
         )
         backend = _Closing(sim)
         self.backends.append(backend)
@@ -110,6 +113,9 @@ class _Closing(Backend):
 
     def snapshot(self):  # type: ignore[no-untyped-def]
         return self.inner.snapshot()
+
+    def started_at(self) -> float | None:
+        return self.inner.started_at()
 
     def close(self) -> None:
         self.closed = True
@@ -159,7 +165,11 @@ def test_run_top_takes_a_backend_and_a_stream(deps: TopDeps, clock: FakeClock) -
     backend = SimBackend("bpf-maps", clock=clock.now)
     run_top(backend, out, TopOptions(interval=0.5, count=2, source="here"), deps=deps)
     found = tables(out.getvalue())
-    assert [t[0] for t in found] == ["12:00:00  here  interval 0.50s  kernel simulated-6.18"] * 2
+    # The first window starts when tracing began, and says so.
+    assert [t[0] for t in found] == [
+        "12:00:00  here  window 0.50s from start  kernel simulated-6.18",
+        "12:00:00  here  window 0.50s  kernel simulated-6.18",
+    ]
     assert any(r.startswith("bpf_map_alloc_percpu") for r in rows(found[0]))
 
 
@@ -171,10 +181,13 @@ def test_leak_two_tables(runner: CliRunner, deps: TopDeps, clock: FakeClock) -> 
     assert clock.sleeps == [1.0, 1.0]
     found = tables(result.stdout)
     assert len(found) == 2
+    assert found[0][0] == "12:00:00  sim (leak)  window 1.00s from start  kernel simulated-6.18"
+    assert found[1][0] == "12:00:00  sim (leak)  window 1.00s  kernel simulated-6.18"
     for table in found:
-        assert table[0] == "12:00:00  sim (leak)  interval 1.00s  kernel simulated-6.18"
         assert table[1].startswith("Percpu ") and " chunks " in table[1]
-        assert table[2].startswith("traced live ")
+        assert table[2].startswith("static ") and table[2].endswith(" explained 100%")
+        assert " own 1.1K " in table[2]  # the simulated profiler's maps, 580 B x 2 CPUs
+        assert table[3].startswith("traced live ")
         assert "leaky_driver_open" in "\n".join(rows(table))
     # The leak grows: its live count in the second table exceeds the first.
     live = [
@@ -302,6 +315,7 @@ def test_ctrl_c_exits_cleanly(runner: CliRunner, deps: TopDeps, clock: FakeClock
         clock.sleep(seconds)
 
     deps.sleep = sleep
+    deps.terminal_lines = lambda: 24
     result = top(runner, deps, "--backend", "sim", "--live")
     assert result.exit_code == 0, result.output
     assert result.exception is None
@@ -374,6 +388,10 @@ def test_backend_error_during_run_is_one_line(runner: CliRunner, deps: TopDeps) 
         (["--limit", "-3"], "--limit"),
         (["--backend", "ebpf"], "--backend"),
         (["--live", "--json"], "choose one"),
+        (["--sizes", "--json"], "choose one"),
+        (["--min-age", "-5"], "--min-age"),
+        (["--min-age", "nan"], "--min-age"),
+        (["--from", "x:1", "--min-age", "60"], "pcpu_live_bytes_by_age"),
         (["--from", "x:1", "--backend", "sim"], "--from"),
         (["--from", "x:1", "--scenario", "leak"], "--from"),
         (["--backend", "bpf", "--scenario", "leak"], "sim backend only"),
@@ -477,10 +495,12 @@ def test_from_reads_a_daemon(runner: CliRunner, deps: TopDeps, metrics_server: s
     found = tables(result.stdout)
     assert len(found) == 2
     head = found[0]
-    assert head[0] == f"12:00:00  daemon {metrics_server}  interval 2.00s  kernel 6.18.44"
+    # A daemon's counters began before pcpu-top: the window is between two scrapes.
+    assert head[0] == f"12:00:00  daemon {metrics_server}  window 2.00s  kernel 6.18.44"
     assert head[1].startswith("Percpu 3.0 MiB (meminfo)  chunks n/a")
+    assert head[2] == "parts: n/a, no meminfo"  # this daemon exports no pcpu_memory_bytes
     # Between scrapes: +40 allocs, +30 frees, +1 failure, over 2 s of the fake clock.
-    assert "allocs/s 20.0  frees/s 15.0  fails/s 0.5 (1 total)" in head[2]
+    assert "allocs/s 20.0  frees/s 15.0  fails/s 0.5 (1 total)" in head[3]
     assert rows(head)[0].split() == [
         "bpf_map_alloc_percpu",
         "0",
@@ -491,8 +511,20 @@ def test_from_reads_a_daemon(runner: CliRunner, deps: TopDeps, metrics_server: s
         "1000",
         "B",
         "-",
+        "-",
     ]
-    assert rows(head)[1].split() == ["mm_init", "20.0", "15.0", "30", "1.9", "KiB", "16", "B", "-"]
+    assert rows(head)[1].split() == [
+        "mm_init",
+        "20.0",
+        "15.0",
+        "30",
+        "1.9",
+        "KiB",
+        "16",
+        "B",
+        "-",
+        "-",
+    ]
     assert rows(found[1])[2].split()[-1] == "0.5"  # [failed atomic]
 
 
@@ -664,16 +696,128 @@ def _check_live_session(rc: int, output: str, source: str) -> None:
     screen = _screen(output)
     assert screen[0].split("  ")[1] == source
     assert screen[1].startswith("Percpu ")
-    assert screen[2].startswith("traced live ")
+    assert "explained " in screen[2]
+    assert screen[3].startswith(("traced live ", "traced since "))
+    assert screen[4].startswith("[") and screen[5].startswith("S static")  # the parts' bar
     assert any(line.startswith("CALL SITE") for line in screen)
+    assert screen[-1] == HELP_LINE + "  (sorted by live-bytes)"
     assert len(screen) <= 24
     assert all(len(line) <= WIDTH for line in screen)
+    assert "\x1b" not in "".join(screen)  # no escape codes but the clearing itself
 
 
 def test_live_in_a_pseudo_terminal_sim() -> None:
     rc, output = run_in_pty(["--live", "--backend", "sim", "--scenario", "leak", "0.3"], 3)
     _check_live_session(rc, output, "sim (leak)")
     assert any(line.startswith("leaky_driver_open") for line in _screen(output))
+
+
+def test_live_keys_switch_views_quit_and_restore_the_terminal() -> None:
+    """s switches to the sizes and back, g sorts by growth, q quits at once; afterwards the
+    terminal is in the mode it was in (echo and line editing back on)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    before = termios.tcgetattr(slave)
+    shim = (
+        "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+        "os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", shim, str(BIN / "pcpu-top"), "--live", "--backend", "sim", "5"],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        start_new_session=True,
+        close_fds=True,
+        env={**os.environ, "TERM": "xterm"},
+    )
+    clear = CLEAR.encode()
+    try:
+        seen = _read_until(master, lambda d: d.count(clear) >= 1 and b"(sorted by" in d, 60)
+        assert b"CALL SITE" in seen, seen
+        # In cbreak mode while it runs: no echo, keys one at a time.
+        wait_until(
+            lambda: not termios.tcgetattr(slave)[3] & (termios.ECHO | termios.ICANON),
+            what="pcpu-top to put the terminal in cbreak mode",
+        )
+        # The interval is 5 s: each key redraws at once, without waiting for it.
+        os.write(master, b"s")
+        seen = _read_until(master, lambda d: b"allocations by requested size" in d, 4)
+        assert b"allocations by requested size" in seen and b"CALL SITE" not in seen
+        os.write(master, b"s")
+        seen = _read_until(master, lambda d: b"CALL SITE" in d, 4)
+        assert b"CALL SITE" in seen
+        os.write(master, b"g")
+        seen = _read_until(master, lambda d: b"(sorted by growth)" in d, 4)
+        assert b"(sorted by growth)" in seen
+        os.write(master, b"q")
+        rc = proc.wait(timeout=10)
+        _read_until(master, lambda d: False, 1)
+        after = termios.tcgetattr(slave)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+        os.close(slave)
+    assert rc == 0
+    assert after[3] == before[3]  # lflag: ECHO and ICANON as they were
+
+
+def test_live_when_not_a_terminal_is_plain(runner: CliRunner, deps: TopDeps) -> None:
+    # terminal_lines None: stdout is no terminal. Frames follow one another, ASCII only.
+    result = top(runner, deps, "--backend", "sim", "--scenario", "memcg-churn", "--live", "1", "4")
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.stdout and result.stdout.isascii()
+    last = tables(result.stdout)[-1]
+    assert last[4].startswith("[") and last[5].startswith("S static")
+    head = next(line for line in last if line.startswith("CALL SITE"))
+    at = head.index("TREND") + len("TREND")
+    trends = [line[at - 8 : at] for line in rows(last)]  # the TREND column
+    assert all(len(t.strip()) == 4 for t in trends), trends  # four windows so far
+    assert HELP_LINE not in result.stdout  # no keys are read without a terminal
+
+
+def test_sort_growth(runner: CliRunner, deps: TopDeps) -> None:
+    args = ["--backend", "sim", "--scenario", "memcg-churn", "-r", "0"]
+    doc = json.loads(top(runner, deps, *args, "--json", "-s", "growth").stdout)
+    growth = [s["live_bytes_growth"] for s in doc["sites"]]
+    assert len(growth) >= 3 and growth == sorted(growth, reverse=True)
+    table = tables(top(runner, deps, *args, "-s", "growth").stdout)[0]
+    assert "GROWTH" in next(line for line in table if line.startswith("CALL SITE"))
+    assert rows(table)[0].split()[6].startswith("+")
+
+
+def test_min_age_shows_only_what_lived_that_long(
+    runner: CliRunner, deps: TopDeps, clock: FakeClock
+) -> None:
+    # The leak allocates once a simulated second; by 4 s, 3 of its allocations (made at
+    # 0.125, 1.125 and 2.125 s) are 1.5 s old or more.
+    result = top(
+        runner, deps, "--backend", "sim", "--scenario", "leak", "--min-age", "1.5", "4", "1"
+    )
+    assert result.exit_code == 0, result.output
+    assert deps.constructors.opened == [  # type: ignore[attr-defined]
+        ("sim", {"scenario": "leak", "min_age": 1.5})
+    ]
+    table = tables(result.stdout)[0]
+    assert "OLD: only allocations live 1.5s or more (--min-age)" in table
+    leak = next(r.split() for r in rows(table) if r.startswith("leaky_driver_open"))
+    assert leak[3] == "3" and leak[4:6] == ["1.1", "KiB"]  # 3 x 192 B x 2 units
+    assert all(not r.startswith("[") for r in rows(table))  # no event rows
+
+
+def test_sizes_draw_a_histogram(runner: CliRunner, deps: TopDeps) -> None:
+    result = top(runner, deps, "--backend", "sim", "--scenario", "netns-churn", "--sizes")
+    assert result.exit_code == 0, result.output
+    assert "allocations by requested size, in the window" in result.stdout
+    assert "CALL SITE" not in result.stdout and "#" in result.stdout
+    assert max(len(line) for line in result.stdout.splitlines()) <= WIDTH
 
 
 privileged = pytest.mark.privileged
@@ -794,8 +938,9 @@ def test_live_in_tmux_shows_one_table_redrawn(args: list[str], source: str, tmp_
         )
         for screen in (first, later):
             assert screen[0].split("  ")[1] == source
-            assert screen[1].startswith("Percpu ") and screen[2].startswith("traced live ")
-            assert screen[4].startswith("CALL SITE")
+            assert screen[1].startswith("Percpu ") and "explained " in screen[2]
+            assert screen[3].startswith(("traced live ", "traced since "))
+            assert screen[7].startswith("CALL SITE")
             assert sum(line.startswith("CALL SITE") for line in screen) == 1  # not scrolled
             assert BANNER not in screen  # cleared by the first redraw
             assert all(len(line) <= WIDTH for line in screen)

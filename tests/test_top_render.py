@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
 from pcpu_bpf.kernel.percpu_stats import parse_percpu_stats
+from pcpu_bpf.model.breakdown import Breakdown, BreakdownInputs, breakdown
 from pcpu_bpf.model.kernel_stats import KernelStats
-from pcpu_bpf.model.snapshot import SiteKey, SiteRecord, Snapshot
-from pcpu_bpf.top.render import SITE_WIDTH, WIDTH, render_json, render_text
+from pcpu_bpf.model.snapshot import LiveAges, SiteKey, SiteRecord, SizeHistogram, Snapshot
+from pcpu_bpf.top.render import (
+    SITE_WIDTH,
+    WIDTH,
+    Layout,
+    breakdown_line,
+    columns,
+    detail_of,
+    part_bar,
+    render_json,
+    render_text,
+    site_width,
+    size_lines,
+    sparkline,
+)
 from pcpu_bpf.top.view import (
     SORT_KEYS,
     UNTRACKED_LABEL,
@@ -34,6 +49,9 @@ def snap(
     kernel_stats: KernelStats | None = None,
     dropped: dict[str, int] | None = None,
     chunks: tuple[int, int] = (0, 0),
+    breakdown: Breakdown | None = None,
+    ages: LiveAges | None = None,
+    histogram: SizeHistogram | None = None,
 ) -> Snapshot:
     """A hand-made Snapshot: sites = key -> (allocations, requested, allocated, frees,
     freed bytes, live, live bytes)."""
@@ -48,6 +66,9 @@ def snap(
         dropped=dropped or {"live_table_full": 0, "site_table_full": 0},
         chunk_creations=chunks[0],
         chunk_destructions=chunks[1],
+        breakdown=breakdown,
+        ages=ages,
+        size_histogram=histogram or SizeHistogram(),
     )
 
 
@@ -162,6 +183,10 @@ AFTER = snap(
     failures={(True, False): 7, (False, False): 0, (False, True): 1},
     kernel_stats=KernelStats(BOOT_STATS, 1_409_024),
     chunks=(1, 0),
+    breakdown=breakdown(BreakdownInputs(253 * 4096 * 2, 2, 768, 1160, BOOT_STATS)),
+    ages=LiveAges(
+        oldest_seconds={SiteKey("mm_init"): 4000.0, SiteKey("new_site", False, True): 30.0}
+    ),
 )
 
 
@@ -227,17 +252,21 @@ def test_sort_rows_rejects_unknown_key() -> None:
 
 
 def test_sort_keys_are_designs() -> None:
-    assert SORT_KEYS == ("live-bytes", "allocs", "frees", "bytes", "fails")
+    assert SORT_KEYS == ("live-bytes", "allocs", "frees", "bytes", "fails", "growth", "age")
 
 
 def test_render_text_layout() -> None:
     text = render_text(build_view(BEFORE, AFTER), source="sim (leak)", clock="12:00:00")
     lines = text.splitlines()
-    assert lines[0] == "12:00:00  sim (leak)  interval 2.00s  kernel 6.18.0-test"
+    assert lines[0] == "12:00:00  sim (leak)  window 2.00s  kernel 6.18.0-test"
     assert lines[1] == "Percpu 1.3 MiB (meminfo)  chunks 2 (+1 -0)  kernel live allocs 1972"
-    assert lines[2] == "traced live 26 (9.3 KiB)  allocs/s 13.0  frees/s 8.0  fails/s 2.5 (8 total)"
-    assert lines[3] == ""
-    assert lines[4].split() == [
+    # The words would run past 80 columns with ", " and "parts: ": the short form.
+    assert lines[2] == (
+        "static 18% traced 0.1% untraced 27% own 1.1K empty 17% frag 38% explained 100%"
+    )
+    assert lines[3] == "traced live 26 (9.3 KiB)  allocs/s 13.0  frees/s 8.0  fails/s 2.5 (8 total)"
+    assert lines[4] == ""
+    assert lines[5].split() == [
         "CALL",
         "SITE",
         "ALLOCS/s",
@@ -246,22 +275,144 @@ def test_render_text_layout() -> None:
         "LIVE",
         "BYTES",
         "AVG",
+        "AGE",
         "FAIL/s",
     ]
-    assert lines[5].split() == ["new_site", "1.0", "0", "2", "7.8", "KiB", "1000", "B", "-"]
-    assert lines[6].split() == ["mm_init", "12.0", "5.0", "24", "1.5", "KiB", "16", "B", "-"]
-    assert lines[7].split() == ["[untracked", "frees]", "0", "3.0", "-", "-", "-", "-"]
-    assert lines[8].split() == ["[failed", "atomic]", "-", "-", "-", "-", "-", "2.0"]
+    assert lines[6].split() == ["new_site", "1.0", "0", "2", "7.8", "KiB", "1000", "B", "30s", "-"]
+    assert lines[7].split() == ["mm_init", "12.0", "5.0", "24", "1.5", "KiB", "16", "B", "1h", "-"]
+    assert lines[8].split() == ["[untracked", "frees]", "0", "3.0", "-", "-", "-", "-", "-"]
+    assert lines[9].split() == ["[failed", "atomic]", "-", "-", "-", "-", "-", "-", "2.0"]
     assert all(len(line) <= WIDTH for line in lines)
     # Columns line up under their headers (right-aligned).
-    assert {len(line) for line in lines[4:]} == {WIDTH}
+    assert {len(line) for line in lines[5:]} == {WIDTH}
 
 
 def test_render_text_missing_kernel_stats_and_drops() -> None:
     after = snap(1.0, dropped={"live_table_full": 12, "site_table_full": 0})
     lines = render_text(build_view(snap(0.0), after), clock="t").splitlines()
     assert lines[1] == "Percpu n/a (meminfo)  chunks n/a (+0 -0)  kernel live allocs n/a"
-    assert lines[3] == "DROPPED (tracking table full): 12 live_table_full"
+    assert lines[2] == "parts: n/a, no meminfo"
+    assert lines[4] == "DROPPED (tracking table full): 12 live_table_full"
+
+
+def test_without_percpu_stats_the_header_names_the_absent_parts() -> None:
+    parts = breakdown(BreakdownInputs(2 << 20, 2, 4096, 1160))  # no percpu_stats
+    lines = render_text(build_view(snap(0.0), snap(1.0, breakdown=parts))).splitlines()
+    assert lines[2] == "parts: traced 0.4% own 1.1K unexpl 99%, explained 0.4%"
+    assert lines[4] == "no percpu_stats: static, resv, untraced, empty, frag absent (in unexpl)"
+
+
+@pytest.mark.parametrize("resv", [0, 8192])
+@pytest.mark.parametrize("scale", [1, 1000, 10**6])
+def test_the_breakdown_line_always_fits(resv: int, scale: int) -> None:
+    parts = {
+        "static": 185560 * scale,
+        "reserved": resv * scale,
+        "traced_live": 12_000 * scale,
+        "untraced_live": 290_000 * scale,
+        "profiler": 1023 * 1024,
+        "empty_pages": 1_800_000 * scale,
+        "free_in_used_pages": 43_000 * scale,
+        "unexplained": 3,
+    }
+    view = build_view(snap(0.0), snap(1.0, breakdown=Breakdown(parts)))
+    line = breakdown_line(view.totals)
+    assert len(line) <= WIDTH and "explained" in line, line
+
+
+def test_part_bar_shows_every_part_in_proportion() -> None:
+    b = Breakdown({"static": 7000, "traced_live": 2000, "profiler": 1, "empty_pages": 1000})
+    bar, legend = part_bar(b)
+    assert len(bar) == WIDTH and bar[0] == "[" and bar[-1] == "]"
+    assert bar.count("S") > bar.count("T") > bar.count("E") > 0
+    assert bar.count("P") == 1  # tiny, but there
+    assert legend == "S static  T traced  P own  E empty"
+    assert part_bar(Breakdown({"unexplained": 0})) == []
+
+
+def test_sparkline_plain_and_on_a_terminal() -> None:
+    assert sparkline(list(range(7)), 8, plain=True) == "_.-=+*#"
+    assert sparkline([0, 30], 8, plain=False) == "▁█"
+    flat = sparkline([5, 5, 5], 8, plain=True)
+    assert len(flat) == 3 and len(set(flat)) == 1 and flat.isascii()
+    assert sparkline(list(range(20)), 8, plain=True) == sparkline(
+        list(range(12, 20)), 8, plain=True
+    )
+    assert sparkline([], 8, plain=True) == ""
+
+
+@pytest.mark.parametrize("live", [False, True])
+@pytest.mark.parametrize("sort", SORT_KEYS)
+@pytest.mark.parametrize("min_age", [False, True])
+def test_every_mode_fits_80_columns(live: bool, sort: str, min_age: bool) -> None:
+    detail = detail_of(live=live, sort=sort)
+    cols = columns(detail, min_age=min_age)
+    assert site_width(detail) + sum(c.width + 1 for c in cols) == WIDTH
+    assert site_width(detail) >= 21
+    assert [c.header for c in cols][-2:] == ["AGE", "FAIL/s"]
+    assert ("TREND" in [c.header for c in cols]) == live
+    assert ("OLD" in [c.header for c in cols]) == min_age
+
+
+def test_growth_sorts_and_shows_what_was_added() -> None:
+    view = build_view(BEFORE, AFTER)
+    rows = {r.label: r for r in view.rows}
+    assert rows["new_site"].growth == 8000 and rows["mm_init"].growth == 1536 - 640
+    lines = render_text(view, sort="growth").splitlines()
+    assert lines[5].split()[-3] == "GROWTH"
+    assert lines[6].startswith("new_site") and "+7.8 KiB" in lines[6]
+
+
+def test_min_age_counts_only_old_allocations() -> None:
+    ages = LiveAges(
+        oldest_seconds={SiteKey("mm_init"): 4000.0, SiteKey("new_site", False, True): 30.0},
+        min_age=600.0,
+        old_allocations={SiteKey("mm_init"): 3},
+        old_bytes={SiteKey("mm_init"): 96},
+    )
+    after = snap(
+        12.0,
+        sites={
+            ("mm_init", False, False): (120, 1920, 7680, 100, 6400, 24, 1536),
+            ("new_site", False, True): (2, 2000, 8000, 0, 0, 2, 8000),
+        },
+        untracked=6,
+        failures={(True, False): 7},
+        ages=ages,
+    )
+    view = build_view(BEFORE, after, min_age=600.0)
+    assert [(r.label, r.live_allocations, r.live_bytes) for r in view.rows] == [("mm_init", 3, 96)]
+    lines = render_text(view).splitlines()
+    assert "OLD: only allocations live 10m or more (--min-age)" in lines
+    head = next(line for line in lines if line.startswith("CALL SITE")).split()
+    assert head[4:7] == ["OLD", "OLD", "BYTES"]
+
+
+def test_first_window_from_the_start_of_tracing_says_so() -> None:
+    start = Snapshot(backend="bpf", kernel="6.18.0-test", timestamp=9.0)
+    after = snap(12.0, sites={("mm_init", False, False): (6, 96, 192, 0, 0, 6, 192)})
+    after = dataclasses.replace(after, tracking_start_time=1_790_000_000.0)
+    view = build_view(start, after, from_start=True)
+    lines = render_text(view, clock="c", layout=Layout(start_event="attach")).splitlines()
+    assert lines[0] == "c  test  window 3.00s from attach  kernel 6.18.0-test"
+    assert lines[3].startswith("traced since ") and ": live 6 (192 B)" in lines[3]
+
+
+def test_sizes_draw_the_window_histogram() -> None:
+    before = snap(0.0, histogram=SizeHistogram((1, 0, 0) + (0,) * 12, 4))
+    after = snap(1.0, histogram=SizeHistogram((1, 10, 0, 5) + (0,) * 11, 4 + 80 + 160))
+    lines = size_lines(build_view(before, after))
+    assert lines[0].endswith("allocations by requested size, in the window")
+    assert [line.split()[:3] for line in lines[1:]] == [
+        ["<=", "8", "B"],
+        ["<=", "16", "B"],
+        ["<=", "32", "B"],
+    ]
+    bars = [line.count("#") for line in lines[1:]]
+    assert bars[0] == WIDTH - 23 and bars[1] == 0 and 0 < bars[2] < bars[0]
+    assert all(len(line) <= WIDTH for line in lines)
+    text = render_text(build_view(before, after), layout=Layout(sizes=True))
+    assert "CALL SITE" not in text and "allocations by requested size" in text
 
 
 def test_render_text_huge_values_stay_under_80_columns() -> None:
@@ -283,13 +434,21 @@ def test_render_text_huge_values_stay_under_80_columns() -> None:
 @pytest.mark.parametrize(("limit", "rows"), [(0, 5), (1, 1), (3, 3), (99, 5)])
 def test_render_text_limit(limit: int, rows: int) -> None:
     lines = render_text(build_view(BEFORE, AFTER), limit=limit).splitlines()
-    assert len(lines) == 5 + rows
+    assert len(lines) == 6 + rows
 
 
-@pytest.mark.parametrize(("max_lines", "rows"), [(24, 5), (7, 2), (5, 0), (1, 0)])
+@pytest.mark.parametrize(("max_lines", "rows"), [(24, 5), (8, 2), (6, 0), (1, 0)])
 def test_render_text_fits_terminal_height(max_lines: int, rows: int) -> None:
     lines = render_text(build_view(BEFORE, AFTER), max_lines=max_lines).splitlines()
-    assert len(lines) == 5 + rows
+    assert len(lines) == 6 + rows
+
+
+def test_live_frame_fits_the_terminal_with_bar_and_help() -> None:
+    layout = Layout(live=True, help_line="keys: q quit")
+    lines = render_text(build_view(BEFORE, AFTER), max_lines=10, layout=layout).splitlines()
+    assert len(lines) == 10 and lines[-1] == "keys: q quit"
+    assert lines[4].startswith("[") and lines[5].startswith("S static")
+    assert all(len(line) <= WIDTH for line in lines)
 
 
 def test_render_json_document() -> None:

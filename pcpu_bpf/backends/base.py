@@ -24,6 +24,8 @@ class Backend:
     name: str = "base"
     # What the numbers cover, for a person: pcpu-top prints it when it starts.
     banner: str = "Tracing percpu allocations... Hit Ctrl-C to end."
+    # What began the counters of a fresh trace, as pcpu-top's header names it.
+    start_event: str = "start"
 
     @property
     def label(self) -> str:

@@ -77,6 +77,7 @@ class BpfBackend(Backend):
     """Percpu allocator profile from the live kernel, aggregated in BPF maps."""
 
     name = "bpf"
+    start_event = "attach"
 
     def __init__(
         self,

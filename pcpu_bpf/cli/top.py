@@ -13,21 +13,39 @@ from pcpu_bpf.backends import Backend, BackendOptions, bpf_failure, first_line, 
 from pcpu_bpf.backends.remote import DEFAULT_URL
 from pcpu_bpf.cli.params import Seconds
 from pcpu_bpf.errors import BackendUnavailable, PcpuError, ProgramLoadError, ScenarioError
+from pcpu_bpf.top.keys import Keyboard, is_terminal
 from pcpu_bpf.top.run import DEFAULT_LIMIT, TopDeps, TopOptions, run_top
 from pcpu_bpf.top.view import DEFAULT_SORT, SORT_KEYS
 
 EXAMPLES = f"""\b
+Header:
+  window      seconds the rates cover; the first table of a fresh trace
+              counts from when the programs attached ("from attach")
+  parts       meminfo's Percpu in parts, shares of it: static, resv
+              (reserved), traced (live, made since tracing began), untraced
+              (live from before), own (the profiler's maps, in bytes),
+              empty (empty populated pages), frag (free space in pages in
+              use), unexpl; "explained" is all but unexpl
+\b
 Columns:
   CALL SITE   kernel function that asked for percpu memory ("untracked":
               frees of memory allocated before tracing began)
-  ALLOCS/s    allocations per second in the interval
-  FREES/s     frees per second in the interval
+  ALLOCS/s    allocations per second in the window
+  FREES/s     frees per second in the window
   LIVE        allocations still live (made since tracing began)
-  LIVE BYTES  memory they use (bytes_alloc: size x CPUs, + memcg pointers)
+  LIVE BYTES  percpu memory they hold (size x units, as meminfo counts)
   AVG         mean requested size of the site's allocations
+  GROWTH      live bytes added in the window (with -s growth)
+  TREND       live bytes over the last 8 windows (with --live)
+  AGE         age of the site's oldest live allocation
   FAIL/s      failures per second; the kernel's fail event names no call
               site, so failures get rows of their own by class:
               [failed], [failed atomic], [failed reserved], ...
+  OLD, OLD BYTES replace LIVE, LIVE BYTES with --min-age.
+
+\b
+Keys (--live on a terminal): q quits, s switches table and sizes,
+g sorts by growth and back.
 
 \b
 Simulator scenarios (--scenario):
@@ -38,8 +56,11 @@ Simulator scenarios (--scenario):
 Examples:
   pcpu-top                # one table after 1 second, then exit
   pcpu-top 5 3            # three tables, 5 seconds apart
-  pcpu-top --live         # redraw every second until Ctrl-C
+  pcpu-top --live         # redraw every second until q or Ctrl-C
   pcpu-top -s allocs -r 5 # the 5 busiest call sites
+  pcpu-top -s growth 10   # what grew most in 10 seconds
+  pcpu-top --min-age 600  # only what has been live 10 minutes or more
+  pcpu-top --sizes        # the requested sizes, as a histogram
   pcpu-top -s fails       # failure classes first
   pcpu-top --json 1 10    # ten JSON documents, one per line
   pcpu-top --backend sim --scenario leak 1 2
@@ -75,8 +96,19 @@ def _quiet_broken_pipe() -> None:
     type=click.Choice(SORT_KEYS),
     default=DEFAULT_SORT,
     metavar="KEY",
-    help="Order rows by live-bytes (default), allocs (/s), frees (/s), bytes (allocated/s) "
-    "or fails (/s).",
+    help="Order rows by live-bytes (default), allocs (/s), frees (/s), bytes (allocated/s), "
+    "fails (/s), growth (live bytes added in the window) or age (oldest live).",
+)
+@click.option(
+    "--min-age",
+    type=Seconds(zero_ok=True),
+    default=None,
+    metavar="SECONDS",
+    help="Show only allocations live at least this long, as memleak -o does; sites "
+    "without any are left out.",
+)
+@click.option(
+    "--sizes", is_flag=True, help="Draw the requested sizes as a histogram instead of the table."
 )
 @click.option(
     "-r",
@@ -116,6 +148,8 @@ def main(
     count: int | None,
     live: bool,
     sort: str,
+    min_age: float | None,
+    sizes: bool,
     limit: int,
     as_json: bool,
     backend: str,
@@ -133,13 +167,22 @@ def main(
     deps = ctx.obj if isinstance(ctx.obj, TopDeps) else TopDeps()
     if live and as_json:
         raise click.UsageError("--live redraws a terminal; --json writes lines: choose one")
+    if sizes and as_json:
+        raise click.UsageError("--sizes draws a histogram; --json writes lines: choose one")
+    if min_age is not None and from_url is not None:
+        raise click.UsageError(
+            "--min-age walks the live table, which a daemon does not export; with --from, "
+            "query its age bands (pcpu_live_bytes_by_age) instead"
+        )
     if from_url is not None and (_explicit(ctx, "backend") or scenario is not None):
         raise click.UsageError("--from reads a daemon; it takes no --backend or --scenario")
     if scenario is not None and backend == "bpf":
         raise click.UsageError("--scenario applies to the sim backend only")
     out = sys.stdout
     try:
-        source = _open(deps, "remote" if from_url is not None else backend, scenario, from_url)
+        source = _open(
+            deps, "remote" if from_url is not None else backend, scenario, from_url, min_age
+        )
         opts = TopOptions(
             interval=interval,
             count=count if count is not None else (None if live else 1),
@@ -148,7 +191,11 @@ def main(
             limit=limit,
             as_json=as_json,
             source=source.label,
+            sizes=sizes,
+            min_age=min_age,
         )
+        if live and deps.keys is None and is_terminal(sys.stdin):
+            deps.keys = Keyboard
         with source:
             run_top(source, out, opts, deps=deps)
     except KeyboardInterrupt:
@@ -162,12 +209,14 @@ def main(
         raise click.ClickException(first_line(exc)) from exc
 
 
-def _open(deps: TopDeps, backend: str, scenario: str | None, url: str | None) -> Backend:
+def _open(
+    deps: TopDeps, backend: str, scenario: str | None, url: str | None, min_age: float | None
+) -> Backend:
     """Open the chosen source through the one chooser; failures are one line."""
     try:
         return open_backend(
             backend,
-            BackendOptions(scenario=scenario, url=url),
+            BackendOptions(scenario=scenario, url=url, min_age=min_age),
             on_fallback=lambda why: click.echo(f"pcpu-top: {why}", err=True),
             constructors=deps.constructors,
         )

@@ -6,11 +6,13 @@ timestamps; nothing is ever cleared at the source.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
-from pcpu_bpf.model.snapshot import SiteRecord, Snapshot
+from pcpu_bpf.model.breakdown import NEEDS_PERCPU_STATS, Breakdown
+from pcpu_bpf.model.snapshot import LiveAges, SiteRecord, SizeHistogram, Snapshot
 
-SORT_KEYS = ("live-bytes", "allocs", "frees", "bytes", "fails")
+SORT_KEYS = ("live-bytes", "allocs", "frees", "bytes", "fails", "growth", "age")
 DEFAULT_SORT = "live-bytes"
 
 
@@ -29,6 +31,8 @@ class Row:
     failures: int | None = None  # cumulative, for failure rows
     fail_class: tuple[bool, bool] | None = None  # (atomic, reserved) of a failure row
     untracked: bool = False  # the row of frees whose allocation tracing never saw
+    oldest_age: float | None = None  # seconds the oldest live allocation has lived
+    growth: int | None = None  # live bytes added over the window (negative: shrank)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +54,16 @@ class Totals:
     failures: int  # cumulative
     dropped: dict[str, int]  # cumulative, by reason
     profiler_percpu_bytes: int | None = None  # what the profiler's own maps hold
+    breakdown: Breakdown | None = None  # meminfo's Percpu in parts
+    # Parts of the breakdown absent because the kernel gave no percpu_stats.
+    missing_parts: tuple[str, ...] = ()
+    tracking_start_time: float | None = None  # seconds since the epoch
+    # The window began when tracing did (the first table of a fresh trace): what was
+    # live before is untraced, and the header says so.
+    from_start: bool = False
+    min_age: float | None = None  # LIVE counts only allocations at least this old
+    sizes: SizeHistogram = field(default_factory=SizeHistogram)  # requested, in the window
+    sizes_since_start: SizeHistogram = field(default_factory=SizeHistogram)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,16 +96,44 @@ def _rate(delta: float, elapsed: float) -> float:
     return delta / elapsed if elapsed > 0 else 0.0
 
 
-def build_view(before: Snapshot, after: Snapshot) -> View:
-    """Rows and totals for the interval from ``before`` to ``after``."""
+def _by_name(ages: LiveAges | None) -> tuple[dict[str, float], dict[str, int], dict[str, int]]:
+    """Oldest age, and allocations and bytes at least min_age old, by call site."""
+    oldest: dict[str, float] = {}
+    old_count: dict[str, int] = {}
+    old_bytes: dict[str, int] = {}
+    if ages is not None:
+        for key, age in ages.oldest_seconds.items():
+            oldest[key.call_site] = max(oldest.get(key.call_site, 0.0), age)
+        for key, n in ages.old_allocations.items():
+            old_count[key.call_site] = old_count.get(key.call_site, 0) + n
+        for key, n in ages.old_bytes.items():
+            old_bytes[key.call_site] = old_bytes.get(key.call_site, 0) + n
+    return oldest, old_count, old_bytes
+
+
+def build_view(
+    before: Snapshot, after: Snapshot, *, from_start: bool = False, min_age: float | None = None
+) -> View:
+    """Rows and totals for the interval from ``before`` to ``after``.
+
+    ``from_start``: ``before`` is the moment tracing began. ``min_age``: rows count only
+    live allocations at least that many seconds old (``after.ages`` must have been
+    walked for it), and sites without any, and rows of events, are left out.
+    """
     elapsed = after.timestamp - before.timestamp
+    oldest, old_count, old_bytes = _by_name(after.ages)
     rows: list[Row] = []
     for name, s1 in after.by_call_site.items():
         s0 = before.by_call_site.get(name, SiteRecord())
         allocs = increase(s0.allocations, s1.allocations)
         frees = increase(s0.frees, s1.frees)
+        live, live_bytes = s1.live_allocations, s1.live_bytes
+        if min_age is not None:
+            live, live_bytes = old_count.get(name, 0), old_bytes.get(name, 0)
+            if not live:
+                continue
         # A site with nothing live and nothing happening in the interval is history.
-        if not (allocs or frees or s1.live_allocations):
+        elif not (allocs or frees or live):
             continue
         rows.append(
             Row(
@@ -99,10 +141,19 @@ def build_view(before: Snapshot, after: Snapshot) -> View:
                 allocs_per_s=_rate(allocs, elapsed),
                 frees_per_s=_rate(frees, elapsed),
                 alloc_bytes_per_s=_rate(increase(s0.allocated_bytes, s1.allocated_bytes), elapsed),
-                live_allocations=s1.live_allocations,
-                live_bytes=s1.live_bytes,
+                live_allocations=live,
+                live_bytes=live_bytes,
                 avg_size=s1.requested_bytes / s1.allocations if s1.allocations else None,
+                oldest_age=oldest.get(name) if s1.live_allocations else None,
+                growth=s1.live_bytes - s0.live_bytes,
             )
+        )
+    if min_age is not None:
+        return View(
+            after.backend,
+            after.kernel,
+            _totals(before, after, elapsed, from_start, min_age),
+            tuple(rows),
         )
     untracked = increase(before.untracked_frees, after.untracked_frees)
     if untracked:
@@ -126,10 +177,33 @@ def build_view(before: Snapshot, after: Snapshot) -> View:
                     fail_class=(atomic, reserved),
                 )
             )
-    return View(after.backend, after.kernel, _totals(before, after, elapsed), tuple(rows))
+    return View(
+        after.backend,
+        after.kernel,
+        _totals(before, after, elapsed, from_start, min_age),
+        tuple(rows),
+    )
 
 
-def _totals(before: Snapshot, after: Snapshot, elapsed: float) -> Totals:
+def _window_sizes(before: SizeHistogram, after: SizeHistogram) -> SizeHistogram:
+    counts = tuple(increase(a, b) for a, b in zip(before.counts, after.counts, strict=True))
+    return SizeHistogram(counts, increase(before.sum, after.sum))
+
+
+def _missing_parts(after: Snapshot) -> tuple[str, ...]:
+    b = after.breakdown
+    if b is None:
+        return ()
+    return tuple(p for p in NEEDS_PERCPU_STATS if p not in b.parts)
+
+
+def _totals(
+    before: Snapshot,
+    after: Snapshot,
+    elapsed: float,
+    from_start: bool,
+    min_age: float | None,
+) -> Totals:
     t0, t1 = before.totals, after.totals
     frees = increase(t0.frees, t1.frees) + increase(before.untracked_frees, after.untracked_frees)
     ks = after.kernel_stats
@@ -150,12 +224,20 @@ def _totals(before: Snapshot, after: Snapshot, elapsed: float) -> Totals:
         failures=after.total_failures,
         dropped=dict(after.dropped),
         profiler_percpu_bytes=after.profiler_percpu_bytes,
+        breakdown=after.breakdown,
+        missing_parts=_missing_parts(after),
+        tracking_start_time=after.tracking_start_time,
+        from_start=from_start,
+        min_age=min_age,
+        sizes=_window_sizes(before.size_histogram, after.size_histogram),
+        sizes_since_start=after.size_histogram,
     )
 
 
 def _key(value: float | None) -> float:
-    # Rows without the value (a failure row has no live bytes) sort after every real one.
-    return -1.0 if value is None else value
+    # Rows without the value (a failure row has no live bytes) sort after every real one,
+    # a shrinking site (negative growth) included.
+    return -math.inf if value is None else value
 
 
 _SORT_FIELD = {
@@ -164,6 +246,8 @@ _SORT_FIELD = {
     "frees": "frees_per_s",
     "bytes": "alloc_bytes_per_s",
     "fails": "fails_per_s",
+    "growth": "growth",
+    "age": "oldest_age",
 }
 
 
