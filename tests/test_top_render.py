@@ -493,3 +493,11 @@ def test_a_counter_that_went_back_is_a_reset_never_a_negative_rate() -> None:
     assert t.fails_per_s == pytest.approx(0.5)
     rates = [getattr(r, f) for r in view.rows for f in ("allocs_per_s", "frees_per_s")]
     assert all(rate is None or rate >= 0 for rate in rates)
+
+
+def test_an_unsettled_breakdown_is_marked_approximate() -> None:
+    parts = Breakdown({"static": 900, "traced_live": 100, "unexplained": 0}, settled=False)
+    line = breakdown_line(build_view(snap(0.0), snap(1.0, breakdown=parts)).totals)
+    assert line.endswith("explained ~100%")
+    doc = json.loads(render_json(build_view(snap(0.0), snap(1.0, breakdown=parts))))
+    assert doc["breakdown"]["settled"] is False

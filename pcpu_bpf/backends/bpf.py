@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
@@ -56,9 +56,11 @@ from pcpu_bpf.model.snapshot import (
     Snapshot,
 )
 from pcpu_bpf.model.tables import (
+    SiteAddressKey,
     SnapshotContext,
     Tables,
     map_usage,
+    percpu_events,
     tables_to_snapshot,
     traced_live_per_unit,
 )
@@ -130,6 +132,7 @@ class BpfBackend(Backend):
         # takes a while: both at most once per interval, whoever asks (scrapers share one
         # reading), with the breakdown computed from the same moment.
         self._slow = SharedRead(self._read_slow, min_read_interval)
+        self._last_slow: _SlowRead | None = None
         if pin_dir is not None and not attach:
             raise BackendUnavailable("a pinned set is always attached: pin_dir needs attach")
         self.adopted = False
@@ -194,7 +197,10 @@ class BpfBackend(Backend):
         read (at most one per min_read_interval); the counters are read every time."""
         loaded = self._live()
         slow = self._slow()
-        tables = self.read_tables()
+        # A read made for this call: its counters are of the breakdown's moment, so the
+        # whole Snapshot is (the sites' live bytes add up to traced_live exactly).
+        fresh, self._last_slow = slow is not self._last_slow, slow
+        tables = slow.tables if fresh else self.read_tables()
         ctx = SnapshotContext(
             backend=self.name,
             kernel=self._release,
@@ -213,8 +219,8 @@ class BpfBackend(Backend):
         return tables_to_snapshot(tables, self._symbolize, ctx)
 
     def _read_slow(self) -> _SlowRead:
-        """The live-table walk, then the site records and the kernel stats back to back,
-        so the breakdown's traced and kernel figures are of one moment."""
+        """The live-table walk, then the site records and the kernel stats of one moment
+        (`_read_settled`), from which the breakdown is computed."""
         loaded = self._live()
         fold: AgeFold[int] = AgeFold(
             time.clock_gettime_ns(time.CLOCK_BOOTTIME), per_second=1e9, min_age=self._min_age
@@ -227,8 +233,7 @@ class BpfBackend(Backend):
             if not self._walk_failed:
                 log.warning("cannot walk the live table, no ages: %s", exc)
             self._walk_failed = True
-        tables, slots = read_tables_and_slots(loaded.maps, self.possible_cpus, self.site_capacity)
-        ks = self._read_kernel_stats()
+        tables, slots, ks, unsettled = self._read_settled(loaded)
         stats = ks.percpu_stats if ks is not None else None
         units = nr_units(stats, self.possible_cpus)
         names: dict[int, SiteKey] = {}
@@ -247,8 +252,32 @@ class BpfBackend(Backend):
                     percpu_stats=stats,
                 )
             )
+            if unsettled:
+                # A broken bound then need not be the arithmetic's: the kernel moved.
+                note = " (percpu events came in during the read)"
+                violations = tuple(v + note for v in parts.violations)
+                parts = replace(parts, violations=violations, settled=False)
         ages = fold.ages(nr_units=units, site_of=names.get) if walked else None
-        return _SlowRead(ks, units, ages, parts)
+        return _SlowRead(ks, units, ages, parts, tables)
+
+    def _read_settled(
+        self, loaded: LoadedSet
+    ) -> tuple[Tables, dict[int, SiteAddressKey], KernelStats | None, int]:
+        """The site records and the kernel stats of one moment: the records are read before
+        and after the kernel stats, and the read is taken when no percpu event came in
+        between (the programs' own counts say), else tried again, at most SETTLE_ATTEMPTS
+        times. Also how many events came in during the last try (0: settled)."""
+        maps, cpus, sites = loaded.maps, self.possible_cpus, self.site_capacity
+        tables, slots = read_tables_and_slots(maps, cpus, sites)
+        moved = 0
+        for _ in range(SETTLE_ATTEMPTS):
+            first = percpu_events(tables)
+            ks = self._read_kernel_stats()
+            tables, slots = read_tables_and_slots(maps, cpus, sites)
+            moved = percpu_events(tables) - first
+            if not moved:
+                break
+        return tables, slots, ks, moved
 
     def _program_stats(self, loaded: LoadedSet) -> dict[str, ProgramStats]:
         # run_cnt and run_time_ns only move while bpf_stats are on; then they mean nothing.
@@ -270,6 +299,11 @@ class BpfBackend(Backend):
             loaded.close()
 
 
+# Reads of the kernel stats one throttled read may make while percpu events keep coming
+# in between (each holds the allocator's lock for a moment).
+SETTLE_ATTEMPTS = 3
+
+
 @dataclass(frozen=True, slots=True)
 class _SlowRead:
     """What the throttled read gives: the kernel stats, the units they imply, the ages
@@ -279,6 +313,7 @@ class _SlowRead:
     nr_units: int
     ages: LiveAges | None
     breakdown: Breakdown | None
+    tables: Tables  # the site records and counters read with the kernel stats
 
 
 def _adopt(pin_dir: Path, layout: bytes, capacities: Capacities) -> LoadedSet | None:

@@ -25,7 +25,8 @@ Header:
               (reserved), traced (live, made since tracing began), untraced
               (live from before), own (the profiler's maps, in bytes),
               empty (empty populated pages), frag (free space in pages in
-              use), unexpl; "explained" is all but unexpl
+              use), unexpl; "explained" is all but unexpl ("~": the host
+              was busy while the kernel's figures were read: not exact)
 \b
 Columns:
   CALL SITE   kernel function that asked for percpu memory ("untracked":

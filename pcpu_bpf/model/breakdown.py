@@ -91,6 +91,9 @@ class Breakdown:
     # Bounds a derived part broke on this occasion: "part: why". Counted and logged by the
     # exporter; the parts are not clipped, so they still add up.
     violations: tuple[str, ...] = ()
+    # False when percpu events came in while the kernel's figures and the traced ones
+    # were read (a busy host): the parts then mix two moments and are not exact.
+    settled: bool = True
 
     @property
     def total(self) -> int:

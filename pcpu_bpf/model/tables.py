@@ -114,6 +114,19 @@ def traced_live_per_unit(tables: Tables) -> int:
     return sum(v.live_bytes for (_, _, reserved), v in tables.sites.items() if not reserved)
 
 
+def percpu_events(tables: Tables) -> int:
+    """Every percpu event the tables have counted: allocations, frees, failures, chunks.
+    Equal for two readings means no event came in between."""
+    return (
+        sum(tables.sizes.counts)
+        + sum(v.frees for v in tables.sites.values())
+        + tables.untracked_frees
+        + sum(tables.failures)
+        + tables.chunk_creations
+        + tables.chunk_destructions
+    )
+
+
 def map_usage(tables: Tables, live_capacity: int, site_capacity: int) -> dict[str, MapUsage]:
     """Fill of the two tracking tables, under the map names both backends export."""
     return {

@@ -201,7 +201,8 @@ def breakdown_line(t: Totals) -> str:
             for p, n in shown
         ]
 
-    explained = f"explained {_explained(b)}"
+    # "~": percpu events came in during the read, so the parts mix two moments.
+    explained = f"explained {'' if b.settled else '~'}{_explained(b)}"
     for line in (
         f"parts: {' '.join(words(PART_NAMES, True))}, {explained}",
         f"{' '.join(words(PART_NAMES, True))} {explained}",
@@ -417,6 +418,7 @@ def render_json(
         else {
             "parts": dict(b.parts),
             "explained_share": _round(b.explained_share),
+            "settled": b.settled,
             "absent_parts": list(t.missing_parts),
             "violations": list(b.violations),
         },
