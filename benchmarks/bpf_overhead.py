@@ -23,13 +23,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from pcpu_bpf.backends.bpf import BpfBackend
 from pcpu_bpf.bpf import syscalls
 
 HERE = Path(__file__).parent
+COMPARED = "pcpu-bpf (compared)"  # the row of --compare-bpf-dir
 STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 
 
@@ -62,6 +63,39 @@ def profiler(live_capacity: int = 262_144) -> Iterator[Callable[[], dict[str, tu
             return out
 
         yield sample
+
+
+@contextmanager
+def other_profiler(
+    bpf_dir: Path, live_capacity: int = 262_144
+) -> Iterator[Callable[[], dict[str, tuple[int, int]]]]:
+    """Another version of the programs (e.g. main's bpf_programs/, exported to a directory),
+    loaded with bcc here and given today's defines: its maps may be laid out otherwise,
+    which the loader would refuse, and only its run time is measured."""
+    import bcc
+
+    from pcpu_bpf.bpf.loader import build_cflags, program_defines
+    from pcpu_bpf.bpf.tracefs import read_layout
+    from pcpu_bpf.kernel.procfs import read_possible_cpus
+
+    defines = program_defines(
+        read_layout(None),
+        live_capacity=live_capacity,
+        site_capacity=4096,
+        nr_possible_cpus=read_possible_cpus(),
+    )
+    where = bpf_dir.resolve()  # bcc resolves a relative include directory elsewhere
+    b = bcc.BPF(src_file=str(where / "pcpu.bpf.c").encode(), cflags=build_cflags(where, defines))
+    b.attach_raw_tracepoint(tp=b"percpu_alloc_percpu", fn_name=b"on_alloc")
+    b.attach_raw_tracepoint(tp=b"percpu_free_percpu", fn_name=b"on_free")
+    fds = {"alloc": b.funcs[b"on_alloc"].fd, "free": b.funcs[b"on_free"].fd}
+    try:
+        yield lambda: {
+            k: (syscalls.prog_info(fd).run_cnt, syscalls.prog_info(fd).run_time_ns)
+            for k, fd in fds.items()
+        }
+    finally:
+        b.cleanup()
 
 
 @contextmanager
@@ -122,7 +156,11 @@ def bpftrace() -> Iterator[Callable[[], dict[str, tuple[int, int]]]]:
         yield sample
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # printing its maps at exit can take long
+            proc.kill()
+            proc.wait()
 
 
 def workload(maps: int, netns: int) -> None:
@@ -131,12 +169,29 @@ def workload(maps: int, netns: int) -> None:
 
 
 def per_event_cost(
-    reps: int, maps: int, netns: int, live_capacity: int
+    reps: int,
+    maps: int,
+    netns: int,
+    live_capacity: int,
+    compare: Path | None = None,
+    compare_first: bool = False,
 ) -> dict[str, dict[str, float]]:
-    """Median ns per event, per tool and event, all attached together."""
+    """Median ns per event, per tool and event, all attached together. Programs on one
+    tracepoint run in the order they were attached, and the first pays more (about 1.15x
+    in an A/A run here): ``compare_first`` attaches the compared programs first, so two
+    runs with either order cancel it."""
     costs: dict[str, dict[str, list[float]]] = {}
-    with profiler(live_capacity) as p, noop() as n, bpftrace() as t:
+    other = other_profiler(compare, live_capacity) if compare else _null()
+    with ExitStack() as stack:
+        o = stack.enter_context(other) if compare_first else None
+        p = stack.enter_context(profiler(live_capacity))
+        if not compare_first:
+            o = stack.enter_context(other)
+        n = stack.enter_context(noop())
+        t = stack.enter_context(bpftrace())
         tools = {"pcpu-bpf": p, "do-nothing": n, "bpftrace": t}
+        if o is not None:
+            tools[COMPARED] = o
         for _ in range(reps):
             before = {k: s() for k, s in tools.items()}
             workload(maps, netns)
@@ -194,6 +249,16 @@ def main() -> int:
     ap.add_argument(
         "--cost-only", action="store_true", help="measure the cost per event only (part 1)"
     )
+    ap.add_argument(
+        "--compare-bpf-dir",
+        type=Path,
+        help="also attach the programs of this directory (another version) in part 1",
+    )
+    ap.add_argument(
+        "--compare-first",
+        action="store_true",
+        help="attach the compared programs before pcpu-bpf's (they then run first)",
+    )
     args = ap.parse_args()
     if os.geteuid() != 0 or shutil.which("bpftrace") is None or shutil.which("bpftool") is None:
         print("needs root, bpftrace and bpftool (apt install bpftrace bpftool)", file=sys.stderr)
@@ -202,7 +267,12 @@ def main() -> int:
     try:
         STATS.write_text("1")
         caps = args.live_capacity or [262_144, 65_536, 4096]
-        costs = {c: per_event_cost(args.reps, args.maps, args.netns, c) for c in caps}
+        costs = {
+            c: per_event_cost(
+                args.reps, args.maps, args.netns, c, args.compare_bpf_dir, args.compare_first
+            )
+            for c in caps
+        }
         STATS.write_text("0")
         slow = None if args.cost_only else slowdown(args.reps, args.maps, args.netns)
     finally:
@@ -212,13 +282,17 @@ def main() -> int:
         print(f"## per-event cost, live table {cap} (median of {args.reps}; ns per event)")
         print("| program | alloc | free |")
         print("| --- | ---: | ---: |")
-        for tool in ("do-nothing", "pcpu-bpf", "bpftrace"):
-            c = cost.get(tool, {})
+        for tool in ("do-nothing", "pcpu-bpf", COMPARED, "bpftrace"):
+            if tool not in cost:
+                continue
+            c = cost[tool]
             alloc, free = c.get("alloc", float("nan")), c.get("free", float("nan"))
             print(f"| {tool} | {alloc:.0f} | {free:.0f} |")
         for ev in ("alloc", "free"):
             p, n, t = (cost[x][ev] for x in ("pcpu-bpf", "do-nothing", "bpftrace"))
             print(f"{ev}: pcpu-bpf / do-nothing = {p / n:.2f}x, pcpu-bpf / bpftrace = {p / t:.2f}x")
+            if COMPARED in cost:
+                print(f"{ev}: pcpu-bpf / {COMPARED} = {p / cost[COMPARED][ev]:.2f}x")
         print()
     if slow is None:
         return 0

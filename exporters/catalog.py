@@ -515,9 +515,10 @@ CATALOG: tuple[Family, ...] = (
     Family(
         "pcpu_kernel_stats_age_seconds",
         GAUGE,
-        "Seconds since the kernel statistics served (pcpu_stats_*, pcpu_meminfo_bytes) were "
-        "read. Reading debugfs percpu_stats holds the allocator's lock, so the daemon reads "
-        "them at most once per --min-read-interval, however many scrape it.",
+        "Seconds since the kernel statistics served (pcpu_stats_*, pcpu_meminfo_bytes, "
+        "pcpu_memory_bytes) were read, and the live table walked for the ages. Reading debugfs "
+        "percpu_stats holds the allocator's lock and a full live table takes a while to walk, "
+        "so the daemon does both at most once per --min-read-interval, however many scrape it.",
         (),
         SNAPSHOT,
         Age(("kernel_stats", "read_at")),

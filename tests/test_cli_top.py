@@ -391,7 +391,7 @@ def test_backend_error_during_run_is_one_line(runner: CliRunner, deps: TopDeps) 
         (["--sizes", "--json"], "choose one"),
         (["--min-age", "-5"], "--min-age"),
         (["--min-age", "nan"], "--min-age"),
-        (["--from", "x:1", "--min-age", "60"], "pcpu_live_bytes_by_age"),
+        (["--from", "x:1", "--min-age", "60"], "pcpu_live_by_age_bytes"),
         (["--from", "x:1", "--backend", "sim"], "--from"),
         (["--from", "x:1", "--scenario", "leak"], "--from"),
         (["--backend", "bpf", "--scenario", "leak"], "sim backend only"),

@@ -169,6 +169,9 @@ def _summary(sim: Simulation, snap: Snapshot, geo: Geometry, elapsed: float) -> 
             f"nr_cur_alloc {g.nr_cur_alloc}, empty_pop_pages {g.empty_pop_pages}; "
             f"meminfo Percpu {human_bytes(ks.meminfo_percpu_bytes or 0)}"
         )
+    if snap.breakdown is not None:
+        parts = ", ".join(f"{p} {human_bytes(n)}" for p, n in snap.breakdown.parts.items())
+        echo(f"Percpu in parts: {parts}")
     echo()
     echo(f"{'CALL SITE':<32} {'ALLOCS':>8} {'FREES':>8} {'LIVE':>7} {'LIVE BYTES':>11}")
     rows = sorted(snap.by_call_site.items(), key=lambda item: (-item[1].live_bytes, item[0]))

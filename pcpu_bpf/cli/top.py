@@ -173,7 +173,7 @@ def main(
     if min_age is not None and from_url is not None:
         raise click.UsageError(
             "--min-age walks the live table, which a daemon does not export; with --from, "
-            "query its age bands (pcpu_live_bytes_by_age) instead"
+            "query its age bands (pcpu_live_by_age_bytes) instead"
         )
     if from_url is not None and (_explicit(ctx, "backend") or scenario is not None):
         raise click.UsageError("--from reads a daemon; it takes no --backend or --scenario")

@@ -47,7 +47,41 @@ def snapshot_to_dict(s: Snapshot) -> dict[str, Any]:
         "fields_available": None,
         "programs": None,
         "maps": None,
+        "tracking_start_time": s.tracking_start_time,
+        "profiler_percpu_bytes": s.profiler_percpu_bytes,
+        "breakdown": None,
+        "ages": None,
     }
+    if s.breakdown is not None:
+        b = s.breakdown
+        out["breakdown"] = {
+            "parts": dict(b.parts),
+            "explained_share": b.explained_share,
+            "violations": list(b.violations),
+            "settled": b.settled,
+        }
+    if s.ages is not None:
+        out["ages"] = {
+            "oldest_seconds": [
+                {
+                    "call_site": k.call_site,
+                    "atomic": _flag(k.atomic),
+                    "reserved": _flag(k.reserved),
+                    "seconds": v,
+                }
+                for k, v in sorted(s.ages.oldest_seconds.items())
+            ],
+            "bytes_by_age": [
+                {
+                    "call_site": k.call_site,
+                    "atomic": _flag(k.atomic),
+                    "reserved": _flag(k.reserved),
+                    "age": k.age,
+                    "bytes": v,
+                }
+                for k, v in sorted(s.ages.bytes_by_age.items())
+            ],
+        }
     if s.kernel_stats is not None:
         ks = s.kernel_stats
         out["kernel_stats"] = {

@@ -388,7 +388,7 @@ class Scenario:
 
     @property
     def description(self) -> str:
-        return (self.run.__doc__ or "").split("\n\n")[0].replace("\n", " ")
+        return " ".join((self.run.__doc__ or "").split("\n\n")[0].split())
 
 
 SCENARIOS: dict[str, Scenario] = {
