@@ -322,7 +322,7 @@ def size_lines(view: View, max_rows: int | None = None) -> list[str]:
     for i in rows:
         n = counts[i]
         bar = "#" * max(1 if n else 0, round(n * bar_width / peak))
-        out.append(f"{_bucket_label(i):>12} {human_int(n):>8}  {bar}")
+        out.append(f"{_bucket_label(i):>12} {human_int(n):>8}  {bar}".rstrip())
     return out
 
 
