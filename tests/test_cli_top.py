@@ -697,7 +697,7 @@ def _check_live_session(rc: int, output: str, source: str) -> None:
     assert screen[0].split("  ")[1] == source
     assert screen[1].startswith("Percpu ")
     assert "explained " in screen[2]
-    assert screen[3].startswith(("traced live ", "traced since "))
+    assert screen[3].startswith("traced live ")
     assert screen[4].startswith("[") and screen[5].startswith("S static")  # the parts' bar
     assert any(line.startswith("CALL SITE") for line in screen)
     assert screen[-1] == HELP_LINE + "  (sorted by live-bytes)"
@@ -862,7 +862,7 @@ def test_smoke_on_the_live_kernel() -> None:
     assert " window " in lines[1] and " from attach " in lines[1]  # measured since attach
     assert lines[2].startswith("Percpu ") and "kernel live allocs" in lines[2]
     assert "explained" in lines[3] and " 1.1K " in lines[3]  # own: 580 B x 2 CPUs
-    assert lines[4].startswith("traced since ")
+    assert lines[4].startswith("traced live ") and " since " in lines[4]
     assert any(line.startswith("CALL SITE") for line in lines)
     row = next(line.split() for line in lines if line.startswith("bpf_map_alloc_percpu "))
     assert int(row[3]) >= 7, rest  # LIVE
@@ -941,7 +941,7 @@ def test_live_in_tmux_shows_one_table_redrawn(args: list[str], source: str, tmp_
         for screen in (first, later):
             assert screen[0].split("  ")[1] == source
             assert screen[1].startswith("Percpu ") and "explained " in screen[2]
-            assert screen[3].startswith(("traced live ", "traced since "))
+            assert screen[3].startswith("traced live ")
             assert screen[7].startswith("CALL SITE")
             assert sum(line.startswith("CALL SITE") for line in screen) == 1  # not scrolled
             assert BANNER not in screen  # cleared by the first redraw

@@ -395,7 +395,7 @@ def test_first_window_from_the_start_of_tracing_says_so() -> None:
     view = build_view(start, after, from_start=True)
     lines = render_text(view, clock="c", layout=Layout(start_event="attach")).splitlines()
     assert lines[0] == "c  test  window 3.00s from attach  kernel 6.18.0-test"
-    assert lines[3].startswith("traced since ") and ": live 6 (192 B)" in lines[3]
+    assert lines[3].startswith("traced live 6 (192 B) since ")
 
 
 def test_sizes_draw_the_window_histogram() -> None:

@@ -147,19 +147,22 @@ def header_lines(view: View, *, source: str, clock: str, start_event: str = "sta
     """The totals above the table, each line at most WIDTH characters."""
     t = view.totals
     window = f"window {t.elapsed:.2f}s" + (f" from {start_event}" if t.from_start else "")
-    traced = "traced live"
+    traced = f"traced live {t.live_allocations} ({human_bytes(t.live_bytes)})"
     if t.tracking_start_time is not None:
-        traced = f"traced since {_clock_of(t.tracking_start_time)}: live"
+        traced += f" since {_clock_of(t.tracking_start_time)}"
     lines = [
         f"{clock}  {source}  {window}  kernel {view.kernel}",
         f"Percpu {_maybe(t.meminfo_percpu_bytes, human_bytes)} (meminfo)"
         f"  chunks {_maybe(t.chunks, str)} (+{t.chunk_creations} -{t.chunk_destructions})"
         f"  kernel live allocs {_maybe(t.kernel_live_allocations, str)}",
         breakdown_line(t),
-        f"{traced} {t.live_allocations} ({human_bytes(t.live_bytes)})"
-        f"  allocs/s {human_rate(t.allocs_per_s)}"
-        f"  frees/s {human_rate(t.frees_per_s)}"
-        f"  fails/s {human_rate(t.fails_per_s)} ({t.failures} total)",
+        _spaced(
+            traced,
+            f"allocs/s {human_rate(t.allocs_per_s)}",
+            f"frees/s {human_rate(t.frees_per_s)}",
+            f"fails/s {human_rate(t.fails_per_s)}"
+            + (f" ({t.failures} total)" if t.failures else ""),
+        ),
     ]
     if t.missing_parts:
         absent = ", ".join(PART_NAMES[p] for p in t.missing_parts)
@@ -172,6 +175,12 @@ def header_lines(view: View, *, source: str, clock: str, start_event: str = "sta
         parts = ", ".join(f"{n} {reason}" for reason, n in dropped.items())
         lines.append(f"DROPPED (tracking table full): {parts}")
     return [fit_line(line) for line in lines]
+
+
+def _spaced(*fields: str) -> str:
+    """Fields two spaces apart, or one when that is what fits in WIDTH."""
+    line = "  ".join(fields)
+    return line if len(line) <= WIDTH else " ".join(fields)
 
 
 def _share(n: int, total: int, *, exact: bool = True) -> str:
