@@ -12,6 +12,7 @@ from pcpu_bpf.model.breakdown import (
     NEEDS_PERCPU_STATS,
     PAGE_SIZE,
     PARTS,
+    Breakdown,
     BreakdownInputs,
     breakdown,
     kernel_live_per_unit,
@@ -153,3 +154,9 @@ def test_the_simulated_profiler_is_the_real_footprint() -> None:
         for name, spec in MAP_SPECS.items()
     ]
     assert sum(r.size for r in PROFILER) == bytes_per_cpu(infos, 5, CONFIG_L.nr_possible_cpus)
+
+
+def test_parts_keep_their_order_whatever_order_they_come_in() -> None:
+    b = Breakdown({"unexplained": 0, "static": 5, "traced_live": 2, "newer_part": 1})
+    assert list(b.parts) == ["static", "traced_live", "unexplained", "newer_part"]
+    assert b == Breakdown({"static": 5, "traced_live": 2, "unexplained": 0, "newer_part": 1})

@@ -95,6 +95,13 @@ class Breakdown:
     # were read (a busy host): the parts then mix two moments and are not exact.
     settled: bool = True
 
+    def __post_init__(self) -> None:
+        # The parts in PARTS order whatever order they came in (an exposition is sorted by
+        # label value); a part this version does not know goes last.
+        known = [p for p in PARTS if p in self.parts]
+        rest = sorted(p for p in self.parts if p not in PARTS)
+        object.__setattr__(self, "parts", _frozen({p: self.parts[p] for p in known + rest}))
+
     @property
     def total(self) -> int:
         return sum(self.parts.values())
