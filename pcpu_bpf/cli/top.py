@@ -161,9 +161,9 @@ def main(
 
     Prints one table after INTERVAL seconds (default 1) and exits, or COUNT tables.
     The header shows the kernel's totals (meminfo Percpu, chunks and live allocations
-    from percpu_stats), meminfo's Percpu in parts, and the traced live allocations and
-    rates. Rates are the difference of two snapshots over the window; nothing is
-    cleared. The first window counts from when the programs attached.
+    from percpu_stats), Percpu in parts, and the traced live allocations and rates.
+    Rates are the difference of two snapshots over the window; nothing is cleared.
+    The first window counts from when the programs attached.
     """
 
     deps = ctx.obj if isinstance(ctx.obj, TopDeps) else TopDeps()
