@@ -49,10 +49,8 @@ from pcpu_bpf.model.layout import (
     MAX_TABLE_CAPACITY,
 )
 from pcpu_bpf.model.snapshot import (
-    UNKNOWN_SITE,
     LiveAges,
     ProgramStats,
-    SiteKey,
     Snapshot,
 )
 from pcpu_bpf.model.tables import (
@@ -61,6 +59,7 @@ from pcpu_bpf.model.tables import (
     Tables,
     map_usage,
     percpu_events,
+    site_key,
     tables_to_snapshot,
     traced_live_per_unit,
 )
@@ -236,11 +235,7 @@ class BpfBackend(Backend):
         tables, slots, ks, unsettled = self._read_settled(loaded)
         stats = ks.percpu_stats if ks is not None else None
         units = nr_units(stats, self.possible_cpus)
-        names: dict[int, SiteKey] = {}
-        for slot, (addr, atomic, reserved) in slots.items():
-            names[slot] = SiteKey(
-                UNKNOWN_SITE if addr == 0 else self._symbolize(addr), atomic, reserved
-            )
+        names = {slot: site_key(key, self._symbolize) for slot, key in slots.items()}
         parts = None
         if ks is not None and ks.meminfo_percpu_bytes is not None:
             parts = breakdown(

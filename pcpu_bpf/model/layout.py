@@ -59,8 +59,10 @@ NR_COUNTERS = COUNTER_OFFSETS.pop("end")
 
 # Struct layouts the reader decodes (bpf_programs/pcpu.h), as Python struct formats; the
 # loader checks each against the map's key and value size before reading anything.
-# struct site_key: call_site, atomic, reserved. The one place a new key field goes (with
-# pcpu.h's struct, SiteAddressKey in tables.py and the site labels).
+# struct site_key: call_site, atomic, reserved. A new key field goes here and in pcpu.h's
+# struct and its filling in on_alloc; in tables.py, SiteAddressKey, address_key() and
+# site_key(); the key the reference aggregator makes of an event; SiteKey and
+# the catalog's SITE labels. Nothing else unpacks a key by position.
 SITE_KEY_FORMAT = "<QBB6x"
 # struct site_record: the key and 5 counters written by allocations (allocations,
 # requested_bytes, dropped, dropped_bytes, extension_bytes), then in the second 64-byte

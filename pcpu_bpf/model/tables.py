@@ -109,9 +109,27 @@ class SnapshotContext:
     breakdown: Breakdown | None = None
 
 
+def address_key(values: tuple[int, ...]) -> SiteAddressKey:
+    """The raw site key from the fields of struct site_key (SITE_KEY_FORMAT), as read."""
+    call_site, atomic, reserved = values
+    return (call_site, bool(atomic), bool(reserved))
+
+
+def is_reserved(key: SiteAddressKey) -> bool:
+    """Whether the allocations under ``key`` came from the reserved chunk."""
+    return key[2]
+
+
+def site_key(key: SiteAddressKey, symbolize: Callable[[int], str]) -> SiteKey:
+    """The label set of a raw site key: its address named (the one place a key field
+    becomes a label, with SITE_KEY_FORMAT and SiteKey)."""
+    addr, atomic, reserved = key
+    return SiteKey(UNKNOWN_SITE if addr == 0 else symbolize(addr), atomic, reserved)
+
+
 def traced_live_per_unit(tables: Tables) -> int:
     """Live traced bytes of one unit outside the reserved chunk: the breakdown's input."""
-    return sum(v.live_bytes for (_, _, reserved), v in tables.sites.items() if not reserved)
+    return sum(v.live_bytes for key, v in tables.sites.items() if not is_reserved(key))
 
 
 def percpu_events(tables: Tables) -> int:
@@ -139,12 +157,9 @@ def tables_to_snapshot(
     tables: Tables, symbolize: Callable[[int], str], ctx: SnapshotContext
 ) -> Snapshot:
     """Fold addresses into function names and freeze the tables into a Snapshot."""
-    names: dict[int, str] = {}
     sites: dict[SiteKey, SiteRecord] = {}
-    for (addr, atomic, reserved), v in sorted(tables.sites.items()):
-        if addr not in names:
-            names[addr] = UNKNOWN_SITE if addr == 0 else symbolize(addr)
-        key = SiteKey(names[addr], atomic, reserved)
+    for raw, v in sorted(tables.sites.items()):
+        key = site_key(raw, symbolize)  # the symbolizer caches: one lookup per address
         u = ctx.nr_units
         record = SiteRecord(
             allocations=v.allocations,

@@ -11,12 +11,13 @@ from pcpu_bpf.model.breakdown import BreakdownInputs, breakdown, nr_units
 from pcpu_bpf.model.events import ALL_FIELDS, GFP_ATOMIC, GFP_KERNEL, Event
 from pcpu_bpf.model.kernel_stats import KernelStats
 from pcpu_bpf.model.layout import DEFAULT_LIVE_CAPACITY, DEFAULT_SITE_CAPACITY
-from pcpu_bpf.model.snapshot import UNKNOWN_SITE, SiteKey, Snapshot
+from pcpu_bpf.model.snapshot import Snapshot
 from pcpu_bpf.model.symbolizer import Symbolizer
 from pcpu_bpf.model.tables import (
     SiteAddressKey,
     SnapshotContext,
     map_usage,
+    site_key,
     traced_live_per_unit,
 )
 from pcpu_bpf.sim.allocator import Allocator
@@ -155,12 +156,7 @@ class Simulation:
             profiler_percpu_bytes=(
                 None if profiler is None else profiler * self.geometry.nr_possible_cpus
             ),
-            ages=fold.ages(nr_units=units, site_of=self._site_key),
+            ages=fold.ages(nr_units=units, site_of=lambda k: site_key(k, self.symbolizer.resolve)),
             breakdown=parts,
         )
         return self.aggregator.snapshot(ctx)
-
-    def _site_key(self, key: SiteAddressKey) -> SiteKey:
-        addr, atomic, reserved = key
-        name = UNKNOWN_SITE if addr == 0 else self.symbolizer.resolve(addr)
-        return SiteKey(name, atomic, reserved)
