@@ -712,61 +712,104 @@ def test_live_in_a_pseudo_terminal_sim() -> None:
     assert any(line.startswith("leaky_driver_open") for line in _screen(output))
 
 
-def test_live_keys_switch_views_quit_and_restore_the_terminal() -> None:
-    """s switches to the sizes and back, g sorts by growth, q quits at once; afterwards the
-    terminal is in the mode it was in (echo and line editing back on)."""
-    import fcntl
-    import pty
-    import struct
-    import termios
+class _TopInPty:
+    """pcpu-top --live on the slave side of a pty we keep open, so its terminal modes can
+    be read while it runs and after it exits."""
 
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-    before = termios.tcgetattr(slave)
-    shim = (
-        "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
-        "os.execv(sys.argv[1], sys.argv[1:])"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", shim, str(BIN / "pcpu-top"), "--live", "--backend", "sim", "5"],
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        start_new_session=True,
-        close_fds=True,
-        env={**os.environ, "TERM": "xterm"},
-    )
-    clear = CLEAR.encode()
-    try:
-        seen = _read_until(master, lambda d: d.count(clear) >= 1 and b"(sorted by" in d, 60)
+    def __init__(self, *args: str) -> None:
+        import fcntl
+        import pty
+        import struct
+        import termios
+
+        self.master, self.slave = pty.openpty()
+        fcntl.ioctl(self.slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        self.before = termios.tcgetattr(self.slave)
+        shim = (
+            "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+            "os.execv(sys.argv[1], sys.argv[1:])"
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", shim, str(BIN / "pcpu-top"), "--live", *args],
+            stdin=self.slave,
+            stdout=self.slave,
+            stderr=self.slave,
+            start_new_session=True,
+            close_fds=True,
+            env={**os.environ, "TERM": "xterm"},
+        )
+
+    def lflag(self) -> int:
+        import termios
+
+        return int(termios.tcgetattr(self.slave)[3])
+
+    def wait_for_cbreak(self) -> bytes:
+        import termios
+
+        seen = _read_until(self.master, lambda d: b"(sorted by" in d, 60)
         assert b"CALL SITE" in seen, seen
         # In cbreak mode while it runs: no echo, keys one at a time.
         wait_until(
-            lambda: not termios.tcgetattr(slave)[3] & (termios.ECHO | termios.ICANON),
+            lambda: not self.lflag() & (termios.ECHO | termios.ICANON),
             what="pcpu-top to put the terminal in cbreak mode",
         )
+        return seen
+
+    def finish(self) -> tuple[int, int]:
+        """The exit status, and the terminal's lflag after the exit."""
+        rc = self.proc.wait(timeout=10)
+        _read_until(self.master, lambda d: False, 1)
+        return rc, self.lflag()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self.master)
+        os.close(self.slave)
+
+
+def test_live_keys_switch_views_quit_and_restore_the_terminal() -> None:
+    """s switches to the sizes and back, g sorts by growth, q quits at once; afterwards the
+    terminal is in the mode it was in (echo and line editing back on)."""
+    top_ = _TopInPty("--backend", "sim", "5")
+    try:
+        top_.wait_for_cbreak()
         # The interval is 5 s: each key redraws at once, without waiting for it.
-        os.write(master, b"s")
-        seen = _read_until(master, lambda d: b"allocations by requested size" in d, 4)
+        os.write(top_.master, b"s")
+        seen = _read_until(top_.master, lambda d: b"allocations by requested size" in d, 4)
         assert b"allocations by requested size" in seen and b"CALL SITE" not in seen
-        os.write(master, b"s")
-        seen = _read_until(master, lambda d: b"CALL SITE" in d, 4)
+        os.write(top_.master, b"s")
+        seen = _read_until(top_.master, lambda d: b"CALL SITE" in d, 4)
         assert b"CALL SITE" in seen
-        os.write(master, b"g")
-        seen = _read_until(master, lambda d: b"(sorted by growth)" in d, 4)
+        os.write(top_.master, b"g")
+        seen = _read_until(top_.master, lambda d: b"(sorted by growth)" in d, 4)
         assert b"(sorted by growth)" in seen
-        os.write(master, b"q")
-        rc = proc.wait(timeout=10)
-        _read_until(master, lambda d: False, 1)
-        after = termios.tcgetattr(slave)
+        os.write(top_.master, b"q")
+        rc, lflag = top_.finish()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        os.close(master)
-        os.close(slave)
+        top_.close()
     assert rc == 0
-    assert after[3] == before[3]  # lflag: ECHO and ICANON as they were
+    assert lflag == top_.before[3]  # ECHO and ICANON as they were
+
+
+@pytest.mark.parametrize(("how", "status"), [("ctrl-c", 0), ("sigterm", 128 + 15)])
+def test_live_restores_the_terminal_when_interrupted(how: str, status: int) -> None:
+    import signal
+
+    top_ = _TopInPty("--backend", "sim", "5")
+    try:
+        top_.wait_for_cbreak()
+        if how == "ctrl-c":
+            os.write(top_.master, b"\x03")  # typed: ISIG stays on in cbreak mode
+        else:
+            top_.proc.send_signal(signal.SIGTERM)
+        rc, lflag = top_.finish()
+    finally:
+        top_.close()
+    assert rc == status
+    assert lflag == top_.before[3]
 
 
 def test_live_when_not_a_terminal_is_plain(runner: CliRunner, deps: TopDeps) -> None:
