@@ -56,6 +56,8 @@ MIX = (
     ("leak", 1),
     ("chunk-churn", 1),
     ("atomic-pressure", 1),
+    # Fragmenting churn: its live bytes level off (at most 600 long-lived processes).
+    ("fragmentation", 1),
 )
 GROWING = {"leak", "memcg-churn"}  # scenarios whose live bytes rise for good
 # Simulated operations a second: the simulator's default for the growing hosts (the leak

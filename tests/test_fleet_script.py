@@ -36,4 +36,4 @@ def test_help_and_a_bad_count_are_one_line() -> None:
     ok = subprocess.run([sys.executable, str(FLEET), "--help"], capture_output=True, text=True)
     assert ok.returncode == 0 and "--count" in ok.stdout
     bad = subprocess.run([sys.executable, str(FLEET), "-n", "3"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "--count must be at least 7" in bad.stderr
+    assert bad.returncode == 2 and "--count must be at least 8" in bad.stderr
