@@ -77,8 +77,11 @@ class Daemon:
         stderr: int | None = subprocess.PIPE,
         tls: ssl.SSLContext | None = None,
         credentials: tuple[str, str] | None = None,
+        command: list[str] | None = None,
     ) -> None:
-        """``tls`` (the client's context) and ``credentials`` are what scrape() uses."""
+        """``tls`` (the client's context) and ``credentials`` are what scrape() uses;
+        ``command`` replaces `pcpu-bpf serve --listen HOST:PORT` (HOST:PORT is appended
+        to it instead)."""
         self.port = free_port(host)
         self.hostport = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
         self.url = f"{'http' if tls is None else 'https'}://{self.hostport}/metrics"
@@ -87,8 +90,11 @@ class Daemon:
         if credentials is not None:
             token = base64.b64encode(":".join(credentials).encode()).decode()
             self.headers["Authorization"] = f"Basic {token}"
+        argv = (
+            [*command, self.hostport] if command else [PCPU_BPF, "serve", "--listen", self.hostport]
+        )
         self.proc = subprocess.Popen(
-            [PCPU_BPF, "serve", "--listen", self.hostport, *args],
+            [*argv, *args],
             stdout=subprocess.PIPE,
             stderr=stderr,
             env={**os.environ, **(env or {})},

@@ -150,12 +150,22 @@ RULES = Path(__file__).resolve().parents[1] / "prometheus" / "rules.yml"
 FAST = 180.0
 
 
-def fast_rules(directory: Path, factor: float = FAST) -> Path:
-    """prometheus/rules.yml with time compressed ``factor`` times (prometheus/scale_rules.py)."""
+def _scale_rules() -> Any:
     spec = importlib.util.spec_from_file_location("scale_rules", RULES.with_name("scale_rules.py"))
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def fast_rules(directory: Path, factor: float = FAST) -> Path:
+    """prometheus/rules.yml with time compressed ``factor`` times (prometheus/scale_rules.py)."""
     path = directory / "rules.yml"
-    path.write_text(yaml.safe_dump(module.scale_rules(yaml.safe_load(RULES.read_text()), factor)))
+    rules = _scale_rules().scale_rules(yaml.safe_load(RULES.read_text()), factor)
+    path.write_text(yaml.safe_dump(rules))
     return path
+
+
+def fast_expr(expr: str, factor: float = FAST, floor: float = 1.0) -> str:
+    """``expr`` with its ranges, steps and offsets compressed like the rules'."""
+    return str(_scale_rules().scale_expr(expr, factor, floor))

@@ -9,7 +9,9 @@ Queries that need the live kernel's families run in test_ops_prometheus_bpf.py.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from daemon_helpers import Daemon
@@ -22,9 +24,10 @@ from ops_queries import (
     panel_queries,
     rules,
 )
-from prometheus_helpers import Prometheus, fast_rules, scrape_job
+from prometheus_helpers import Prometheus, fast_expr, fast_rules, scrape_job
 
 pytestmark = pytest.mark.needs_tool("prometheus")
+ROOT = Path(__file__).resolve().parents[1]
 
 # Growth (leak, memcg-churn), failures (atomic-pressure), chunks (chunk-churn), calm.
 SCENARIOS = ("leak", "memcg-churn", "atomic-pressure", "chunk-churn", "steady")
@@ -40,7 +43,11 @@ RECORDED = [
 
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
-    daemons = [Daemon("--backend", "sim", "--scenario", name) for name in SCENARIOS]
+    daemons = [Daemon("--backend", "sim", "--scenario", name) for name in SCENARIOS[1:]]
+    # The leaking host runs simulated time 30 times faster (at a thirtieth of the pace, so
+    # no more work): its allocations reach the older age bands within seconds.
+    host = [sys.executable, str(ROOT / "scripts" / "fleet_host.py")]
+    daemons.insert(0, Daemon("leak", "0", str(2000 / 30), "30", command=host))
     server = None
     try:
         for daemon in daemons:
@@ -66,4 +73,6 @@ def test_the_queries_are_found() -> None:
 
 @pytest.mark.parametrize("query", RECORDED + PANELS + COOKBOOK_QUERIES, ids=lambda q: q.id)
 def test_query_returns_data(prometheus: Prometheus, query: Query) -> None:
-    prometheus.wait_for(query.expr, timeout=90)
+    prometheus.query_result(query.expr)  # as written: it parses
+    # Time compressed like the rules', so windows of hours and days fill in seconds.
+    prometheus.wait_for(fast_expr(query.expr), timeout=90)
