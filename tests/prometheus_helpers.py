@@ -166,6 +166,8 @@ def fast_rules(directory: Path, factor: float = FAST) -> Path:
     return path
 
 
-def fast_expr(expr: str, factor: float = FAST, floor: float = 1.0) -> str:
-    """``expr`` with its ranges, steps and offsets compressed like the rules'."""
+def fast_expr(expr: str, factor: float = FAST, floor: float = 4.0) -> str:
+    """``expr`` with its ranges, steps and offsets compressed like the rules'. No range under
+    ``floor`` seconds: a rate needs two of the one-second scrapes in its window, also on a
+    loaded machine whose scrapes come late."""
     return str(_scale_rules().scale_expr(expr, factor, floor))

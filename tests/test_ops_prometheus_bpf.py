@@ -4,6 +4,7 @@ against a real Prometheus scraping `pcpu-bpf serve --backend bpf`."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from ops_queries import (
 )
 from prometheus_helpers import Prometheus, fast_rules, scrape_job
 
+from pcpu_bpf.bpf import syscalls
+
 pytestmark = [pytest.mark.privileged, pytest.mark.needs_tool("prometheus")]
 
 BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
@@ -34,12 +37,22 @@ QUERIES = (
 )
 
 
+def percpu_events(stop: threading.Event) -> None:
+    """Percpu allocations and frees a few times a second: a quiet host may make none, and
+    the programs' cost per event needs events."""
+    while not stop.wait(0.2):
+        syscalls.close(syscalls.create_percpu_array(8, 4, "pcpu_ops_bpf"))
+
+
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
     old = BPF_STATS.read_text().strip()
     BPF_STATS.write_text("1")  # the programs' run counts and time need it
     daemon = Daemon("--backend", "bpf")
     server = None
+    stop = threading.Event()
+    events = threading.Thread(target=percpu_events, args=(stop,), daemon=True)
+    events.start()
     try:
         daemon.wait_ready()
         tmp = tmp_path_factory.mktemp("prometheus")
@@ -48,6 +61,8 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
         )
         yield server
     finally:
+        stop.set()
+        events.join()
         if server is not None:
             server.close()
         daemon.close()
