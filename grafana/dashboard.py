@@ -54,27 +54,82 @@ ROWS: tuple[Row, ...] = (
         "Percpu memory",
         (
             Panel(
-                "Percpu memory and what tracing explains",
-                "meminfo's Percpu (all units) beside the live bytes of traced allocations. "
-                "The gap is memory allocated before tracing began, the static and reserved "
-                "areas, and free space in populated pages.",
+                "Where Percpu goes",
+                "meminfo's Percpu (all units) in parts that add up to it: static and reserved "
+                "areas, traced live allocations, allocations live from before tracing began, "
+                "the profiler's own maps, empty populated pages, free space in used pages, and "
+                "what no part explains (docs/metrics.md has the arithmetic).",
                 (
-                    Target(f"pcpu_meminfo_bytes{{{SEL}}}", "Percpu {{instance}}"),
-                    Target(f"instance:pcpu_live_bytes:sum{{{SEL}}}", "traced live {{instance}}"),
+                    Target(
+                        f"sum by (instance, part) (pcpu_memory_bytes{{{SEL}}})",
+                        "{{part}} {{instance}}",
+                    ),
                 ),
                 unit="bytes",
                 width=16,
+                stack=True,
             ),
-            # BREAKDOWN: once pcpu_memory_bytes{part} is exported, a stacked panel of
-            # `sum by (part) (pcpu_memory_bytes{SEL})` goes here, and the share below
-            # becomes 1 - unexplained / total (prometheus/rules.yml says how).
             Panel(
-                "Share of Percpu explained by tracing",
-                "Traced live bytes over meminfo's Percpu (instance:pcpu_explained:ratio).",
+                "Share of Percpu explained",
+                "The share of Percpu some part places (instance:pcpu_explained:ratio): 1 "
+                "wherever the kernel's percpu_stats is readable.",
                 (Target(f"instance:pcpu_explained:ratio{{{SEL}}}", "{{instance}}"),),
                 unit="percentunit",
                 kind="stat",
                 width=8,
+            ),
+            Panel(
+                "Which part grows",
+                "Growth of each part of Percpu in bytes per second, least squares over the "
+                "last hour (instance_part:pcpu_memory_bytes:deriv1h).",
+                (
+                    Target(
+                        f"instance_part:pcpu_memory_bytes:deriv1h{{{SEL}}}",
+                        "{{part}} {{instance}}",
+                    ),
+                ),
+                unit="Bps",
+                width=16,
+            ),
+            Panel(
+                "Share of Percpu in traced live allocations",
+                "Traced live bytes over meminfo's Percpu (instance:pcpu_traced_live:ratio); "
+                "the rest is placed by the parts beside.",
+                (Target(f"instance:pcpu_traced_live:ratio{{{SEL}}}", "{{instance}}"),),
+                unit="percentunit",
+                kind="stat",
+                width=8,
+            ),
+        ),
+    ),
+    Row(
+        "Age of live allocations",
+        (
+            Panel(
+                "Live bytes by age",
+                "Traced live bytes by how long they have been live: under a minute, to an "
+                "hour, to a day, older. A leak moves bytes into the older bands.",
+                (
+                    Target(
+                        f"sum by (instance, age) (pcpu_live_by_age_bytes{{{SEL}}})",
+                        "{{age}} {{instance}}",
+                    ),
+                ),
+                unit="bytes",
+                stack=True,
+            ),
+            Panel(
+                "Oldest live allocation by call site",
+                "The age of each call site's oldest live traced allocation: one that keeps "
+                "getting older while its site grows is a leak's mark.",
+                (
+                    Target(
+                        "topk(10, max by (instance, call_site) "
+                        f"(pcpu_live_oldest_age_seconds{{{SEL}}}))",
+                        "{{call_site}} {{instance}}",
+                    ),
+                ),
+                unit="s",
             ),
         ),
     ),
