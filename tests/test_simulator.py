@@ -37,9 +37,12 @@ from pcpu_bpf.sim.chunk import BlockMd, Chunk
 from pcpu_bpf.sim.geometry import CONFIG_L, CONFIG_S, Geometry
 
 D = 0x77795BEF9000
-TOP = 0xFFFFE90000000000
-V1_L = 0xFFFFE8FFFFC00000  # the first dynamic chunk's base, as seen on the live machine
-SPAN_S = 0x41000  # 4 units x 64 KiB + guard page, atom 4 KiB
+# Dynamic chunks' bases, as the live reference machine gives them: vm areas of
+# nr_units * unit_size (no guard page), stacked down from VMALLOC_END rounded to the atom.
+V1_L = 0xFFFFE8FFFFC00000
+V2_L = 0xFFFFE8FFFFA00000
+TOP_S = 0xFFFFE8FFFFFFF000  # VMALLOC_END rounded down to the small machine's 4 KiB atom
+SPAN_S = 0x40000  # 4 units x 64 KiB
 
 
 def hint(b: BlockMd) -> tuple[int, int]:
@@ -370,7 +373,7 @@ def test_balance_destroys_a_surplus_free_chunk() -> None:
     assert a.events == [alloc_ev(a, fc, 3136, 21440, 4)]
     assert a.nr_empty_pop_pages == 0 and a.balance_pending
     X1, X2 = a.alloc(32768, 8), a.alloc(32768, 8)
-    v1_base = TOP - SPAN_S
+    v1_base = TOP_S - SPAN_S
     v1 = chunk_at(a, v1_base)
     assert a.events[1:] == [
         PercpuCreateChunk(v1_base),
@@ -379,7 +382,7 @@ def test_balance_destroys_a_surplus_free_chunk() -> None:
     ]
     assert v1.list_slot == 0 and (a.nr_populated, a.nr_empty_pop_pages) == (32, 0)
     a.run_balance()
-    v2_base = TOP - 2 * SPAN_S
+    v2_base = TOP_S - 2 * SPAN_S
     v2 = chunk_at(a, v2_base)
     assert a.events[4:] == [PercpuCreateChunk(v2_base)]
     assert (v2.populated_pages(), a.nr_empty_pop_pages, v2.list_slot) == ([0, 1, 2, 3], 4, 16)
@@ -403,7 +406,7 @@ def test_balance_destroys_a_surplus_free_chunk() -> None:
 def test_reclaim_interplay_keeps_two_free_chunks() -> None:
     a = Allocator(CONFIG_S)
     X1, X2, X3 = (a.alloc(32768, 8) for _ in range(3))
-    v1_base, v2_base = TOP - SPAN_S, TOP - 2 * SPAN_S
+    v1_base, v2_base = TOP_S - SPAN_S, TOP_S - 2 * SPAN_S
     v1, v2 = chunk_at(a, v1_base), chunk_at(a, v2_base)
     assert a.events == [
         PercpuCreateChunk(v1_base),
@@ -477,7 +480,7 @@ def test_stale_hint_fail_threshold_parking_and_last_bit() -> None:
     assert fc.list_slot == 0
     sizes = [32768, 16384, 8192, 4096, 2048, 1024, 512, 508]
     ptrs = [a.alloc(sz, 4) for sz in sizes]
-    v1_base = TOP - SPAN_S
+    v1_base = TOP_S - SPAN_S
     v1 = chunk_at(a, v1_base)
     offs = [0, 32768, 49152, 57344, 61440, 63488, 64512, 65024]
     assert a.events[1:] == [PercpuCreateChunk(v1_base)] + [
@@ -504,7 +507,7 @@ def test_stale_hint_fail_threshold_parking_and_last_bit() -> None:
     assert hint(v1.md_blocks[15]) == (256, 512)
     n = len(a.events)
     a.alloc(512, 4)  # search starts at slot 7: V1 in slot 1 is not looked at
-    v2_base = TOP - 2 * SPAN_S
+    v2_base = TOP_S - 2 * SPAN_S
     v2 = chunk_at(a, v2_base)
     assert new_events(a, n) == [PercpuCreateChunk(v2_base), alloc_ev(a, v2, 0, 512, 4)]
     a.alloc(8, 4)  # V1 fails find_block_fit and is parked at the head of slot 0
@@ -557,7 +560,7 @@ def test_reclaim_sidelines_a_chunk_that_is_then_reused() -> None:
     a = Allocator(CONFIG_S)
     x1 = a.alloc(32768, 8)
     a.alloc(24576, 8)
-    v1_base = TOP - SPAN_S
+    v1_base = TOP_S - SPAN_S
     v1 = chunk_at(a, v1_base)
     assert a.events == [
         PercpuCreateChunk(v1_base),
@@ -606,7 +609,7 @@ def test_population_failure_frees_the_area_and_fails() -> None:
     a.alloc(21440, 4)
     a.fail_next_populate()
     assert a.alloc(32768, 8) is None
-    v1_base = TOP - SPAN_S
+    v1_base = TOP_S - SPAN_S
     v1 = chunk_at(a, v1_base)
     assert a.events == [
         alloc_ev(a, fc, 3136, 21440, 4),
@@ -669,9 +672,9 @@ def test_pointer_is_base_plus_off_plus_delta_mod_2_64() -> None:
     ev = a.events[-1]
     assert isinstance(ev, PercpuAlloc) and ev.base_addr == v1.base_addr
     assert ptr == ev.ptr == (V1_L + ev.off + D) % 2**64 and ev.call_site == 0xFFFFFFFF81234567
-    a2 = Allocator(CONFIG_L, per_cpu_delta=0, top_addr=0xFFFFC90000000000)
+    a2 = Allocator(CONFIG_L, per_cpu_delta=0, vmalloc_end=0xFFFFE7FFFFFFFFFF)
     a2.alloc(32768, 8)
-    assert a2.events[0] == PercpuCreateChunk(0xFFFFC8FFFFC00000)
+    assert a2.events[0] == PercpuCreateChunk(0xFFFFE7FFFFC00000)
 
 
 def test_slot0_is_never_searched_and_fuller_goes_to_tail() -> None:
@@ -721,16 +724,31 @@ def test_balance_destroys_to_free_in_reverse_list_order() -> None:
     assert a.lists[a.free_slot] == [v3] and a.percpu_stats().globals.nr_chunks == 2
 
 
-def test_destroyed_chunk_address_is_reused_deterministically() -> None:
+def test_destroyed_chunk_area_is_reused_only_after_the_lazy_purge() -> None:
     a = Allocator(CONFIG_S)
     cs = [a.create_chunk() for _ in range(3)]
-    assert [c.base_addr for c in cs if c] == [TOP - k * SPAN_S for k in (1, 2, 3)]
+    assert [c.base_addr for c in cs if c] == [TOP_S - k * SPAN_S for k in (1, 2, 3)]
     for c in cs:
         assert c is not None
         a.relocate(c, -1)
     a.run_balance()  # keeps the head (V3), destroys V1 then V2
-    c4 = a.create_chunk()
-    assert c4 is not None and c4.base_addr == TOP - SPAN_S  # highest free area first
+    c4 = a.create_chunk()  # V1's and V2's areas are still lazily freed: below V3
+    assert c4 is not None and c4.base_addr == TOP_S - 4 * SPAN_S
+    a.vm.purge()
+    c5 = a.create_chunk()
+    assert c5 is not None and c5.base_addr == TOP_S - SPAN_S  # highest free area first
+
+
+def test_lazy_areas_are_purged_past_lazy_max_pages() -> None:
+    a = Allocator(CONFIG_L)
+    assert a.vm.lazy_max_pages == 2 * 8192  # fls(2 CPUs) x 32 MiB of pages
+    for k in range(33):  # areas of 512 pages: the 33rd passes 16384
+        c = a.create_chunk()
+        assert c is not None and c.base_addr == V1_L - k * (2 << 20)
+        a.destroy_chunk(c)
+        assert a.vm.lazy_pages == (0 if k == 32 else (k + 1) * 512)
+    c = a.create_chunk()
+    assert c is not None and c.base_addr == V1_L
 
 
 def test_stats_walk_ignores_a_one_bit_allocation_on_the_last_bit() -> None:

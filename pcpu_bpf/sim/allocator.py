@@ -38,11 +38,11 @@ from pcpu_bpf.sim.chunk import MIN_ALLOC_SIZE, PAGE_SIZE, Chunk
 from pcpu_bpf.sim.geometry import CONFIG_L, Geometry
 from pcpu_bpf.sim.pool import (
     DEFAULT_PCPU_BASE_ADDR,
-    DEFAULT_TOP_ADDR,
     PCPU_EMPTY_POP_PAGES_HIGH,
     PCPU_EMPTY_POP_PAGES_LOW,
     ChunkPool,
 )
+from pcpu_bpf.sim.vmalloc import VMALLOC_END
 
 PCPU_MIN_UNIT_SIZE = 32 << 10  # also the largest allocation
 PCPU_SLOT_FAIL_THRESHOLD = 3
@@ -83,7 +83,7 @@ class Allocator(ChunkPool):
         *,
         balance: str = "manual",
         sink: Callable[[Event], None] | None = None,
-        top_addr: int = DEFAULT_TOP_ADDR,
+        vmalloc_end: int = VMALLOC_END,
         per_cpu_delta: int = DEFAULT_PER_CPU_DELTA,
         pcpu_base_addr: int = DEFAULT_PCPU_BASE_ADDR,
     ) -> None:
@@ -93,7 +93,7 @@ class Allocator(ChunkPool):
         super().__init__(
             g,
             sink if sink is not None else self.events.append,
-            top_addr=top_addr,
+            vmalloc_end=vmalloc_end,
             pcpu_base_addr=pcpu_base_addr,
         )
         self.per_cpu_delta = per_cpu_delta

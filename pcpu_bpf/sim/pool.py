@@ -9,6 +9,7 @@ make population or chunk creation fail.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable
 
 from pcpu_bpf.model.events import Event, PercpuCreateChunk, PercpuDestroyChunk
@@ -20,13 +21,13 @@ from pcpu_bpf.sim.chunk import (
     size_to_slot_raw,
 )
 from pcpu_bpf.sim.geometry import Geometry
+from pcpu_bpf.sim.vmalloc import VMALLOC_END, VmSpace
 
 # Empty populated pages kept for atomic allocations: below LOW an allocation schedules
 # the balance work, which populates up to HIGH; above HIGH a free may reclaim a chunk.
 PCPU_EMPTY_POP_PAGES_LOW = 2
 PCPU_EMPTY_POP_PAGES_HIGH = 4
 
-DEFAULT_TOP_ADDR = 0xFFFFE90000000000
 # pcpu_base_addr B: any page-aligned direct-map address; chosen so B + D lands in the
 # kernel image the way __per_cpu_start does on 6.18 (__addr_to_pcpu_ptr() maps B there).
 DEFAULT_PCPU_BASE_ADDR = 0xFFFF888627A00000
@@ -40,7 +41,7 @@ class ChunkPool:
         geometry: Geometry,
         emit: Callable[[Event], None],
         *,
-        top_addr: int = DEFAULT_TOP_ADDR,
+        vmalloc_end: int = VMALLOC_END,
         pcpu_base_addr: int = DEFAULT_PCPU_BASE_ADDR,
     ) -> None:
         g = geometry
@@ -62,13 +63,11 @@ class ChunkPool:
         self._fail_create = 0
         # pcpu_stats.nr_chunks and nr_max_chunks (mm/percpu-internal.h)
         self.nr_chunks = self.nr_max_chunks = 0
-        # vm areas handed out top-down, as pcpu_get_vm_areas() does: deterministic bases
-        span = g.nr_units * g.unit_size + PAGE_SIZE
-        self._span = -(-span // g.atom_size) * g.atom_size
-        self._top = top_addr
-        self._next_base = top_addr
-        self._free_bases: list[int] = []
+        # each dynamic chunk's vm area: all units of the one group, no guard page
+        self.area_size = g.nr_units * g.unit_size
+        self.vm = VmSpace(nr_cpus=g.nr_possible_cpus, vmalloc_end=vmalloc_end)
         self._by_base: dict[int, Chunk] = {}
+        self._bases: list[int] = []  # the keys of _by_base, ascending
         self._boot()
 
     # ---- boot: pcpu_setup_first_chunk() -----------------------------------------------
@@ -144,13 +143,11 @@ class ChunkPool:
                 < c.base_addr + c.nr_pages * PAGE_SIZE - c.end_offset
             ):
                 return c
-        if addr >= self._top:
+        i = bisect.bisect_right(self._bases, addr) - 1
+        if i < 0:
             return None
-        k = -(-(self._top - addr) // self._span)
-        c = self._by_base.get(self._top - k * self._span)
-        if c is None or addr >= c.base_addr + self.unit_size:
-            return None
-        return c
+        c = self._by_base[self._bases[i]]
+        return c if addr < c.base_addr + self.unit_size else None
 
     def chunk_slot(self, c: Chunk) -> int:
         """pcpu_chunk_slot(): the slot the chunk's hints call for (may differ from its list)."""
@@ -233,14 +230,11 @@ class ChunkPool:
         if self._fail_create:
             self._fail_create -= 1
             return None
-        if self._free_bases:
-            base = max(self._free_bases)  # vmalloc is top-down: highest free area first
-            self._free_bases.remove(base)
-        else:
-            self._next_base -= self._span
-            base = self._next_base
+        base = self.vm.get_area(self.area_size, self.geometry.atom_size)
+        if base is None:
+            return None
         c = Chunk(self.unit_pages, base, self.counters)
-        self._by_base[base] = c
+        self._add(c)
         self.nr_chunks += 1
         self.nr_max_chunks = max(self.nr_max_chunks, self.nr_chunks)
         self._emit(PercpuCreateChunk(base))
@@ -251,5 +245,10 @@ class ChunkPool:
         self.nr_chunks -= 1
         self._emit(PercpuDestroyChunk(c.base_addr))
         del self._by_base[c.base_addr]
-        self._free_bases.append(c.base_addr)
+        self._bases.remove(c.base_addr)
+        self.vm.free_area(c.base_addr, self.area_size)
         c.list_slot = None
+
+    def _add(self, c: Chunk) -> None:
+        self._by_base[c.base_addr] = c
+        bisect.insort(self._bases, c.base_addr)
