@@ -52,6 +52,11 @@ _U64 = (1 << 64) - 1
 DEFAULT_PER_CPU_DELTA = 0x77795BEF9000
 
 
+def _bits(size: int) -> int:
+    """Bitmap bits of a request: the size rounded up to PCPU_MIN_ALLOC_SIZE."""
+    return (size + MIN_ALLOC_SIZE - 1) // MIN_ALLOC_SIZE
+
+
 @dataclass(frozen=True, slots=True)
 class BalancePolicy:
     """When the simulated balance work runs: "manual", "eager" or "every:N" operations."""
@@ -197,6 +202,81 @@ class Allocator(ChunkPool):
                 self._fail(reserved, is_atomic, size, align)
                 return None
             self.relocate(new, -1)  # head of the free slot; goto restart
+
+    # ---- a chunk chosen from outside: known states and recordings ---------------------
+
+    def search_chunk(self, c: Chunk, size: int, align: int, *, gfp: int = GFP_KERNEL) -> int | None:
+        """The byte offset the allocation path would take in chunk ``c`` (its
+        pcpu_find_block_fit() and pcpu_alloc_area() search), or None; nothing changes."""
+        bits, bit_align = _bits(size), _bits(max(align, 4))
+        start = c.find_block_fit(bits, bit_align, not gfp & GFP_DIRECT_RECLAIM)
+        if start < 0:
+            return None
+        off = c.alloc_area(bits, bit_align, start, dry_run=True)
+        return off if off >= 0 else None
+
+    def alloc_in_chunk(
+        self,
+        c: Chunk,
+        size: int,
+        align: int,
+        *,
+        at: int | None = None,
+        reserved: bool = False,
+        gfp: int = GFP_KERNEL,
+        call_site: int = 0,
+    ) -> int | None:
+        """An allocation in chunk ``c``, where its search lands, or at byte offset ``at``
+        (the kernel's choice, from a recording): statistics, population and the event as
+        pcpu_alloc_noprof() does them. The pointer, or None when it does not fit there
+        (nothing changed) or population failed (fail event)."""
+        self._ops += 1
+        is_atomic = not gfp & GFP_DIRECT_RECLAIM
+        size = _bits(size) * MIN_ALLOC_SIZE
+        align = max(align, 4)
+        bits = size // MIN_ALLOC_SIZE
+        oslot = c.slot(self.free_slot, self.unit_size)
+        if at is None:
+            start = c.find_block_fit(bits, align // 4, is_atomic)
+            off = c.alloc_area(bits, align // 4, start) if start >= 0 else -1
+            if off < 0:
+                return None
+        else:
+            if at % MIN_ALLOC_SIZE or not c.is_free(at // MIN_ALLOC_SIZE, bits):
+                return None
+            c.place(at // MIN_ALLOC_SIZE, bits)
+            off = at
+        self.relocate(c, oslot)
+        self.reintegrate(c)
+        ptr = self._found(c, off, size, align, reserved, is_atomic, gfp, call_site)
+        self._after_op()
+        return ptr
+
+    def seed(self, c: Chunk, off: int, size: int) -> None:
+        """A live allocation of a known state at byte offset ``off``: maps, hints and the
+        statistics, no event, no population (the state says which pages are backed)."""
+        bits = _bits(size)
+        if off % MIN_ALLOC_SIZE or not c.is_free(off // MIN_ALLOC_SIZE, bits):
+            raise ValueError(f"{size} bytes at offset {off} are not free in the chunk")
+        oslot = c.slot(self.free_slot, self.unit_size)
+        c.place(off // MIN_ALLOC_SIZE, bits)
+        self.relocate(c, oslot)
+        size = bits * MIN_ALLOC_SIZE
+        self.nr_alloc += 1
+        self.nr_cur_alloc += 1
+        self.nr_max_alloc = max(self.nr_max_alloc, self.nr_cur_alloc)
+        self.min_alloc_size = min(self.min_alloc_size, size)
+        self.max_alloc_size = max(self.max_alloc_size, size)
+        c.nr_alloc += 1
+        c.max_alloc_size = max(c.max_alloc_size, size)
+
+    def release_chunk(self, c: Chunk) -> None:
+        """Depopulate and destroy a dynamic chunk now (a recording says the kernel did)."""
+        self.unlink(c)
+        for rs, re in c.page_runs(True):
+            c.chunk_depopulated(rs, re)  # an isolated chunk's pages left the global count
+        c.isolated = False
+        self.destroy_chunk(c)
 
     def _alloc_area(self, c: Chunk, bits: int, align: int, start: int) -> int:
         """pcpu_alloc_area(): the chunk work plus the relocate."""

@@ -625,8 +625,10 @@ class Chunk:
         s_off = 0 if lb == s_off else lb + 1  # extend left over alignment padding
         block_update(self.md_blocks[k], s_off, e_off)
 
-    def alloc_area(self, alloc_bits: int, align: int, start: int) -> int:
-        """pcpu_alloc_area() minus the relocate: byte offset, or -1 with no side effect."""
+    def alloc_area(self, alloc_bits: int, align: int, start: int, *, dry_run: bool = False) -> int:
+        """pcpu_alloc_area() minus the relocate: byte offset, or -1 with no side effect.
+
+        ``dry_run`` only searches: the offset it would take, nothing changed."""
         end = start + alloc_bits + BLOCK_BITS  # bounded search window
         if end > self.map_bits:
             end = self.map_bits
@@ -666,6 +668,8 @@ class Chunk:
                     largest_bits = run
             s = idx + run + 1
         off = base + idx
+        if dry_run:
+            return off * MIN_ALLOC_SIZE
         self._frag = None  # amap and bmap change below
         if largest_bits:
             self._block_update_scan(largest_off, largest_bits)
@@ -704,6 +708,49 @@ class Chunk:
             m.first_free = b0
         self.hint_free(b0, b1 - b0)
         return (b1 - b0) * MIN_ALLOC_SIZE
+
+    def is_free(self, bit_off: int, bits: int) -> bool:
+        """No bit of [bit_off, bit_off + bits) is allocated (and the range is in the map)."""
+        if bit_off < 0 or bits <= 0 or bit_off + bits > self.map_bits:
+            return False
+        return self._next_set(self.amap, bit_off, bit_off + bits) == bit_off + bits
+
+    def place(self, bit_off: int, bits: int) -> None:
+        """pcpu_alloc_area() after its search, at an offset chosen elsewhere (a known state,
+        or the kernel's choice in a recording): maps, free bytes, first_free, hints."""
+        self._frag = None
+        self._amap_set(bit_off, bits)
+        self._bound_alloc(bit_off, bits)
+        self.free_bytes -= bits * MIN_ALLOC_SIZE
+        m = self.chunk_md
+        if bit_off == m.first_free:
+            m.first_free = self._next_zero(bit_off + bits, self.map_bits)
+        self.hint_alloc(bit_off, bits)
+
+    def largest_free_run(self) -> int:
+        """The longest run of free bits, from the bitmap itself (hints may be stale)."""
+        best = run = 0
+        for x in self.amap:
+            z = ~x & _FULL
+            pos = 0
+            while z:  # each run of free bits in the block, ascending
+                lo = _ffs(z)
+                t = z >> lo
+                n = (t ^ (t + 1)).bit_length() - 1
+                if pos + lo:  # an allocated bit ends the run carried so far
+                    best = max(best, run)
+                    run = 0
+                run += n
+                pos += lo + n
+                z = t >> n
+            if pos < BLOCK_BITS:  # the block ends allocated
+                best = max(best, run)
+                run = 0
+        return max(best, run)
+
+    def page_fill(self) -> list[int]:
+        """Allocated bits in each page (= block), hidden boot areas included."""
+        return [x.bit_count() for x in self.amap]
 
     def hide(self, start: int, n: int, bounds: tuple[int, int]) -> None:
         """pcpu_alloc_first_chunk(): mark [start, start+n) allocated, hiding it."""

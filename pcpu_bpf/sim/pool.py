@@ -225,19 +225,37 @@ class ChunkPool:
 
     # ---- chunk life cycle (mm/percpu-vm.c) --------------------------------------------
 
-    def create_chunk(self) -> Chunk | None:
-        """pcpu_create_chunk() (vm backend): unpopulated, on no list, event emitted."""
+    def create_chunk(self, base: int | None = None) -> Chunk | None:
+        """pcpu_create_chunk() (vm backend): unpopulated, on no list, event emitted.
+
+        ``base`` puts the chunk's vm area there instead of where pcpu_get_vm_areas() would
+        (a replay giving a chunk the base the kernel gave it)."""
         if self._fail_create:
             self._fail_create -= 1
             return None
-        base = self.vm.get_area(self.area_size, self.geometry.atom_size)
+        c = self._new_chunk(base)
+        if c is not None:
+            self._emit(PercpuCreateChunk(c.base_addr))
+        return c
+
+    def restore_chunk(self, base: int | None = None) -> Chunk:
+        """A dynamic chunk that already existed (a known state): no event, on no list."""
+        c = self._new_chunk(base)
+        if c is None:
+            raise ValueError("no vm area left for a chunk")
+        return c
+
+    def _new_chunk(self, base: int | None) -> Chunk | None:
         if base is None:
-            return None
+            base = self.vm.get_area(self.area_size, self.geometry.atom_size)
+            if base is None:
+                return None
+        else:
+            self.vm.take(base, self.area_size)
         c = Chunk(self.unit_pages, base, self.counters)
         self._add(c)
         self.nr_chunks += 1
         self.nr_max_chunks = max(self.nr_max_chunks, self.nr_chunks)
-        self._emit(PercpuCreateChunk(base))
         return c
 
     def destroy_chunk(self, c: Chunk) -> None:

@@ -68,12 +68,23 @@ class VmSpace:
                 return addr - size
         return None
 
+    def take(self, base: int, size: int) -> None:
+        """Take [base, base + size), purging the lazy areas first if it is not free yet."""
+        if not self.is_free(base, size):
+            self.purge()
+        self.reserve(base, size)
+
+    def is_free(self, base: int, size: int) -> bool:
+        """[base, base + size) lies inside one free area."""
+        i = bisect.bisect_right(self._free, (base, 1 << 64)) - 1
+        return i >= 0 and self._free[i][0] <= base and base + size <= self._free[i][1]
+
     def reserve(self, base: int, size: int) -> None:
         """Take [base, base + size) out of the free areas (it must be free)."""
+        if not self.is_free(base, size):
+            raise ValueError(f"vm area {base:#x}+{size:#x} is not free")
         end = base + size
         i = bisect.bisect_right(self._free, (base, 1 << 64)) - 1
-        if i < 0 or not (self._free[i][0] <= base and end <= self._free[i][1]):
-            raise ValueError(f"vm area {base:#x}+{size:#x} is not free")
         start, stop = self._free.pop(i)
         pieces = [(a, b) for a, b in ((start, base), (end, stop)) if a < b]
         self._free[i:i] = pieces
