@@ -6,6 +6,8 @@ PcpuError                  root: the CLI turns any of these into a one-line erro
 ├── ProgramLoadError       bcc failed to compile or attach a program (carries bcc's text)
 ├── ScenarioError          unknown scenario or bad simulator parameters
 ├── StatsParseError        a percpu_stats or meminfo text that does not parse
+├── RecordingError         a recording or tracefs trace that does not parse, or that
+│                          contradicts itself (names the line)
 ├── ListenError            the daemon cannot bind its listen address
 └── WebConfigError         a --web-config file (TLS, basic auth) that cannot be used
 """
@@ -31,6 +33,10 @@ class ScenarioError(PcpuError):
 
 class StatsParseError(PcpuError):
     """Kernel statistics text that does not parse; the message names the line."""
+
+
+class RecordingError(PcpuError):
+    """A recording or trace that cannot be read or replayed; the message names the line."""
 
 
 class ListenError(PcpuError):

@@ -81,7 +81,9 @@ def exposition(snapshot: Snapshot) -> str:
 
 
 def what_the_exposition_carries(snap: Snapshot) -> Snapshot:
-    """``snap`` without what /metrics does not carry: per-chunk lines, error reasons."""
+    """``snap`` without what /metrics does not carry: per-chunk lines, error reasons, the
+    chunk map."""
+    snap = dataclasses.replace(snap, chunk_map=None)
     ks = snap.kernel_stats
     if ks is None:
         return snap

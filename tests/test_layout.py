@@ -13,6 +13,7 @@ FLOORS: dict[str, int] = {
     "pcpu_bpf.model": 1,
     "pcpu_bpf.kernel": 2,
     "pcpu_bpf.bpf": 2,
+    "pcpu_bpf.recording": 2,
     "exporters": 2,
     "pcpu_bpf.sim": 3,
     "pcpu_bpf.doctor": 3,

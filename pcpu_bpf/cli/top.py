@@ -64,6 +64,9 @@ Examples:
   pcpu-top --sizes        # the requested sizes, as a histogram
   pcpu-top -s fails       # failure classes first
   pcpu-top --json 1 10    # ten JSON documents, one per line
+  pcpu-top --chunks --backend sim --scenario fragmentation
+                          # each chunk as a row of pages (the live
+                          # kernel: percpu_stats figures, no pages)
   pcpu-top --backend sim --scenario leak 1 2
   pcpu-top --from {DEFAULT_URL}
 """
@@ -112,6 +115,12 @@ def _quiet_broken_pipe() -> None:
     "--sizes", is_flag=True, help="Draw the requested sizes as a histogram instead of the table."
 )
 @click.option(
+    "--chunks",
+    is_flag=True,
+    help="Show each chunk as a row of pages with its free bytes, largest free run and "
+    "fragmentation, instead of the call-site table.",
+)
+@click.option(
     "-r",
     "--limit",
     type=click.IntRange(min=0),
@@ -151,6 +160,7 @@ def main(
     sort: str,
     min_age: float | None,
     sizes: bool,
+    chunks: bool,
     limit: int,
     as_json: bool,
     backend: str,
@@ -169,6 +179,8 @@ def main(
     deps = ctx.obj if isinstance(ctx.obj, TopDeps) else TopDeps()
     if live and as_json:
         raise click.UsageError("--live redraws a terminal; --json writes lines: choose one")
+    if chunks and sizes:
+        raise click.UsageError("--chunks and --sizes are two views: choose one")
     if sizes and as_json:
         raise click.UsageError("--sizes draws a histogram; --json writes lines: choose one")
     if min_age is not None and from_url is not None:
@@ -195,6 +207,8 @@ def main(
             source=source.label,
             sizes=sizes,
             min_age=min_age,
+            chunks=chunks,
+            block_glyphs=_utf8_terminal(out),
         )
         if live and deps.keys is None and is_terminal(sys.stdin):
             deps.keys = Keyboard
@@ -209,6 +223,13 @@ def main(
         _quiet_broken_pipe()
     except PcpuError as exc:
         raise click.ClickException(first_line(exc)) from exc
+
+
+def _utf8_terminal(out: object) -> bool:
+    """Block glyphs only where a person reads a UTF-8 terminal; pipes get plain ASCII."""
+    isatty = getattr(out, "isatty", None)
+    encoding = str(getattr(out, "encoding", "") or "").lower().replace("-", "")
+    return bool(isatty and isatty()) and encoding == "utf8"
 
 
 def _open(

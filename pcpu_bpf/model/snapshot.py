@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import Any
 
 from pcpu_bpf.model.breakdown import Breakdown
+from pcpu_bpf.model.chunk_map import ChunkMap
 from pcpu_bpf.model.events import ALL_FIELDS
 from pcpu_bpf.model.kernel_stats import KernelStats
 from pcpu_bpf.model.layout import DROP_REASONS, NR_SIZE_SLOTS, SIZE_BUCKETS
@@ -170,6 +171,8 @@ class Snapshot:
     ages: LiveAges | None = None
     # meminfo's Percpu in parts (model/breakdown.py), computed with the kernel stats.
     breakdown: Breakdown | None = None
+    # Each chunk's pages and free space, where the backend knows them.
+    chunk_map: ChunkMap | None = None
     by_call_site: Mapping[str, SiteRecord] = field(init=False, repr=False, compare=False)
     totals: SiteRecord = field(init=False, repr=False, compare=False)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from pcpu_bpf.model.chunk_map import ChunkMap
 from pcpu_bpf.model.layout import SIZE_BUCKETS
 from pcpu_bpf.model.snapshot import SizeHistogram, Snapshot
 
@@ -51,6 +52,7 @@ def snapshot_to_dict(s: Snapshot) -> dict[str, Any]:
         "profiler_percpu_bytes": s.profiler_percpu_bytes,
         "breakdown": None,
         "ages": None,
+        "chunk_map": None,
     }
     if s.breakdown is not None:
         b = s.breakdown
@@ -98,4 +100,21 @@ def snapshot_to_dict(s: Snapshot) -> dict[str, Any]:
         out["programs"] = {n: dataclasses.asdict(p) for n, p in sorted(s.programs.items())}
     if s.maps is not None:
         out["maps"] = {n: dataclasses.asdict(m) for n, m in sorted(s.maps.items())}
+    if s.chunk_map is not None:
+        out["chunk_map"] = chunk_map_to_dict(s.chunk_map)
     return out
+
+
+def chunk_map_to_dict(m: ChunkMap) -> dict[str, Any]:
+    """A ChunkMap as JSON-ready data, with each chunk's fragmentation."""
+    return {
+        "note": m.note,
+        "chunks": [
+            {
+                **dataclasses.asdict(c),
+                "base_addr": None if c.base_addr is None else f"{c.base_addr:#x}",
+                "fragmentation": c.fragmentation,
+            }
+            for c in m.chunks
+        ],
+    }

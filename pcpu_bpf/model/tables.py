@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from pcpu_bpf.model.breakdown import Breakdown
+from pcpu_bpf.model.chunk_map import ChunkMap
 from pcpu_bpf.model.kernel_stats import KernelStats
 from pcpu_bpf.model.layout import (
     DROP_REASONS,
@@ -107,6 +108,7 @@ class SnapshotContext:
     memcg_extension: bool = True
     ages: LiveAges | None = None
     breakdown: Breakdown | None = None
+    chunk_map: ChunkMap | None = None
 
 
 def address_key(values: tuple[int, ...]) -> SiteAddressKey:
@@ -197,4 +199,5 @@ def tables_to_snapshot(
         profiler_percpu_bytes=ctx.profiler_percpu_bytes,
         ages=ctx.ages,
         breakdown=ctx.breakdown,
+        chunk_map=ctx.chunk_map,
     )

@@ -149,6 +149,10 @@ class ChunkPool:
         c = self._by_base[self._bases[i]]
         return c if addr < c.base_addr + self.unit_size else None
 
+    def dynamic_chunks(self) -> list[Chunk]:
+        """The live dynamic chunks, oldest first."""
+        return list(self._by_base.values())
+
     def chunk_slot(self, c: Chunk) -> int:
         """pcpu_chunk_slot(): the slot the chunk's hints call for (may differ from its list)."""
         return c.slot(self.free_slot, self.unit_size)

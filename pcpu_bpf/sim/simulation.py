@@ -22,6 +22,7 @@ from pcpu_bpf.model.tables import (
 )
 from pcpu_bpf.sim.allocator import Allocator
 from pcpu_bpf.sim.geometry import CONFIG_L, Geometry
+from pcpu_bpf.sim.pictures import chunk_map
 from pcpu_bpf.sim.request import REQUEST_CALL_SITE, RequestOutcome
 from pcpu_bpf.sim.scenarios import BOOT, PROFILER, SYMBOLS, Workload, get_scenario
 
@@ -158,5 +159,6 @@ class Simulation:
             ),
             ages=fold.ages(nr_units=units, site_of=lambda k: site_key(k, self.symbolizer.resolve)),
             breakdown=parts,
+            chunk_map=chunk_map(self.allocator),
         )
         return self.aggregator.snapshot(ctx)

@@ -19,6 +19,7 @@ from typing import TextIO
 
 from pcpu_bpf.backends import CONSTRUCTORS, Backend, Constructor
 from pcpu_bpf.model.snapshot import Snapshot
+from pcpu_bpf.top.chunks import ASCII_GLYPHS, BLOCK_GLYPHS, render_chunks, render_chunks_json
 from pcpu_bpf.top.keys import KeySource, NoKeys
 from pcpu_bpf.top.render import DETAIL, Layout, render_json, render_text
 from pcpu_bpf.top.view import DEFAULT_SORT, View, build_view
@@ -72,6 +73,8 @@ class TopOptions:
     source: str = ""  # names the data source on the first header line
     sizes: bool = False  # the size distribution instead of the call-site table
     min_age: float | None = None  # only allocations live at least this long
+    chunks: bool = False  # the chunk view instead of the call-site table
+    block_glyphs: bool = False  # draw pages with block characters (a UTF-8 terminal)
 
 
 @dataclass
@@ -123,7 +126,9 @@ def run_top(
             view = build_view(before, after, from_start=from_start, min_age=opts.min_age)
             _remember(screen, view)
             screen.view, screen.clock = view, deps.clock_text()
-            if opts.as_json:
+            if opts.chunks:
+                _write_chunks(after, out, opts, deps)
+            elif opts.as_json:
                 out.write(
                     render_json(
                         view,
@@ -207,4 +212,16 @@ def _draw(
         layout=layout,
     )
     # Redraw in place only on a terminal; elsewhere frames follow one another, plain.
+    out.write((CLEAR if opts.live and terminal else "\n") + text)
+
+
+def _write_chunks(snapshot: Snapshot, out: TextIO, opts: TopOptions, deps: TopDeps) -> None:
+    """One chunk view: the state at the end of the interval, not a rate."""
+    source = opts.source or snapshot.backend
+    if opts.as_json:
+        out.write(render_chunks_json(snapshot, source=source, time=deps.iso_time()) + "\n")
+        return
+    glyphs = BLOCK_GLYPHS if opts.block_glyphs else ASCII_GLYPHS
+    text = render_chunks(snapshot, source=source, clock=deps.clock_text(), glyphs=glyphs)
+    terminal = deps.terminal_lines() is not None
     out.write((CLEAR if opts.live and terminal else "\n") + text)

@@ -1,0 +1,71 @@
+"""A recording as data: its header, and the percpu events with who, where and when."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from pcpu_bpf.model.events import Event
+
+FORMAT_JSONL = "jsonl"
+FORMAT_TRACEFS = "tracefs"
+
+# Keys of the header's geometry: struct pcpu_alloc_info's sizes and the CPUs.
+GEOMETRY_KEYS: dict[str, type] = {
+    "nr_possible_cpus": int,
+    "nr_units": int,
+    "unit_size": int,
+    "static_size": int,
+    "reserved_size": int,
+    "dyn_size": int,
+    "atom_size": int,
+    "alloc_size": int,
+    "memcg_kmem": bool,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    """One percpu event and what the recorder knew about it."""
+
+    line: int  # 1-based line of the file
+    event: Event
+    cpu: int | None = None
+    timestamp: float | None = None  # seconds on the recorder's clock
+    pid: int | None = None
+    tgid: int | None = None
+    comm: str | None = None
+    cgroup: int | None = None  # cgroup v2 id
+    # The call site as text: the symbol a tracefs trace prints (``func+0x59/0x130``),
+    # or the hex address. The event's call_site holds the number when there is one.
+    call_site_text: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingHeader:
+    """What a JSON Lines recording says about the machine before its first event."""
+
+    version: int
+    kernel: str | None = None
+    started: str | None = None  # ISO 8601 wall-clock time
+    clock: str | None = None
+    geometry: Mapping[str, int | bool] | None = None  # GEOMETRY_KEYS
+    percpu_stats: str | None = None  # the debugfs text at the start
+
+
+@dataclass(frozen=True, slots=True)
+class Recording:
+    """A parsed recording or tracefs trace."""
+
+    format: str  # FORMAT_JSONL or FORMAT_TRACEFS
+    events: tuple[RecordedEvent, ...]
+    header: RecordingHeader | None = None
+    # Events the recorder could not keep (a full buffer): the file says how many.
+    lost: int = 0
+    # Pointers printed hashed (%p with hash-ptr): chunks and allocations are still told
+    # apart, but addresses mean nothing.
+    hashed_pointers: bool = False
+    # Lines that were percpu events of no kind this reader knows, or other events.
+    skipped_lines: int = 0
+    end: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
