@@ -45,7 +45,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--update-golden",
         action="store_true",
-        help="rewrite tests/fixtures/metrics/*.prom from the current output",
+        help="rewrite the golden files (tests/fixtures/metrics, tests/fixtures/chunks) "
+        "from the current output",
     )
 
 

@@ -133,9 +133,12 @@ def _text(report: ReplayReport, file: Path, where: str) -> list[str]:
     rec, p, r = report.recording, report.placements, report.recorded
     pointers = "hashed pointers" if rec.hashed_pointers else "real pointers"
     kind = "pcpu-bpf recording" if rec.format == "jsonl" else "tracefs trace"
-    lost = f"{r.lost} lost" if r.lost else "none lost"
+    lost = f"{r.lost} LOST: the replay cannot be exact" if r.lost else "none lost"
+    if r.overwritten or r.left_out:
+        lost += f"; {r.overwritten} overwritten before, {r.left_out} left out"
     out = [
-        f"{file}: {kind}, {pointers}, {r.events} events ({lost})",
+        f"{file}",
+        f"  {kind}, {pointers}, {r.events} events ({lost})",
         f"  {r.allocations} allocations, {r.frees} frees, {r.failures} failures, "
         f"{r.chunks_created} chunks created, {r.chunks_destroyed} destroyed",
         f"geometry: {_geometry_text(report.geometry)}",
@@ -144,20 +147,34 @@ def _text(report: ReplayReport, file: Path, where: str) -> list[str]:
         "placements (the kernel's chunk, the simulator's offset):",
         f"  checked {p.checked} allocations in chunks created during the recording: "
         f"{p.differ} differ",
-        f"  unchecked {p.unchecked} in the {r.chunks_before} chunks that existed before "
-        f"(seeded with {p.seeds} allocations, {human_bytes(p.seed_bytes)})",
-        f"  frees applied early {p.reordered}, events that did not apply {p.conflicts}",
+        *(
+            [f"    (* {p.differ_concurrent} of them beside another task's event within 50 us)"]
+            if p.differ_concurrent
+            else []
+        ),
+        f"  unchecked {p.unchecked} in the {r.chunks_before} chunks that existed before",
+        f"    (seeded with {p.seeds} allocations, {human_bytes(p.seed_bytes)})",
+        f"  applied before their turn {p.reordered} (traced late), did not apply {p.conflicts}",
     ]
+    if p.implied_frees:
+        out.append(f"  freed untraced {p.implied_frees} (the kernel put a later allocation there)")
+    if not rec.hashed_pointers:
+        out.insert(
+            -1,
+            f"  pointers differ {p.pointers_differ}; new chunks at the simulator's own "
+            f"bases: {p.bases_checked - p.bases_differ} of {p.bases_checked}",
+        )
     if p.unchecked_atomic:
         out.insert(
             -1,
-            f"  unchecked {p.unchecked_atomic} atomic ones in new chunks (page population is "
-            "not in the recording)",
+            f"  unchecked {p.unchecked_atomic} atomic ones in new chunks (population is not "
+            "recorded)",
         )
     for d in p.differences:
-        model = "no room" if d.model_off is None else f"offset {d.model_off}"
+        model = "no room" if d.model_off is None else f"{d.model_off}"
+        near = " *" if d.concurrent else ""
         out.append(
-            f"  line {d.line}: the kernel took offset {d.recorded_off}, the simulator {model}"
+            f"  line {d.line}: the kernel took {d.recorded_off}, the simulator {model}{near}"
         )
     out += [f"  {c}" for c in p.conflict_lines]
     out += [
@@ -183,7 +200,8 @@ def _what_if(report: ReplayReport, base: WorkloadResult, alt: WorkloadResult) ->
 
     return [
         f"what if: {_geometry_text(alt.geometry)}",
-        "  the same requests and frees; the simulator places, creates and destroys chunks itself",
+        "  the same requests and frees; the simulator places the allocations and",
+        "  creates and destroys the chunks itself",
         f"  (live at the start, estimated: {base.start_allocations} allocations, "
         f"{human_bytes(base.start_bytes)})",
         row("", "recorded", "baseline", "what-if"),

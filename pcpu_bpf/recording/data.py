@@ -40,6 +40,9 @@ class RecordedEvent:
     # The call site as text: the symbol a tracefs trace prints (``func+0x59/0x130``),
     # or the hex address. The event's call_site holds the number when there is one.
     call_site_text: str | None = None
+    # A free's size in bytes, where the recorder saw it (pcpu_free_area() returns it);
+    # the free tracepoint has no size field.
+    size: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,11 +64,16 @@ class Recording:
     format: str  # FORMAT_JSONL or FORMAT_TRACEFS
     events: tuple[RecordedEvent, ...]
     header: RecordingHeader | None = None
-    # Events the recorder could not keep (a full buffer): the file says how many.
+    # Events the recorder could not keep (a full buffer) between the first and the last
+    # event: the file says how many. The replay cannot be exact after a loss.
     lost: int = 0
+    # The oldest events a wrapped ring buffer overwrote: before the first event kept.
+    overwritten: int = 0
     # Pointers printed hashed (%p with hash-ptr): chunks and allocations are still told
     # apart, but addresses mean nothing.
     hashed_pointers: bool = False
     # Lines that were percpu events of no kind this reader knows, or other events.
     skipped_lines: int = 0
+    # Events read but left out: before the point from which nothing was lost.
+    left_out: int = 0
     end: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))

@@ -81,6 +81,8 @@ def event_line(rec: RecordedEvent) -> str:
         )
     elif isinstance(e, PercpuFree):
         obj.update(base_addr=_hex(e.base_addr), off=e.off, ptr=_hex(e.ptr))
+        if rec.size is not None:
+            obj["size"] = rec.size
     elif isinstance(e, PercpuAllocFail):
         obj.update(reserved=e.reserved, is_atomic=e.is_atomic, size=e.size, align=e.align)
     else:
@@ -301,6 +303,7 @@ def parse_jsonl(lines: Iterable[str]) -> Recording:
                 comm=x.text("comm"),
                 cgroup=x.integer("cgroup", optional=True),
                 call_site_text=x.text("call_site") if kind == "percpu_alloc_percpu" else None,
+                size=x.integer("size", optional=True) if kind == "percpu_free_percpu" else None,
             )
         )
     if header is None:

@@ -5,8 +5,14 @@ optional ``(TGID)`` column and without the flags column when irq-info is off. Po
 are ``%p``: real addresses with hash-ptr off, 32-bit hashes otherwise. The call site is
 ``%pS``, a symbol (``func+0x59/0x130 [module]``) or a hex address, and gfp_flags are
 names (gfp.py). Comment lines are skipped, except that ``entries-in-buffer/
-entries-written`` tells how many events were overwritten; ``CPU:N [LOST M EVENTS]``
-lines (trace_pipe) are counted as lost. Other events in the same trace are skipped.
+entries-written`` tells how many of the oldest events were overwritten before the
+first one kept; ``CPU:N [LOST M EVENTS]`` lines (trace_pipe) are events lost on the
+way. Other events in the same trace are skipped.
+
+A ``trace`` whose ring buffer wrapped has lost its oldest events, each CPU's up to a
+different point, and marks where a CPU's surviving events start (``##### CPU N buffer
+started ####``). Before the last such mark some CPU's events are missing, so those
+events are left out (counted in ``Recording.left_out``): what remains is complete.
 """
 
 from __future__ import annotations
@@ -41,19 +47,21 @@ _HASHED_LIMIT = 1 << 32
 def parse_tracefs_text(lines: Iterable[str]) -> Recording:
     """Parse a trace; a line that is none of the shapes above is a RecordingError."""
     events: list[RecordedEvent] = []
-    lost = skipped = 0
+    lost = overwritten = skipped = left_out = 0
     for number, raw in enumerate(lines, 1):
         line = raw.rstrip("\n")
         if not line.strip():
             continue
+        if _BUFFER_STARTED.match(line.strip()):
+            left_out += len(events)
+            events.clear()
+            continue
         if line.startswith("#"):
             if m := _ENTRIES.search(line):
-                lost += max(int(m["written"]) - int(m["kept"]), 0)
+                overwritten += max(int(m["written"]) - int(m["kept"]), 0)
             continue
         if m := _LOST.match(line.strip()):
             lost += int(m["n"])
-            continue
-        if _BUFFER_STARTED.match(line.strip()):
             continue
         m = _LINE.match(line)
         if m is None:
@@ -86,6 +94,8 @@ def parse_tracefs_text(lines: Iterable[str]) -> Recording:
         lost=lost,
         hashed_pointers=bool(known) and all(b < _HASHED_LIMIT for b in known),
         skipped_lines=skipped,
+        left_out=left_out,
+        overwritten=overwritten,
     )
 
 

@@ -409,11 +409,12 @@ class Allocator(ChunkPool):
             self._balance_pending = True
             self.balance_log.append((self._ops, "requested"))
 
-    def run_balance(self) -> None:
-        """pcpu_balance_workfn(): run the balance work now (clears balance_pending)."""
+    def run_balance(self, *, chunks: bool = True) -> None:
+        """pcpu_balance_workfn(): run the balance work now (clears balance_pending);
+        ``chunks=False``: without creating or destroying chunks (see balance_workfn)."""
         self._balance_pending = False
         self.balance_log.append((self._ops, "run"))
-        balance_workfn(self)
+        balance_workfn(self, chunks=chunks)
 
     def _after_op(self) -> None:
         """Apply the balance policy after one alloc()/free() call."""

@@ -11,12 +11,17 @@ from pcpu_bpf.sim.chunk import BLOCK_BITS, PAGE_SIZE, Chunk, size_to_slot_raw
 from pcpu_bpf.sim.pool import PCPU_EMPTY_POP_PAGES_HIGH, ChunkPool
 
 
-def balance_workfn(pool: ChunkPool) -> None:
-    """pcpu_balance_workfn(): the four passes in the kernel's order."""
-    balance_free(pool, empty_only=False)
+def balance_workfn(pool: ChunkPool, *, chunks: bool = True) -> None:
+    """pcpu_balance_workfn(): the four passes in the kernel's order.
+
+    ``chunks=False`` leaves out what makes and unmakes chunks (the free passes, and the
+    creation in the populate pass): a replay takes those from its recording."""
+    if chunks:
+        balance_free(pool, empty_only=False)
     reclaim_populated(pool)
-    balance_populated(pool)
-    balance_free(pool, empty_only=True)
+    balance_populated(pool, create=chunks)
+    if chunks:
+        balance_free(pool, empty_only=True)
 
 
 def balance_free(pool: ChunkPool, empty_only: bool) -> None:
@@ -72,7 +77,7 @@ def reclaim_populated(pool: ChunkPool) -> None:
             pool.move(c, pool.sidelined_slot, False)
 
 
-def balance_populated(pool: ChunkPool) -> None:
+def balance_populated(pool: ChunkPool, *, create: bool = True) -> None:
     """pcpu_balance_populated(): keep PCPU_EMPTY_POP_PAGES_HIGH empty populated pages."""
     counters = pool.counters
     first_slot = size_to_slot_raw(PAGE_SIZE)
@@ -97,7 +102,7 @@ def balance_populated(pool: ChunkPool) -> None:
                     nr_to_pop = 0
                 if not nr_to_pop:
                     break
-        if not nr_to_pop:
+        if not nr_to_pop or not create:
             return
         new = pool.create_chunk()
         if new is None:

@@ -117,6 +117,13 @@ def _next_hint(b: BlockMd, alloc_bits: int) -> int:
     return b.first_free
 
 
+def _copy_md(b: BlockMd) -> BlockMd:
+    c = BlockMd.__new__(BlockMd)
+    for name in BlockMd.__slots__:
+        setattr(c, name, getattr(b, name))
+    return c
+
+
 class GlobalCounters:
     """The allocator-wide counters a chunk updates (pcpu_nr_empty_pop_pages, pcpu_nr_populated)."""
 
@@ -185,6 +192,20 @@ class Chunk:
         # frag_stats() memo: (start_offset, end_offset, result); None once amap or
         # bmap change (every writer of either map resets it)
         self._frag: tuple[int, int, tuple[int, int, int, int, int]] | None = None
+
+    def clone(self) -> Chunk:
+        """An independent copy of the maps and hints, for trying something out; its page
+        counts go to counters of its own, not to the allocator's."""
+        c = Chunk.__new__(Chunk)
+        for name in self.__slots__:
+            setattr(c, name, getattr(self, name))
+        c.amap = list(self.amap)
+        c.bmap = list(self.bmap)
+        c.md_blocks = [_copy_md(b) for b in self.md_blocks]
+        c.chunk_md = _copy_md(self.chunk_md)
+        c.counters = GlobalCounters()
+        c.list_slot = None
+        return c
 
     # ---- read-only views for tests ------------------------------------------------
 

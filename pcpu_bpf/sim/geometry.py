@@ -85,8 +85,10 @@ class Geometry:
 
     def changed(self, spec: str) -> Geometry:
         """This geometry with ``field=value,...`` applied (sizes take K, M or G; ``cpus=N``
-        sets the CPUs and their units)."""
+        sets the CPUs and their units). A unit_size above alloc_size raises alloc_size with
+        it, to the next multiple of atom_size, unless alloc_size is given too."""
         g = self
+        given: set[str] = set()
         for part in filter(None, (p.strip() for p in spec.split(","))):
             name, sep, value = part.partition("=")
             name = name.strip()
@@ -101,9 +103,12 @@ class Geometry:
             elif name in _INT_FIELDS:
                 change: dict[str, Any] = {name: _size(value, name)}
                 g = replace(g, **change)
+                given.add(name)
             else:
                 known = ", ".join(("cpus", *_INT_FIELDS, "memcg_kmem"))
                 raise ScenarioError(f"unknown geometry field {name!r}; known: {known}")
+        if "alloc_size" not in given and g.alloc_size < g.unit_size and g.atom_size > 0:
+            g = replace(g, alloc_size=-(-g.unit_size // g.atom_size) * g.atom_size)
         return g.check()
 
     def bytes_alloc(self, size: int) -> int:

@@ -59,6 +59,10 @@ class VmSpace:
             self.reserve(base, size)
         return base
 
+    def peek(self, size: int, align: int) -> int | None:
+        """Where get_area() would put an area now, before any purge; nothing changes."""
+        return self._find(size, align)
+
     def _find(self, size: int, align: int) -> int | None:
         top = self.vmalloc_end & ~(align - 1)
         low = -(-self.vmalloc_start // align) * align

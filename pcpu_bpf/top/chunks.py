@@ -102,7 +102,8 @@ def chunk_lines(m: ChunkMap, *, glyphs: dict[str, str] = ASCII_GLYPHS) -> list[s
         )
     )
     head = f"{'CHUNK':<{LABEL_WIDTH}}" + "".join(f" {h:>{w}}" for h, w in _COLUMNS) + " PAGES"
-    lines = [fit_line(f"{cell}: {legend}"), "", head]
+    drawn = any(c.pages is not None for c in m.chunks)
+    lines = [fit_line(f"{cell}: {legend}"), "", head] if drawn else [head]
     for c in m.chunks:
         frag = c.fragmentation
         cells = (

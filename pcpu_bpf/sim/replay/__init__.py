@@ -44,6 +44,8 @@ class RecordedCounts:
     chunks_created: int
     chunks_destroyed: int
     lost: int
+    overwritten: int  # before the first event: the recording started later, no loss
+    left_out: int  # events read but left out, from before the point nothing was lost
     chunks_before: int  # chunks its events name that existed before it
 
 
@@ -73,10 +75,16 @@ class ReplayReport:
             "allocations": self.recorded.allocations,
             "checked": p.checked,
             "differ": p.differ,
+            "differ_concurrent": p.differ_concurrent,
             "unchecked": p.unchecked + p.unchecked_atomic,
             "unchecked_atomic": p.unchecked_atomic,
             "reordered": p.reordered,
+            "pointers_differ": None if self.recording.hashed_pointers else p.pointers_differ,
+            "chunk_bases": None
+            if self.recording.hashed_pointers
+            else {"checked": p.bases_checked, "differ": p.bases_differ},
             "conflicts": p.conflicts,
+            "implied_frees": p.implied_frees,
             "chunks_created": p.chunks_created,
             "chunks_destroyed": p.chunks_destroyed,
             "recorded": asdict(self.recorded),
@@ -86,6 +94,7 @@ class ReplayReport:
             "seeds": {"allocations": p.seeds, "bytes": p.seed_bytes},
             "differences": [asdict(d) for d in p.differences],
             "conflict_lines": list(p.conflict_lines),
+            "implied_lines": list(p.implied_lines),
         }
         if self.what_if is not None and self.baseline is not None:
             out["baseline"] = _workload(self.baseline)
@@ -151,6 +160,8 @@ def replay(
         chunks_created=timeline.recorded_creates,
         chunks_destroyed=timeline.recorded_destroys,
         lost=recording.lost,
+        overwritten=recording.overwritten,
+        left_out=recording.left_out,
         chunks_before=sum(not c.created for c in timeline.chunks),
     )
     report = ReplayReport(

@@ -6,7 +6,8 @@ fully free, so everything in it is known. A chunk the events name before any cre
 one that existed before the recording: what it held then is known only where the
 recording frees it (an allocation made before the recording began). Those are the
 seeds; a free event has no size, so a seed's size is the most it can be: up to the
-next allocation known to have been live beside it, at most 32 KiB.
+next allocation known to have been live beside it, at most 32 KiB, unless the recorder
+wrote the size down beside the free.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class ChunkInfo:
     # (offset, event index of the free) of allocations made before the recording
     seed_frees: list[tuple[int, int]] = field(default_factory=list)
     seeds: dict[int, int] = field(default_factory=dict)  # offset -> size (an upper bound)
+    seed_sizes: dict[int, int] = field(default_factory=dict)  # offset -> size recorded
 
     @property
     def created(self) -> bool:
@@ -111,8 +113,11 @@ def build_timeline(recording: Recording, unit_size: int) -> Timeline:
             frees[i] = start
             if start is not None:
                 freed_by[start] = i
-            elif not c.created and e.off not in {off for off, _ in c.seed_frees}:
+            elif not c.created and e.off not in c.seeds:
+                c.seeds[e.off] = 0  # sized below, once every event is known
                 c.seed_frees.append((e.off, i))
+                if rec.size is not None and rec.size > 0:
+                    c.seed_sizes[e.off] = rec.size
         chunk_of.append(c.index)
 
     timeline = Timeline(chunks, chunk_of, freed_by, frees, creates, destroys, fails)
@@ -136,4 +141,5 @@ def _size_seeds(c: ChunkInfo, unit_size: int) -> None:
         j = bisect.bisect_right(made, off)
         if j < len(made):
             limit = min(limit, made[j])
-        c.seeds[off] = max(min(limit - off, MAX_ALLOC_SIZE), 4)
+        bound = max(min(limit - off, MAX_ALLOC_SIZE), 4)
+        c.seeds[off] = min(c.seed_sizes.get(off, bound), bound)
