@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 import pcpu_bpf.backends.bpf as bpf_backend
 from pcpu_bpf.backends.bpf import BpfBackend
-from pcpu_bpf.bpf.loader import default_bpf_dir, program_defines
+from pcpu_bpf.bpf.loader import default_bpf_dir, program_defines, recorder_defines
 from pcpu_bpf.bpf.tracefs import read_layout
 from pcpu_bpf.cli import main
 from pcpu_bpf.errors import BackendUnavailable
@@ -19,12 +19,14 @@ from pcpu_bpf.model.layout import MAX_TABLE_CAPACITY
 FIXTURES = Path(__file__).parent / "fixtures" / "tracefs"
 
 # What the C names itself or takes from bcc and the kernel headers.
-NOT_FROM_PYTHON = {"BPF_TABLE", "EEXIST"}
+NOT_FROM_PYTHON = {"BPF_TABLE", "EEXIST", "BPF_RINGBUF_OUTPUT"}
+PROFILER = ("pcpu.h", "pcpu.bpf.c")
+RECORDER = ("record.h", "record.bpf.c")
 
 
-def c_text() -> str:
-    """pcpu.bpf.c and pcpu.h, comments removed."""
-    text = "\n".join((default_bpf_dir() / name).read_text() for name in ("pcpu.h", "pcpu.bpf.c"))
+def c_text(names: tuple[str, str] = PROFILER) -> str:
+    """A program's header and source, comments removed."""
+    text = "\n".join((default_bpf_dir() / name).read_text() for name in names)
     return re.sub(r"/\*.*?\*/|//[^\n]*", "", text, flags=re.S)
 
 
@@ -34,9 +36,22 @@ def defines(version: str) -> dict[str, int]:
     )
 
 
-def test_the_sources_are_one_file_and_its_header() -> None:
+def test_the_sources_are_two_programs_each_one_file_and_its_header() -> None:
     names = sorted(p.name for p in default_bpf_dir().iterdir() if p.suffix in (".c", ".h"))
-    assert names == ["pcpu.bpf.c", "pcpu.h"]
+    assert names == sorted(PROFILER + RECORDER)
+
+
+def recorder(version: str) -> dict[str, int]:
+    return recorder_defines(read_layout(FIXTURES / version), ring_pages=16)
+
+
+def test_the_recorder_uses_every_define_and_only_those() -> None:
+    text = c_text(RECORDER)
+    used = set(re.findall(r"\b[A-Z][A-Z0-9_]+\b", text)) - NOT_FROM_PYTHON
+    assert used == set(recorder("6.18")), used ^ set(recorder("6.18"))
+    assert not set(re.findall(r"^\s*#\s*define\s+(\w+)", text, flags=re.M))
+    for name in set(recorder("6.18")) - set(recorder("5.15")):
+        assert f"#ifdef {name}" in text, name
 
 
 def test_c_defines_no_shared_number() -> None:

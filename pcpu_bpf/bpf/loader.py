@@ -33,7 +33,13 @@ from pcpu_bpf.bpf.maps import (
     Capacities,
     check_maps,
 )
-from pcpu_bpf.bpf.tracefs import OPTIONAL_FIELDS, REQUIRED_FIELDS, TracepointLayout
+from pcpu_bpf.bpf.tracefs import (
+    OPTIONAL_FIELDS,
+    RECORDER_FIELDS,
+    RECORDER_OPTIONAL_FIELDS,
+    REQUIRED_FIELDS,
+    TracepointLayout,
+)
 from pcpu_bpf.errors import BackendUnavailable, ProgramLoadError
 from pcpu_bpf.model.layout import (
     CHUNK_CREATED,
@@ -43,14 +49,30 @@ from pcpu_bpf.model.layout import (
     FAILURE_ATOMIC_WEIGHT,
     NR_COUNTERS,
     NR_SIZE_SLOTS,
+    RECORD_ATOMIC,
+    RECORD_HAS_BYTES_ALLOC,
+    RECORD_HAS_CALL_SITE,
+    RECORD_HAS_GFP,
+    RECORD_KINDS,
+    RECORD_RESERVED,
     SIZE_BUCKET_SHIFT,
     SIZE_SUM_SLOT,
 )
 
-__all__ = ["PROGRAMS", "LoadRequest", "load", "program_defines"]
+__all__ = ["PROGRAMS", "LoadRequest", "load", "program_defines", "recorder_defines"]
 
 SOURCE = "pcpu.bpf.c"
 HEADER = "pcpu.h"
+RECORDER_SOURCE = "record.bpf.c"
+# Tracepoint -> the function of record.bpf.c that serves it.
+RECORDER_PROGRAMS: dict[str, str] = {
+    "percpu_alloc_percpu": "rec_alloc",
+    "percpu_free_percpu": "rec_free",
+    "percpu_alloc_percpu_fail": "rec_alloc_fail",
+    "percpu_create_chunk": "rec_create_chunk",
+    "percpu_destroy_chunk": "rec_destroy_chunk",
+}
+RECORDER_MAPS = ("pcpu_rec_ring", "pcpu_rec_lost")
 HEADERS_FIX = (
     "run ./setup.sh, or link headers by hand: ln -s /usr/src/linux-headers-<ver>-amd64 "
     "/lib/modules/$(uname -r)/build (and the -common dir as .../source)"
@@ -115,6 +137,27 @@ def program_defines(
     return defines
 
 
+def recorder_defines(layout: TracepointLayout, *, ring_pages: int) -> dict[str, int]:
+    """Every define record.bpf.c needs: the ring's pages, the kinds and flags, and the
+    argument index of every field it keeps."""
+    defines = {
+        "RING_PAGES": ring_pages,
+        "RECORD_RESERVED": RECORD_RESERVED,
+        "RECORD_ATOMIC": RECORD_ATOMIC,
+        "RECORD_HAS_CALL_SITE": RECORD_HAS_CALL_SITE,
+        "RECORD_HAS_BYTES_ALLOC": RECORD_HAS_BYTES_ALLOC,
+        "RECORD_HAS_GFP": RECORD_HAS_GFP,
+    }
+    # RECORD_KIND_ALLOC, _FREE, _FAIL, _CREATE_CHUNK, _DESTROY_CHUNK: RECORD_KINDS' order
+    defines |= {f"RECORD_KIND_{_DEFINE_PREFIX[e][4:-1]}": i for i, e in enumerate(RECORD_KINDS)}
+    for event, prefix in _DEFINE_PREFIX.items():
+        names = layout.fields[event]
+        for field in RECORDER_FIELDS[event] + RECORDER_OPTIONAL_FIELDS.get(event, ()):
+            if field in names:
+                defines[f"{prefix}{field.upper()}"] = names.index(field)
+    return defines
+
+
 def build_cflags(bpf_dir: Path, defines: dict[str, int]) -> list[str]:
     """The compiler flags: the include directory, then one -D per define."""
     return [f"-I{bpf_dir}", *(f"-D{name}={value}" for name, value in defines.items())]
@@ -151,6 +194,7 @@ class LoadRequest:
     defines: dict[str, int]
     attach: bool = True
     pin_dir: str | None = None
+    program: str = "profiler"  # or "recorder": record.bpf.c, never pinned
 
     def to_json(self) -> str:
         return json.dumps(
@@ -159,6 +203,7 @@ class LoadRequest:
                 "defines": self.defines,
                 "attach": self.attach,
                 "pin_dir": self.pin_dir,
+                "program": self.program,
             }
         )
 
@@ -166,7 +211,11 @@ class LoadRequest:
     def from_json(cls, text: str) -> LoadRequest:
         d = json.loads(text)
         return cls(
-            d["bpf_dir"], {k: int(v) for k, v in d["defines"].items()}, d["attach"], d["pin_dir"]
+            d["bpf_dir"],
+            {k: int(v) for k, v in d["defines"].items()},
+            d["attach"],
+            d["pin_dir"],
+            d.get("program", "profiler"),
         )
 
 
@@ -182,10 +231,9 @@ def load(request: LoadRequest) -> tuple[dict[str, Any], list[int], Any]:
     bcc module that owns the maps' and programs' fds (links and the record are ours)."""
     from pcpu_bpf.bpf import pins
 
-    try:
-        import bcc
-    except ImportError as exc:
-        raise BackendUnavailable(f"{BCC_FIX} ({exc})") from exc
+    if request.program == "recorder":
+        return load_recorder(request)
+    bcc = _import_bcc()
     bpf_dir = Path(request.bpf_dir)
     path = bpf_dir / SOURCE
     if not path.is_file():
@@ -242,6 +290,59 @@ def load(request: LoadRequest) -> tuple[dict[str, Any], list[int], Any]:
         "started_ns": started_ns,
         "percpu_bytes_per_cpu": per_cpu,
         "pinned": request.pin_dir,
+    }
+    return manifest, fds, module
+
+
+def _import_bcc() -> Any:
+    try:
+        import bcc
+    except ImportError as exc:
+        raise BackendUnavailable(f"{BCC_FIX} ({exc})") from exc
+    return bcc
+
+
+def load_recorder(request: LoadRequest) -> tuple[dict[str, Any], list[int], Any]:
+    """record.bpf.c compiled, loaded and attached: the ring buffer, the lost counter,
+    the programs and their links (a recorder is never pinned: it ends with its holder)."""
+    bcc = _import_bcc()
+    bpf_dir = Path(request.bpf_dir)
+    path = bpf_dir / RECORDER_SOURCE
+    if not path.is_file():
+        raise ProgramLoadError(f"BPF source {path} not found: check --bpf-dir")
+    try:
+        module = bcc.BPF(src_file=str(path).encode(), cflags=build_cflags(bpf_dir, request.defines))
+    except Exception as exc:  # bcc raises bare Exception with its message
+        raise _wrap(exc, "compiling the recorder failed") from exc
+    try:
+        programs = {
+            fn: int(module.load_func(fn.encode(), bcc.BPF.RAW_TRACEPOINT).fd)
+            for fn in RECORDER_PROGRAMS.values()
+        }
+    except Exception as exc:
+        raise _wrap(exc, "loading the recorder failed") from exc
+    maps = {name: int(module.get_table(name.encode()).map_fd) for name in RECORDER_MAPS}
+    links: dict[str, int] = {}
+    if request.attach:
+        for tracepoint, fn in RECORDER_PROGRAMS.items():
+            try:
+                links[tracepoint] = syscalls.raw_tracepoint_open(programs[fn], tracepoint)
+            except OSError as exc:
+                raise _wrap(exc, f"attaching to raw tracepoint {tracepoint} failed") from exc
+    fds: list[int] = []
+
+    def index(fd: int) -> int:
+        fds.append(fd)
+        return len(fds) - 1
+
+    manifest = {
+        "maps": {name: index(fd) for name, fd in maps.items()},
+        "programs": {fn: index(fd) for fn, fd in programs.items()},
+        "links": {tp: index(fd) for tp, fd in links.items()},
+        "layout": "",
+        "started_ns": time.time_ns(),
+        "percpu_bytes_per_cpu": 0,
+        "pinned": None,
     }
     return manifest, fds, module
 

@@ -30,6 +30,19 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
 # Fields the programs read when the kernel has them; without them the output degrades.
 OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {"percpu_alloc_percpu": ("call_site", "bytes_alloc")}
 
+# The recorder (record.bpf.c) keeps every field: these it cannot do without (every
+# kernel since 4.14 has them), and OPTIONAL_FIELDS' ones and gfp_flags when there.
+RECORDER_FIELDS: dict[str, tuple[str, ...]] = {
+    "percpu_alloc_percpu": ("reserved", "is_atomic", "size", "align", "base_addr", "off", "ptr"),
+    "percpu_free_percpu": ("base_addr", "off", "ptr"),
+    "percpu_alloc_percpu_fail": ("reserved", "is_atomic", "size", "align"),
+    "percpu_create_chunk": ("base_addr",),
+    "percpu_destroy_chunk": ("base_addr",),
+}
+RECORDER_OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {
+    "percpu_alloc_percpu": ("call_site", "bytes_alloc", "gfp_flags")
+}
+
 # "field:void __seg_gs * ptr;" / "field:char comm[16];" / "field:__data_loc char[] name;"
 _FIELD_RE = re.compile(r"^\s*field:(?P<decl>[^;]*);")
 _NAME_RE = re.compile(r"(?P<name>\w+)\s*(?:\[[^\]]*\])?\s*$")
@@ -76,9 +89,9 @@ class TracepointLayout:
         """Every field of the 6.18 events (pcpu_bpf.model.events) -> present on this kernel."""
         return {(event, name): name in self.fields[event] for event, name in ALL_FIELDS}
 
-    def check_required(self) -> None:
+    def check_required(self, required: Mapping[str, tuple[str, ...]] = REQUIRED_FIELDS) -> None:
         """BackendUnavailable naming the first field the programs need and cannot get."""
-        for event, needed in REQUIRED_FIELDS.items():
+        for event, needed in required.items():
             for field in needed:
                 if field not in self.fields[event]:
                     raise BackendUnavailable(

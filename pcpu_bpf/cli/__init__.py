@@ -9,6 +9,7 @@ import click
 from pcpu_bpf import __version__
 from pcpu_bpf.cli.detach import detach
 from pcpu_bpf.cli.doctor import doctor
+from pcpu_bpf.cli.record import record_command
 from pcpu_bpf.cli.replay import replay_command
 from pcpu_bpf.cli.serve import serve_command
 from pcpu_bpf.cli.simulate import simulate
@@ -27,5 +28,5 @@ def main(verbose: bool) -> None:
     )
 
 
-for command in (detach, doctor, replay_command, serve_command, simulate):
+for command in (detach, doctor, record_command, replay_command, serve_command, simulate):
     main.add_command(command)

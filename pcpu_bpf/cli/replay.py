@@ -194,6 +194,8 @@ def _text(report: ReplayReport, file: Path, where: str) -> list[str]:
 
 def _what_if(report: ReplayReport, base: WorkloadResult, alt: WorkloadResult) -> list[str]:
     r = report.recorded
+    most, exact = report.recorded_peak_chunks
+    peak = str(most) if exact else f">={most}"
 
     def row(name: str, recorded: str, a: str, b: str) -> str:
         return f"{name:<24} {recorded:>9} {a:>9} {b:>9}"
@@ -217,7 +219,7 @@ def _what_if(report: ReplayReport, base: WorkloadResult, alt: WorkloadResult) ->
             str(base.chunks_destroyed),
             str(alt.chunks_destroyed),
         ),
-        row("  most chunks at once", "-", str(base.peak_chunks), str(alt.peak_chunks)),
+        row("  most chunks at once", peak, str(base.peak_chunks), str(alt.peak_chunks)),
         row(
             "  Percpu at most",
             "-",

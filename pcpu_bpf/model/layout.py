@@ -87,3 +87,25 @@ def size_slot(size: int) -> int:
 def failure_index(atomic: bool, reserved: bool) -> int:
     """Slot of the failure counter for one (atomic, reserved) class."""
     return int(atomic) * FAILURE_ATOMIC_WEIGHT + int(reserved)
+
+
+# ---- the recorder (bpf_programs/record.bpf.c, `pcpu-bpf record`) ------------------
+
+# The kind of each recorded event, in the order of the five tracepoints.
+RECORD_KINDS: tuple[str, ...] = (
+    "percpu_alloc_percpu",
+    "percpu_free_percpu",
+    "percpu_alloc_percpu_fail",
+    "percpu_create_chunk",
+    "percpu_destroy_chunk",
+)
+# Flag bits of a recorded event: the allocation's flags, then which optional tracepoint
+# fields this kernel has (a kernel before 5.19 has none of the three).
+RECORD_RESERVED, RECORD_ATOMIC = 1, 2
+RECORD_HAS_CALL_SITE, RECORD_HAS_BYTES_ALLOC, RECORD_HAS_GFP = 4, 8, 16
+# struct recorded_event (bpf_programs/record.h): boot-clock ns, pid_tgid, cgroup id,
+# call_site, size, align, base_addr, ptr, bytes_alloc, gfp_flags, off, cpu, kind, flags,
+# comm. The fields an event kind does not have are 0.
+RECORD_EVENT_FORMAT = "<10QiIBB6x16s"
+# The ring buffer's default size: 16 MiB, about 150,000 events in flight.
+DEFAULT_RING_BYTES = 16 << 20

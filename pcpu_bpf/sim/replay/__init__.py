@@ -61,6 +61,17 @@ class ReplayReport:
     what_if: WorkloadResult | None = None
 
     @property
+    def recorded_peak_chunks(self) -> tuple[int, bool]:
+        """The most dynamic chunks at once in the recording, and whether it is exact: the
+        header's percpu_stats count every chunk at the start; a bare trace shows only
+        those its events name."""
+        stats = header_stats(self.recording)
+        p = self.placements
+        if stats is not None:
+            return stats.globals.nr_chunks - 1 + p.peak_created, True
+        return p.peak_chunks_seen, False
+
+    @property
     def final(self) -> tuple[Geometry, Any]:
         """The geometry and allocator the replay asked for ended with."""
         if self.what_if is not None:
@@ -87,7 +98,11 @@ class ReplayReport:
             "implied_frees": p.implied_frees,
             "chunks_created": p.chunks_created,
             "chunks_destroyed": p.chunks_destroyed,
-            "recorded": asdict(self.recorded),
+            "recorded": asdict(self.recorded)
+            | {
+                "peak_chunks": self.recorded_peak_chunks[0],
+                "peak_chunks_exact": self.recorded_peak_chunks[1],
+            },
             "format": self.recording.format,
             "hashed_pointers": self.recording.hashed_pointers,
             "geometry": asdict(self.geometry),

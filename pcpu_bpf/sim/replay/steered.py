@@ -89,6 +89,11 @@ class SteeredResult:
     chunks_created: int = 0
     chunks_destroyed: int = 0
     chunks_before: int = 0  # dynamic chunks that existed before the recording
+    # the most dynamic chunks the events show alive at once (those that existed before
+    # count from the start; one no event names is not seen)
+    peak_chunks_seen: int = 0
+    # the most chunks created and not yet destroyed at once, counted from the start
+    peak_created: int = 0
     seeds: int = 0
     seed_bytes: int = 0
     before_bases: set[int] = field(default_factory=set)  # model chunks that existed before
@@ -194,6 +199,7 @@ class _Steered:
             if c.index in self.model:
                 self.live[c.index].update(c.seeds)
         result = SteeredResult(a, chunks_before=len(before), seeds=seeds, seed_bytes=seed_bytes)
+        result.peak_chunks_seen, result.peak_created = self._peaks(roles)
         # every chunk that existed before, the boot chunks always among them
         boot_chunks = [a.first_chunk, a.reserved_chunk]
         result.before_bases = {c.base_addr for c in [*self.model.values(), *boot_chunks] if c}
@@ -214,6 +220,25 @@ class _Steered:
                 c.seeds[off] = min(size, end - off)
             else:
                 del c.seeds[off]
+
+    def _peaks(self, roles: dict[int, str]) -> tuple[int, int]:
+        """(dynamic chunks seen alive at once, chunks created and not destroyed at once)."""
+        alive = sum(1 for c in self.t.chunks if not c.created and c.index not in roles)
+        running = most_running = 0
+        most_seen = alive
+        for i, rec in enumerate(self.events):
+            k = self.t.chunk_of[i]
+            if k is None or k in roles:
+                continue
+            if isinstance(rec.event, PercpuCreateChunk):
+                alive += 1
+                running += 1
+            elif isinstance(rec.event, PercpuDestroyChunk):
+                alive -= 1
+                running -= 1
+            most_seen = max(most_seen, alive)
+            most_running = max(most_running, running)
+        return most_seen, most_running
 
     # ---- events ---------------------------------------------------------------------
 
