@@ -18,6 +18,7 @@ import statistics
 import sys
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from bpf_overhead import STATS, map_churn, noop, profiler
@@ -67,6 +68,12 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--maps", type=int, default=2000, help="maps per repetition (16 each)")
     ap.add_argument("--out", default="/tmp/pcpu-record-bench.jsonl")
+    ap.add_argument(
+        "--recorder-first",
+        action="store_true",
+        help="attach the recorder before the profiler (programs on one tracepoint run in "
+        "the order they were attached, and the first pays more: run both orders)",
+    )
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root", file=sys.stderr)
@@ -76,7 +83,13 @@ def main() -> int:
     STATS.write_text("1")
     costs: dict[str, list[float]] = {}
     try:
-        with profiler() as p, noop() as n, Recorder(nr_possible_cpus=cpus) as rec:
+        with ExitStack() as stack:
+            if args.recorder_first:
+                rec = stack.enter_context(Recorder(nr_possible_cpus=cpus))
+            p = stack.enter_context(profiler())
+            n = stack.enter_context(noop())
+            if not args.recorder_first:
+                rec = stack.enter_context(Recorder(nr_possible_cpus=cpus))
             drainer = Drainer(rec, Path(args.out))
             drainer.start()
             rec_fds = {"alloc": rec.program_fds["rec_alloc"], "free": rec.program_fds["rec_free"]}
