@@ -16,6 +16,7 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from contextlib import ExitStack
@@ -67,7 +68,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--maps", type=int, default=2000, help="maps per repetition (16 each)")
-    ap.add_argument("--out", default="/tmp/pcpu-record-bench.jsonl")
+    ap.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "pcpu-record-bench.jsonl"))
     ap.add_argument(
         "--recorder-first",
         action="store_true",
