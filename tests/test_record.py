@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -130,13 +131,18 @@ def start_recording(path: Path, *args: str) -> subprocess.Popen[bytes]:
         stderr=subprocess.PIPE,
     )
     partial = Path(f"{path}.partial")
-    # the header is written once the programs are attached
-    wait_until(
-        lambda: proc.poll() is not None or (partial.exists() and partial.stat().st_size > 0),
-        what="pcpu-bpf record to attach",
-        timeout=120,
-    )
-    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+    try:
+        # the header is written and flushed once the programs are attached
+        wait_until(
+            lambda: proc.poll() is not None or (partial.exists() and partial.stat().st_size > 0),
+            what="pcpu-bpf record to attach",
+            timeout=120,
+        )
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+    except BaseException:
+        proc.kill()  # a recorder left running would keep its programs attached
+        proc.communicate()
+        raise
     return proc
 
 
@@ -204,3 +210,42 @@ def test_a_full_ring_buffer_loses_events_and_says_how_many(tmp_path: Path) -> No
     assert end["reason"] == "interrupted" and end["lost"] > 0
     assert sum(d["count"] for d in lost_lines) == end["lost"]
     assert all(d["cpu"] is not None and d["ts"] for d in lost_lines)
+
+
+class FlushedText(io.StringIO):
+    """A file that remembers what had been flushed."""
+
+    flushed = ""
+
+    def flush(self) -> None:
+        self.flushed = self.getvalue()
+
+
+class QuietRecorder:
+    """A recorder on a host with no percpu events: the first wait is interrupted."""
+
+    nr_possible_cpus = 2
+
+    def __init__(self, out: FlushedText) -> None:
+        self.out = out
+        self.flushed_at_first_wait = ""
+
+    def wait(self, timeout: float) -> None:
+        self.flushed_at_first_wait = self.out.flushed
+        raise KeyboardInterrupt
+
+    def drain(self) -> list[Any]:
+        return []
+
+    def lost(self) -> list[int]:
+        return [0, 0]
+
+
+def test_the_header_is_flushed_before_any_event_comes() -> None:
+    out = FlushedText()
+    recorder = QuietRecorder(out)
+    events, lost, reason = record_cli._record(recorder, out, 60.0, 10, 1 << 20)  # type: ignore[arg-type]
+    assert (events, lost, reason) == (0, 0, "interrupted")
+    first = json.loads(recorder.flushed_at_first_wait)
+    assert first["type"] == "header"
+    assert json.loads(out.flushed.splitlines()[-1])["type"] == "end"

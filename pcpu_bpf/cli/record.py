@@ -190,6 +190,7 @@ def _record(
     """Write the header, the events and the end line; (events, lost, why it stopped)."""
     header = header_line(_header(recorder.nr_possible_cpus)) + "\n"
     out.write(header)
+    out.flush()  # the header says the programs are attached: readers wait for it
     written = len(header.encode())
     events = 0
     seen_lost = [0] * recorder.nr_possible_cpus
@@ -227,6 +228,7 @@ def _record(
                         reason = "max-events"
                         break
                 write_lost()
+                out.flush()  # a reader of the file or the pipe sees each batch as it comes
         except (KeyboardInterrupt, _Stop):
             reason = "interrupted"
     lost = write_lost()
