@@ -105,17 +105,28 @@ def churn_netns(count: int | None) -> ChurnCounts:
 class Churn:
     """One churn process: start it, stop it, read its counts."""
 
-    def __init__(self, kind: str, count: int | None = None, nice: int = 0) -> None:
+    def __init__(
+        self, kind: str, count: int | None = None, nice: int = 0, gated: bool = False
+    ) -> None:
         args = [sys.executable, __file__, kind]
         if count is not None:
             args += ["--count", str(count)]
+        if gated:
+            args.append("--gated")
         self.proc = subprocess.Popen(
             args,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             preexec_fn=(lambda: os.nice(nice)) if nice else None,
         )
         self.pid = self.proc.pid
+
+    def go(self) -> None:
+        """Start a gated churn."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
 
     def stop(self, timeout: float = 60.0) -> ChurnCounts:
         """SIGTERM, then its counts."""
@@ -135,8 +146,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("kind", choices=("maps", "netns"))
     ap.add_argument("--count", type=int, default=None)
+    ap.add_argument("--gated", action="store_true", help="start on a line from stdin")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, _stop)
+    if args.gated:
+        sys.stdin.readline()
     counts = churn_maps(args.count) if args.kind == "maps" else churn_netns(args.count)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     print(json.dumps(asdict(counts)), flush=True)
