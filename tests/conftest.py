@@ -32,6 +32,7 @@ TOOL_SOURCES = {
     "systemd-analyze": "Debian package systemd; setup.sh installs it",
     "setpriv": "Debian package util-linux",
     "unshare": "Debian package util-linux",
+    "nsenter": "Debian package util-linux",
     "findmnt": "Debian package util-linux",
 }
 

@@ -24,6 +24,7 @@ from pcpu_bpf.daemon.server import serve
 from pcpu_bpf.daemon.systemd import configure_logging, sd_notify
 from pcpu_bpf.daemon.web_config import PLAIN, WebSecurity, load_web_config
 from pcpu_bpf.errors import PcpuError
+from pcpu_bpf.kernel.reader import read_kernel_stats
 from pcpu_bpf.model.layout import (
     DEFAULT_LIVE_CAPACITY,
     DEFAULT_SITE_CAPACITY,
@@ -180,6 +181,8 @@ def serve_command(
             raise _OneLineError(str(exc)) from None
     if backend == "bpf":  # the sim's kernel stats are simulated: nothing to spare
         options["min_read_interval"] = min_read_interval
+    # The collector logs a kernel statistics part failing (once per outage) and recovering.
+    read_kernel_stats.warn = False
     # --check leaves nothing behind: it loads its own set and detaches it.
     if backend == "bpf" and not check:
         options["pin_dir"] = pin_dir

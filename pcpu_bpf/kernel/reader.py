@@ -21,16 +21,19 @@ log = logging.getLogger(__name__)
 
 
 class KernelStatsReader:
-    """Reads percpu_stats and meminfo on every call; logs each part's first failure."""
+    """Reads percpu_stats and meminfo on every call; logs each part's first failure
+    unless ``warn`` is off (the daemon's collector logs each outage and recovery itself)."""
 
     def __init__(
         self,
         debugfs_root: str | Path = "/sys/kernel/debug",
         proc_root: str | Path = "/proc",
         clock: Callable[[], float] = time.monotonic,
+        warn: bool = True,
     ) -> None:
         self.debugfs_root = Path(debugfs_root)
         self.proc_root = Path(proc_root)
+        self.warn = warn
         self._clock = clock
         self._logged: set[str] = set()
 
@@ -61,7 +64,12 @@ class KernelStatsReader:
             reason = str(exc)
         if part not in self._logged:
             self._logged.add(part)
-            log.warning("%s not available: %s", part, reason)
+            log.log(
+                logging.WARNING if self.warn else logging.DEBUG,
+                "%s not available: %s",
+                part,
+                reason,
+            )
         return reason
 
 
