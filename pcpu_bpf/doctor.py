@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from pcpu_bpf.bpf import pins
 from pcpu_bpf.bpf.loader import HEADERS_FIX, kernel_headers
 from pcpu_bpf.bpf.syscalls import bpf_stats_enabled
 from pcpu_bpf.bpf.tracefs import TRACEFS_CANDIDATES, find_tracefs, read_layout
-from pcpu_bpf.errors import BackendUnavailable, PcpuError
+from pcpu_bpf.errors import BackendUnavailable, PcpuError, StatsParseError
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 
@@ -62,11 +63,18 @@ class Paths:
     )
 
 
+# /proc/PID/status prints a capability mask as 16 hex digits.
+_CAP_MASK = re.compile(r"[0-9a-fA-F]{1,16}")
+
+
 def parse_cap_eff(status_text: str) -> int:
     """The effective capability mask from /proc/<pid>/status (0 when absent)."""
     for line in status_text.splitlines():
         if line.startswith("CapEff:"):
-            return int(line.split(":", 1)[1].strip(), 16)
+            value = line.split(":", 1)[1].strip()
+            if not _CAP_MASK.fullmatch(value):
+                raise StatsParseError(f"/proc status: malformed CapEff line: {line[:80]!r}")
+            return int(value, 16)
     return 0
 
 
@@ -75,7 +83,7 @@ def check_privileges(paths: Paths) -> Check:
     name = "privileges"
     try:
         caps = parse_cap_eff((paths.proc_root / "self/status").read_text())
-    except OSError as exc:
+    except (OSError, StatsParseError) as exc:
         return Check(name, FAIL, f"cannot read {paths.proc_root}/self/status: {exc}", CAPS_FIX)
 
     def has(cap: int) -> bool:
