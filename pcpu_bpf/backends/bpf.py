@@ -144,6 +144,7 @@ class BpfBackend(Backend):
         # was closed (and perhaps reused) under it.
         self._reading = threading.RLock()
         if pin_dir is not None:
+            pins.check_pin_dir(Path(pin_dir))
             self._set = _adopt(Path(pin_dir), layout_digest(directory, defines), self._capacities)
             self.adopted = self._set is not None
         if self._set is None:
