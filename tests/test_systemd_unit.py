@@ -16,6 +16,7 @@ from daemon_helpers import PCPU_BPF, free_port, parse
 
 from pcpu_bpf.bpf.pins import remove_set
 from pcpu_bpf.cli.serve import serve_command
+from pcpu_bpf.daemon.privileges import status_sets
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 
@@ -257,6 +258,12 @@ def serve_as_unit(pin_dir: Path) -> str:
             messages: list[str] = []
             while "READY=1" not in messages:
                 messages += sock.recv(4096).decode().split("\n")
+            # Attached (or adopted): the daemon holds no capability in any thread.
+            held = {
+                tid: {k: v for k, v in sets.items() if k != "CapBnd" and v}
+                for tid, sets in status_sets(proc.pid).items()
+            }
+            assert all(not caps for caps in held.values()), held
             # Some percpu allocations from a new process (fork -> mm_init) to see; the
             # programs count them as they happen, so the next scrape has them.
             subprocess.run(["true"], check=True)
@@ -297,8 +304,11 @@ def serve_as_unit(pin_dir: Path) -> str:
 )
 def test_each_unit_capability_is_needed(dropped: str, symptom: str) -> None:
     caps = [c for c in unit_caps() if c != dropped]
+    # --check pins nothing; a pin directory of its own keeps a root-only one that exists
+    # on the host (the real daemon's) from failing the option check first.
+    env = {"PCPU_SERVE_PIN_DIR": f"/sys/fs/bpf/pcpu-bpf-test-{os.getpid()}-absent"}
     run = subprocess.run(
-        as_unit(["serve", "--check"], caps, {}), capture_output=True, text=True, timeout=120
+        as_unit(["serve", "--check"], caps, env), capture_output=True, text=True, timeout=120
     )
     assert symptom in run.stderr, run.stderr
     assert "Traceback" not in run.stderr
