@@ -33,6 +33,7 @@ TOOL_SOURCES = {
     "setpriv": "Debian package util-linux",
     "unshare": "Debian package util-linux",
     "nsenter": "Debian package util-linux",
+    "strace": "Debian package strace; setup.sh installs it",
     "findmnt": "Debian package util-linux",
 }
 
