@@ -121,6 +121,8 @@ def main() -> int:
         f"daemon VmRSS after round 1 {rss[0]:.1f} MiB, max after {max(rss[1:] or rss):.1f} MiB, "
         f"last {rss[-1]:.1f} MiB (growth {max(rss[1:] or rss) - rss[0]:+.2f} MiB)"
     )
+    step = max(1, len(rss) // 10)
+    print("daemon VmRSS every", step, "rounds (MiB):", " ".join(f"{r:.1f}" for r in rss[::step]))
     print(
         f"churn: {own.allocations:,} map allocations ({own.allocations / ran:,.0f}/s), "
         f"{churned.rounds} x unshare -n ({churned.rounds / ran:.0f}/s)"

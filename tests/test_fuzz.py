@@ -132,7 +132,7 @@ def test_tracefs_format(text: str) -> None:
     assert all(re.fullmatch(r"\w+", name) and not name.startswith("common_") for name in names)
 
 
-@fuzz
+@settings(parent=fuzz, max_examples=max(1, fuzz.max_examples // 3))  # a tree of files each
 @given(st.lists(st.binary(max_size=600) | mutated(FORMATS).map(str.encode), min_size=5, max_size=5))
 def test_tracefs_format_files(contents: list[bytes]) -> None:
     with tempfile.TemporaryDirectory() as root:
