@@ -194,18 +194,18 @@ def test_kernel_refusing_inserts(loaded) -> None:
     run(loaded, [alloc(SITES[1], 0x1008), alloc(SITES[0], 0x1010)])
     samples = exported(backend)
     assert dropped(samples, "site_table_full") == 1
-    assert per_site(samples, "pcpu_allocations_total") == {
-        "site0": 2
-    }  # the slot it burnt stays empty
+    # The slot the refused site used up stays empty, and is not exported.
+    assert per_site(samples, "pcpu_allocations_total") == {"site0": 2}
     # And any new live entry (the table holds 2 of 8 entries).
-    filler = struct.pack(LIVE_ENTRY_FORMAT, 0, 0)
+    filler = bytes(struct.calcsize(LIVE_ENTRY_FORMAT))
     bogus_live = fill_from_user_space(maps["pcpu_live"], live_keys(), filler)
     assert bogus_live == LIVE_CAPACITY - 2
     run(loaded, [alloc(SITES[0], 0x1018), *everything_else()])
     samples = exported(backend)
     assert dropped(samples, "live_table_full") == 1
     assert per_site(samples, "pcpu_allocations_total") == {"site0": 3}
-    assert per_site(samples, "pcpu_live_allocations") == {"site0": 2}  # the refused one is not live
+    # The refused one is not live.
+    assert per_site(samples, "pcpu_live_allocations") == {"site0": 2}
     run(loaded, [PercpuFree(0, 0, 0x1000), PercpuFree(0, 0, 0x1018)])
     samples = exported(backend)
     assert per_site(samples, "pcpu_frees_total") == {"site0": 1}
