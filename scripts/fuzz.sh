@@ -2,7 +2,7 @@
 # Fuzz every parser of outside input for longer than the suite does (tests/test_fuzz.py),
 # with random inputs instead of the suite's fixed ones. No root needed.
 #
-#   scripts/fuzz.sh            # 20,000 examples per parser (about an hour on 2 vCPUs)
+#   scripts/fuzz.sh            # 20,000 examples per parser (6 min on 2 busy vCPUs)
 #   scripts/fuzz.sh 2000       # a shorter run
 #
 # A failure prints the smallest input that fails; add it to the test as an @example.
