@@ -9,9 +9,10 @@ VENV=.venv
 # Debian packages: bcc's Python bindings (not on PyPI), the venv module, bpftool for
 # inspecting programs, Prometheus + promtool for the end-to-end tests, headers for bcc,
 # tmux for the terminal test of pcpu-top, systemd's systemd-analyze for checking the unit,
-# YAML and bcrypt for serve --web-config, openssl for the TLS tests' certificates.
+# YAML and bcrypt for serve --web-config, openssl for the TLS tests' certificates,
+# strace for measuring the unit's syscall filter.
 PACKAGES=(python3-bpfcc python3-venv bpftool prometheus linux-headers-amd64 tmux systemd
-  python3-yaml python3-bcrypt openssl)
+  python3-yaml python3-bcrypt openssl strace)
 
 step() { printf '==> %s\n' "$*"; }
 fail() { printf 'setup.sh: FAILED: %s\n' "$*" >&2; exit 1; }

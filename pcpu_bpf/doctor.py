@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from pcpu_bpf.bpf import pins
 from pcpu_bpf.bpf.loader import HEADERS_FIX, kernel_headers
 from pcpu_bpf.bpf.syscalls import bpf_stats_enabled
 from pcpu_bpf.bpf.tracefs import TRACEFS_CANDIDATES, find_tracefs, read_layout
-from pcpu_bpf.errors import BackendUnavailable, PcpuError
+from pcpu_bpf.errors import BackendUnavailable, PcpuError, StatsParseError
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 
@@ -62,11 +63,19 @@ class Paths:
     )
 
 
+_KALLSYMS_ADDRESS = re.compile(r"[0-9a-fA-F]{1,16}")
+# /proc/PID/status prints a capability mask as 16 hex digits.
+_CAP_MASK = re.compile(r"[0-9a-fA-F]{1,16}")
+
+
 def parse_cap_eff(status_text: str) -> int:
     """The effective capability mask from /proc/<pid>/status (0 when absent)."""
     for line in status_text.splitlines():
         if line.startswith("CapEff:"):
-            return int(line.split(":", 1)[1].strip(), 16)
+            value = line.split(":", 1)[1].strip()
+            if not _CAP_MASK.fullmatch(value):
+                raise StatsParseError(f"/proc status: malformed CapEff line: {line[:80]!r}")
+            return int(value, 16)
     return 0
 
 
@@ -74,8 +83,8 @@ def check_privileges(paths: Paths) -> Check:
     """Root, or CAP_BPF + CAP_PERFMON (CAP_SYS_ADMIN before 5.8); CAP_SYSLOG for names."""
     name = "privileges"
     try:
-        caps = parse_cap_eff((paths.proc_root / "self/status").read_text())
-    except OSError as exc:
+        caps = parse_cap_eff((paths.proc_root / "self/status").read_text(errors="replace"))
+    except (OSError, StatsParseError) as exc:
         return Check(name, FAIL, f"cannot read {paths.proc_root}/self/status: {exc}", CAPS_FIX)
 
     def has(cap: int) -> bool:
@@ -172,10 +181,14 @@ def check_kallsyms(paths: Paths) -> Check:
     """Addresses visible in kallsyms (kptr_restrict / CAP_SYSLOG), so call sites get names."""
     path = paths.proc_root / "kallsyms"
     try:
-        with path.open() as f:
+        with path.open(errors="replace") as f:
             head = [line.split(maxsplit=1)[0] for _, line in zip(range(64), f, strict=False)]
     except OSError as exc:
         return Check("kallsyms", WARN, f"cannot read {path}: {exc}", "run as root")
+    except IndexError:  # a blank line
+        head = ["?"]
+    if any(not _KALLSYMS_ADDRESS.fullmatch(a) for a in head):
+        return Check("kallsyms", WARN, f"{path} is not a kallsyms listing", "run on a real /proc")
     if not head:
         return Check(
             "kallsyms",
@@ -210,7 +223,7 @@ def check_percpu_stats(paths: Paths) -> Check:
     """debugfs percpu_stats readable (CONFIG_PERCPU_STATS): the kernel's own counters."""
     path = paths.debugfs_root / "percpu_stats"
     try:
-        with path.open() as f:
+        with path.open("rb") as f:
             f.read(1)
     except FileNotFoundError:
         return Check(

@@ -32,6 +32,8 @@ TOOL_SOURCES = {
     "systemd-analyze": "Debian package systemd; setup.sh installs it",
     "setpriv": "Debian package util-linux",
     "unshare": "Debian package util-linux",
+    "nsenter": "Debian package util-linux",
+    "strace": "Debian package strace; setup.sh installs it",
     "findmnt": "Debian package util-linux",
 }
 

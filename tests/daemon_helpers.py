@@ -78,10 +78,12 @@ class Daemon:
         tls: ssl.SSLContext | None = None,
         credentials: tuple[str, str] | None = None,
         command: list[str] | None = None,
+        prefix: tuple[str, ...] = (),
     ) -> None:
         """``tls`` (the client's context) and ``credentials`` are what scrape() uses;
         ``command`` replaces `pcpu-bpf serve --listen HOST:PORT` (HOST:PORT is appended
-        to it instead)."""
+        to it instead); ``prefix`` is a command that execs the daemon (``unshare -m``):
+        its pid stays."""
         self.port = free_port(host)
         self.hostport = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
         self.url = f"{'http' if tls is None else 'https'}://{self.hostport}/metrics"
@@ -94,7 +96,7 @@ class Daemon:
             [*command, self.hostport] if command else [PCPU_BPF, "serve", "--listen", self.hostport]
         )
         self.proc = subprocess.Popen(
-            [*argv, *args],
+            [*prefix, *argv, *args],
             stdout=subprocess.PIPE,
             stderr=stderr,
             env={**os.environ, **(env or {})},

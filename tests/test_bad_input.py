@@ -4,6 +4,8 @@ unset, as click and systemd's EnvironmentFile= read it.)"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner, Result
 
@@ -67,6 +69,21 @@ BAD_OPTIONS: list[tuple[str, list[str], dict[str, str]]] = [
     ("simulate", ["--alloc", "8/x"], {}),
     ("simulate", ["--json", "--stats"], {}),
     ("simulate", ["-s", "nope"], {}),
+    ("serve", ["--backend", "sim", "--pin-dir", "/etc/passwd"], {}),
+    ("serve", ["--backend", "sim"], {"PCPU_SERVE_PIN_DIR": "/etc/passwd"}),
+    # pcpu-bpf detach: only a pin directory inside a bpffs is ever emptied
+    ("detach", ["--pin-dir", "/tmp"], {}),
+    ("detach", ["--pin-dir", "/sys/fs/bpf"], {}),
+    ("detach", ["--pin-dir", "/etc/passwd"], {}),
+    ("detach", [], {"PCPU_SERVE_PIN_DIR": "/etc"}),
+    ("detach", ["extra"], {}),
+    ("detach", ["--pin-dir"], {}),
+    # pcpu-bpf doctor
+    ("doctor", ["--pin-dir", "/etc/passwd"], {}),
+    ("doctor", ["--live-capacity", "x"], {}),
+    ("doctor", ["--site-capacity", ""], {}),
+    ("doctor", [], {"PCPU_SERVE_LIVE_CAPACITY": "lots"}),
+    ("doctor", ["--nonsense"], {}),
     # the group
     ("group", ["nosuchcommand"], {}),
     ("group", ["-v", "serve", "--backend", "sim"], {"PCPU_SERVE_LISTEN": ":"}),
@@ -96,6 +113,29 @@ def test_one_error_line_and_non_zero_exit(where: str, args: list[str], env: dict
     assert "Traceback" not in result.output
 
 
+def test_detach_never_empties_a_directory_outside_bpffs(tmp_path: Path) -> None:
+    (tmp_path / "old_photos").mkdir()
+    (tmp_path / "old_photos" / "keep.jpg").write_bytes(b"x")
+    (tmp_path / "current").mkdir()
+    result = CliRunner().invoke(pcpu_bpf, ["detach", "--pin-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "is not on a bpf file system" in result.stderr
+    assert (tmp_path / "old_photos" / "keep.jpg").exists() and (tmp_path / "current").exists()
+
+
 def test_no_traceback_in_the_whole_table() -> None:
     tracebacks = sum(not isinstance(invoke(*case).exception, SystemExit) for case in BAD_OPTIONS)
     assert tracebacks == 0
+
+
+@pytest.mark.privileged
+def test_serve_refuses_a_pin_dir_outside_bpffs(tmp_path: Path) -> None:
+    from daemon_helpers import error_lines, run
+
+    (tmp_path / "old_1").mkdir()
+    (tmp_path / "old_1" / "keep").write_bytes(b"x")
+    done = run("serve", "--backend", "bpf", "--pin-dir", str(tmp_path), "--listen", "127.0.0.1:0")
+    assert done.returncode == 1, done.stderr
+    [error] = error_lines(done.stderr)
+    assert f"pin directory {tmp_path} is not on a bpf file system" in error
+    assert (tmp_path / "old_1" / "keep").exists()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -52,10 +54,21 @@ def test_metrics_source_reports_an_unreachable_daemon() -> None:
 
 
 class _Abuse(BaseHTTPRequestHandler):
-    """A server that is not a daemon: huge, endless, dripping, redirecting or HTML bodies."""
+    """A server that is not a daemon: huge, endless, dripping, redirecting, HTML, binary or
+    another exporter's bodies; errors; silence; a reset."""
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         kind = self.path.strip("/")
+        if kind == "silent":  # accepts, reads the request, never answers
+            time.sleep(3)
+            return
+        if kind == "reset":
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+            return
+        if kind == "error":
+            self.send_error(500, "broken")
+            return
         if kind == "redirect":
             self.send_response(302)
             self.send_header("Location", "http://example.invalid/metrics")
@@ -65,6 +78,15 @@ class _Abuse(BaseHTTPRequestHandler):
         self.end_headers()
         if kind == "html":
             self.wfile.write(b"<html><body>hello</body></html>")
+        elif kind == "garbage":
+            self.wfile.write(bytes(range(256)) * 64)
+        elif kind == "other-exporter":
+            self.wfile.write(b"# TYPE up gauge\nup 1\nnode_load1 0.5\n")
+        elif kind == "bad-pcpu":  # our families, values that are no counts
+            self.wfile.write(
+                b'pcpu_exporter_info{backend="bpf",kernel="x",version="1"} 1\n'
+                b'pcpu_allocations_total{atomic="maybe",call_site="x",reserved="false"} NaN\n'
+            )
         elif kind == "huge":
             self.wfile.write(b"#" * (2 << 20))
         elif kind == "endless":
@@ -103,11 +125,32 @@ def abusive() -> Iterator[str]:
         ("endless", "larger than"),
         ("drip", "after the deadline"),
         ("redirect", "redirects are not followed"),
+        ("garbage", "not a pcpu-bpf exposition"),
+        ("other-exporter", "no pcpu_exporter_info"),
+        ("bad-pcpu", "not a pcpu-bpf exposition"),
+        ("silent", "timed out"),
+        ("reset", "cannot read"),
+        ("error", "HTTP 500"),
     ],
 )
 def test_a_server_that_is_not_a_daemon_is_one_bounded_error(
     abusive: str, path: str, message: str
 ) -> None:
     with pytest.raises(PcpuError, match=message):
-        fetched = fetch_metrics(f"{abusive}/{path}", max_bytes=1 << 20, deadline=1.0)
+        fetched = fetch_metrics(f"{abusive}/{path}", timeout=0.5, max_bytes=1 << 20, deadline=1.0)
         read_exposition(fetched, 0.0)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["html", "huge", "endless", "redirect", "garbage", "other-exporter", "bad-pcpu", "reset"],
+)
+def test_pcpu_top_from_a_server_that_is_not_a_daemon_is_one_line(abusive: str, path: str) -> None:
+    from click.testing import CliRunner
+
+    from pcpu_bpf.cli.top import main
+
+    result = CliRunner().invoke(main, ["--from", f"{abusive}/{path}", "0.1", "1"])
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 1, result.exception
+    errors = result.stderr.splitlines()
+    assert len(errors) == 1 and errors[0].startswith("Error:"), result.stderr

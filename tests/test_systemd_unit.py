@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -16,6 +19,7 @@ from daemon_helpers import PCPU_BPF, free_port, parse
 
 from pcpu_bpf.bpf.pins import remove_set
 from pcpu_bpf.cli.serve import serve_command
+from pcpu_bpf.daemon.privileges import status_sets
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 
@@ -158,19 +162,33 @@ if [ -e /dev/kmsg ]; then mount --bind -o ro /tmp/.inaccessible /dev/kmsg; fi
 exec "$@"
 """
 
-# MemoryDenyWriteExecute=: the kernel's own PR_SET_MDWE (kept across execve), set by a
-# Python that then becomes the daemon.
-MDWE = (
-    "import ctypes, os, sys; assert ctypes.CDLL(None).prctl(65, 1, 0, 0, 0) == 0; "
-    "os.execv(sys.argv[1], sys.argv[1:])"
-)
+# MemoryDenyWriteExecute=: the kernel's own PR_SET_MDWE (kept across execve); and
+# SystemCallFilter= with SystemCallErrorNumber=EPERM: a seccomp filter allowing exactly
+# the names in argv[1] (libseccomp, as systemd builds it), kept across execve and
+# inherited by the loader process. Set by a Python that then becomes the daemon.
+UNIT_PROCESS = """
+import ctypes, errno, os, sys
+libc = ctypes.CDLL(None)
+assert libc.prctl(65, 1, 0, 0, 0) == 0
+seccomp = ctypes.CDLL("libseccomp.so.2")
+seccomp.seccomp_init.restype = ctypes.c_void_p
+seccomp.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+ctx = seccomp.seccomp_init(ctypes.c_uint32(0x00050000 | errno.EPERM))
+for name in sys.argv[1].split():
+    nr = seccomp.seccomp_syscall_resolve_name(name.encode())
+    if nr >= 0:
+        assert seccomp.seccomp_rule_add(ctypes.c_void_p(ctx), 0x7FFF0000, nr, 0) == 0, name
+assert seccomp.seccomp_load(ctypes.c_void_p(ctx)) == 0
+os.execv(sys.argv[2], sys.argv[2:])
+"""
 
 
 def as_unit(
     args: list[str], caps: list[str], env: dict[str, str], pin_dir: Path | None = None
 ) -> list[str]:
     """The daemon set up the way the unit sets it up: the sandbox above, the service's own
-    uid, ambient = bounding set = the unit's capabilities, no_new_privs, MDWE, and a clean
+    uid, ambient = bounding set = the unit's capabilities, no_new_privs, MDWE, the unit's
+    syscall filter, and a clean
     environment like systemd's; ``pin_dir`` made and writable as the unit makes its own."""
     uid = unused_uid()
     if pin_dir is not None:
@@ -204,7 +222,8 @@ def as_unit(
         *(f"{k}={v}" for k, v in clean.items()),
         "/usr/bin/python3",
         "-c",
-        MDWE,
+        UNIT_PROCESS,
+        " ".join(sorted(unit_filter())),
         PCPU_BPF,
         *args,
     ]
@@ -257,6 +276,14 @@ def serve_as_unit(pin_dir: Path) -> str:
             messages: list[str] = []
             while "READY=1" not in messages:
                 messages += sock.recv(4096).decode().split("\n")
+            # Attached (or adopted): the daemon holds no capability in any thread.
+            held = {
+                tid: {k: v for k, v in sets.items() if k != "CapBnd" and v}
+                for tid, sets in status_sets(proc.pid).items()
+            }
+            assert all(not caps for caps in held.values()), held
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            assert "\nSeccomp:\t2\n" in status  # under the unit's syscall filter
             # Some percpu allocations from a new process (fork -> mm_init) to see; the
             # programs count them as they happen, so the next scrape has them.
             subprocess.run(["true"], check=True)
@@ -297,8 +324,11 @@ def serve_as_unit(pin_dir: Path) -> str:
 )
 def test_each_unit_capability_is_needed(dropped: str, symptom: str) -> None:
     caps = [c for c in unit_caps() if c != dropped]
+    # --check pins nothing; a pin directory of its own keeps a root-only one that exists
+    # on the host (the real daemon's) from failing the option check first.
+    env = {"PCPU_SERVE_PIN_DIR": f"/sys/fs/bpf/pcpu-bpf-test-{os.getpid()}-absent"}
     run = subprocess.run(
-        as_unit(["serve", "--check"], caps, {}), capture_output=True, text=True, timeout=120
+        as_unit(["serve", "--check"], caps, env), capture_output=True, text=True, timeout=120
     )
     assert symptom in run.stderr, run.stderr
     assert "Traceback" not in run.stderr
@@ -334,3 +364,133 @@ def test_the_emulated_sandbox_is_real(tmp_path: Path) -> None:
     )
     assert run.stdout.split() == ["0", "kmsg:0", "ro-debugfs", "debugfs-readable"], run.stderr
     assert not probe.exists()
+
+
+# --- the syscall filter, measured ---------------------------------------------------------
+
+
+def expand_filter(entries: list[str]) -> set[str]:
+    """Syscall names of filter entries (@groups expanded by systemd-analyze)."""
+    out: set[str] = set()
+    for entry in entries:
+        if not entry.startswith("@"):
+            out.add(entry)
+            continue
+        text = subprocess.run(
+            ["systemd-analyze", "syscall-filter", entry],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout
+        lines = [line.strip() for line in text.splitlines()[1:]]
+        out |= expand_filter([line for line in lines if line and not line.startswith("#")])
+    return out
+
+
+# In the unit's filter without being in the measured run: the unit says why.
+SIBLINGS = set(
+    "rmdir kill clone fstat stat lstat statx fstatfs poll ppoll epoll_pwait faccessat "
+    "faccessat2 readlinkat".split()
+)
+
+
+def unit_filter() -> set[str]:
+    """What the unit's SystemCallFilter= lets through (systemd always adds @default)."""
+    allowed = {"@default"}
+    for line in unit_settings("SystemCallFilter"):
+        entries = line.split()
+        if entries[0].startswith("~"):
+            allowed_names = expand_filter(sorted(allowed))
+            denied = expand_filter([entries[0][1:], *entries[1:]])
+            allowed = {*allowed_names - denied}
+        else:
+            allowed |= set(entries)
+    return expand_filter(sorted(allowed))
+
+
+def traced_syscalls(pin_dir: Path, port: int) -> set[str]:
+    """Every syscall of a full run: start (compiling, or adopting), scrapes of every kind,
+    SIGHUP, SIGTERM; the loader process included (strace -f)."""
+    out = Path(tempfile.mkdtemp()) / "strace.txt"
+    notify = f"@pcpu-strace-{os.getpid()}"
+    env = {
+        **os.environ,
+        "NOTIFY_SOCKET": notify,
+        "WATCHDOG_USEC": "2000000",
+        "PCPU_SERVE_PIN_DIR": str(pin_dir),
+    }
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + notify[1:])
+        sock.settimeout(120)
+        proc = subprocess.Popen(
+            [
+                "strace",
+                "-f",
+                "-qq",
+                "-c",
+                "-U",
+                "name",
+                "-o",
+                str(out),
+                PCPU_BPF,
+                "serve",
+                "--listen",
+                f"127.0.0.1:{port}",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            messages: list[str] = []
+            while "READY=1" not in messages:
+                messages += sock.recv(4096).decode().split("\n")
+            base = f"http://127.0.0.1:{port}"
+            for path, headers in [
+                ("/metrics", {}),
+                ("/metrics", {"Accept-Encoding": "gzip"}),
+                ("/metrics", {"Accept": "application/openmetrics-text; version=1.0.0"}),
+                ("/metrics?name[]=pcpu_live_bytes", {}),
+                ("/", {}),
+                ("/nowhere", {}),
+            ]:
+                try:
+                    urllib.request.urlopen(
+                        urllib.request.Request(base + path, headers=headers), timeout=10
+                    ).read()
+                except urllib.error.HTTPError as exc:
+                    exc.close()
+            while "WATCHDOG=1" not in messages:
+                messages += sock.recv(4096).decode().split("\n")
+            (daemon,) = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+            os.kill(int(daemon), signal.SIGHUP)
+            os.kill(int(daemon), signal.SIGTERM)
+            assert proc.wait(30) == 0  # strace exits with the daemon's status
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=30)
+    lines = out.read_text().splitlines()
+    shutil.rmtree(out.parent)
+    return {
+        line.split()[0]
+        for line in lines[2:]
+        if line.strip() and not line.startswith("-") and line.split()[0] != "total"
+    }
+
+
+@pytest.mark.privileged
+@pytest.mark.needs_tool("strace", "systemd-analyze")
+def test_syscall_filter_is_the_measured_minimum() -> None:
+    pin_dir = Path(f"/sys/fs/bpf/pcpu-bpf-test-{os.getpid()}-strace")
+    try:
+        used = traced_syscalls(pin_dir, free_port()) | traced_syscalls(pin_dir, free_port())
+    finally:
+        remove_set(pin_dir)
+    print("measured:", " ".join(sorted(used)))
+    allowed = unit_filter()
+    assert used <= allowed, sorted(used - allowed)
+    default = expand_filter(["@default"])
+    listed = {name for line in unit_settings("SystemCallFilter") for name in line.split()}
+    assert listed - used - SIBLINGS - default == set()  # nothing the run does not need

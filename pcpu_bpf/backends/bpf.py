@@ -11,6 +11,7 @@ fix. ``attach=False`` loads without attaching, for BPF_PROG_TEST_RUN.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -72,6 +73,9 @@ class _Resolver(Protocol):
 
 
 Symbolize = Callable[[int], str]
+
+# Seconds close() waits for a map read under way (reads take milliseconds).
+CLOSE_TIMEOUT = 5.0
 
 
 class BpfBackend(Backend):
@@ -136,7 +140,11 @@ class BpfBackend(Backend):
             raise BackendUnavailable("a pinned set is always attached: pin_dir needs attach")
         self.adopted = False
         self._set: LoadedSet | None = None
+        # Held by a read of the maps; close() takes it, so no read ever uses an fd that
+        # was closed (and perhaps reused) under it.
+        self._reading = threading.RLock()
         if pin_dir is not None:
+            pins.check_pin_dir(Path(pin_dir))
             self._set = _adopt(Path(pin_dir), layout_digest(directory, defines), self._capacities)
             self.adopted = self._set is not None
         if self._set is None:
@@ -187,19 +195,22 @@ class BpfBackend(Backend):
 
     def read_tables(self) -> Tables:
         """The maps as raw tables (addresses, not names), per-CPU values summed."""
-        return read_tables(self._live().maps, self.possible_cpus, self.site_capacity)
+        with self._reading:
+            return read_tables(self._live().maps, self.possible_cpus, self.site_capacity)
 
     def snapshot(self) -> Snapshot:
         """Read every map (summing per-CPU values) into a Snapshot; nothing is cleared.
 
         The kernel stats, the live-table walk and the breakdown come from the throttled
         read (at most one per min_read_interval); the counters are read every time."""
-        loaded = self._live()
-        slow = self._slow()
-        # A read made for this call: its counters are of the breakdown's moment, so the
-        # whole Snapshot is (the sites' live bytes add up to traced_live exactly).
-        fresh, self._last_slow = slow is not self._last_slow, slow
-        tables = slow.tables if fresh else self.read_tables()
+        with self._reading:
+            loaded = self._live()
+            slow = self._slow()
+            # A read made for this call: its counters are of the breakdown's moment, so
+            # the whole Snapshot is (the sites' live bytes add up to traced_live exactly).
+            fresh, self._last_slow = slow is not self._last_slow, slow
+            tables = slow.tables if fresh else self.read_tables()
+            programs = self._program_stats(loaded)
         ctx = SnapshotContext(
             backend=self.name,
             kernel=self._release,
@@ -207,10 +218,10 @@ class BpfBackend(Backend):
             nr_units=slow.nr_units,
             kernel_stats=slow.kernel_stats,
             fields_available=self._fields_available,
-            programs=self._program_stats(loaded),
+            programs=programs,
             maps=map_usage(tables, self.live_capacity, self.site_capacity),
-            tracking_start_time=self.tracking_started,
-            profiler_percpu_bytes=self.percpu_bytes,
+            tracking_start_time=loaded.started_ns / 1e9,
+            profiler_percpu_bytes=loaded.percpu_bytes_per_cpu * self.possible_cpus,
             memcg_extension=self._memcg_extension,
             ages=slow.ages,
             breakdown=slow.breakdown,
@@ -291,9 +302,17 @@ class BpfBackend(Backend):
             )
         return out
 
-    def close(self) -> None:
-        """Close every fd; idempotent. An unpinned set detaches; a pinned one stays."""
-        loaded, self._set = self._set, None
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Close every fd once no read is under way; idempotent. An unpinned set detaches;
+        a pinned one stays. A read stuck for ``timeout`` seconds leaves the fds to the
+        process's exit (logged)."""
+        if not self._reading.acquire(timeout=timeout):
+            log.warning("a map read is still under way after %g s: not closing its fds", timeout)
+            return
+        try:
+            loaded, self._set = self._set, None
+        finally:
+            self._reading.release()
         if loaded is not None:
             loaded.close()
 

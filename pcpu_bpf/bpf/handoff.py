@@ -1,7 +1,8 @@
 """A loaded set of maps, programs and links, held by fds: from the loader process, or pins.
 
 `spawn_loader` runs ``python -m pcpu_bpf.bpf.loader`` with one end of a socketpair and
-receives the fds it sends (SCM_RIGHTS) with their manifest; the process then exits, so
+receives the fds it sends (SCM_RIGHTS) with their manifest; the process then exits (and
+dies with its caller if that dies first: PR_SET_PDEATHSIG), so
 bcc and LLVM never stay mapped in the caller. Links die with their last fd: a set that
 is not pinned detaches when its holder closes it or exits.
 """
@@ -47,7 +48,13 @@ def spawn_loader(request: LoadRequest, timeout: float = 600.0) -> LoadedSet:
     with parent, tempfile.TemporaryFile("w+") as stderr:
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "pcpu_bpf.bpf.loader", str(child.fileno())],
+                [
+                    sys.executable,
+                    "-m",
+                    "pcpu_bpf.bpf.loader",
+                    str(child.fileno()),
+                    str(os.getpid()),
+                ],
                 stdin=subprocess.PIPE,
                 stderr=stderr,
                 pass_fds=(child.fileno(),),

@@ -10,10 +10,12 @@ given (SCM_RIGHTS). Configuration is only -D defines, all built by `program_defi
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import importlib.resources
 import json
 import os
+import signal
 import socket
 import struct
 import sys
@@ -85,6 +87,8 @@ BCC_FIX = (
     "bcc is not importable from this Python: install python3-bpfcc (apt) and use a venv "
     "made with --system-site-packages (PyPI's 'bcc' is an unrelated package)"
 )
+
+PR_SET_PDEATHSIG = 1  # include/uapi/linux/prctl.h
 
 # Prefix of the -D argument-index defines, per tracepoint (see bpf_programs/README.md).
 _DEFINE_PREFIX = {
@@ -351,8 +355,20 @@ def _send(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> None:
     socket.send_fds(sock, [json.dumps(message).encode()], fds)
 
 
+def _die_with(parent: int) -> None:
+    """Be killed when ``parent`` dies: a daemon killed while its loader compiles must not
+    leave the loader to attach (and pin) a set nobody asked for any more."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # it died before prctl took effect
+        os._exit(1)
+
+
 def main() -> int:
-    """The loader process: request on stdin, manifest and fds to the socket fd in argv."""
+    """The loader process: request on stdin, manifest and fds to the socket fd in argv
+    (and the parent's pid, to die with it)."""
+    if len(sys.argv) > 2:
+        _die_with(int(sys.argv[2]))
     sock = socket.socket(fileno=int(sys.argv[1]))
     try:
         manifest, fds, _ = load(LoadRequest.from_json(sys.stdin.read()))

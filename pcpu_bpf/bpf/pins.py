@@ -12,6 +12,7 @@ removed like a set. Unpinning a link detaches its program once no process holds 
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import struct
@@ -22,11 +23,43 @@ from pathlib import Path
 
 from pcpu_bpf.bpf import syscalls
 from pcpu_bpf.bpf.maps import BPF_MAPS, META_FORMAT, META_MAP, PROGRAMS, Capacities, map_mismatch
-from pcpu_bpf.errors import PcpuError, ProgramLoadError
+from pcpu_bpf.errors import BackendUnavailable, PcpuError, ProgramLoadError
 
 DEFAULT_PIN_DIR = Path("/sys/fs/bpf/pcpu-bpf")
 BPFFS_FIX = "mount -t bpf bpf /sys/fs/bpf"
 _LEFTOVER_TAGS = ("staging", "old")
+BPF_FS_MAGIC = 0xCAFE4A11  # include/uapi/linux/magic.h
+_STATFS_SIZE = 256  # struct statfs is 120 bytes on 64-bit Linux; f_type comes first
+
+
+def _fs_type(path: Path) -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(_STATFS_SIZE)
+    if libc.statfs(os.fsencode(path), buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(path))
+    return int(struct.unpack_from("L", buf)[0]) & 0xFFFFFFFF
+
+
+def check_pin_dir(pin_dir: Path) -> None:
+    """BackendUnavailable unless ``pin_dir`` is (or would be) a directory inside a bpffs,
+    not its root: everything the daemon pins, and everything detach and a start's
+    clean-up remove, is in there, so no other directory is ever written to or emptied."""
+    where = pin_dir if pin_dir.exists() else pin_dir.parent
+    try:
+        on_bpffs = _fs_type(where) == BPF_FS_MAGIC
+    except OSError as exc:
+        raise BackendUnavailable(f"pin directory {pin_dir}: {exc.strerror}") from None
+    if not on_bpffs:
+        raise BackendUnavailable(
+            f"pin directory {pin_dir} is not on a bpf file system ({BPFFS_FIX}; the "
+            f"default is {DEFAULT_PIN_DIR})"
+        )
+    if pin_dir.exists() and (not pin_dir.is_dir() or os.path.ismount(pin_dir)):
+        raise BackendUnavailable(
+            f"pin directory {pin_dir} must be a directory of its own inside a bpffs, "
+            f"not the mount itself (the default is {DEFAULT_PIN_DIR})"
+        )
 
 
 @dataclass(slots=True)
@@ -217,7 +250,11 @@ def open_pinned(pin_dir: Path, layout: bytes, capacities: Capacities) -> LoadedS
 
 def remove_set(pin_dir: Path) -> dict[Path, list[str]]:
     """Unpin the set in ``pin_dir`` and every leftover beside it, then the directory:
-    directory -> names removed."""
+    directory -> names removed. BackendUnavailable, removing nothing, when ``pin_dir``
+    is not a pin directory in a bpffs."""
+    if not pin_dir.exists():
+        return {}
+    check_pin_dir(pin_dir)
     out = {}
     for path in [current(pin_dir), *leftovers(pin_dir)]:
         if path.is_dir():

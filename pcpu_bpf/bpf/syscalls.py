@@ -418,6 +418,6 @@ def close(fd: int) -> None:
 def bpf_stats_enabled(sysctl: str | Path = "/proc/sys/kernel/bpf_stats_enabled") -> bool:
     """Does the kernel count run_cnt and run_time_ns (sysctl kernel.bpf_stats_enabled)?"""
     try:
-        return Path(sysctl).read_text().strip() != "0"
+        return Path(sysctl).read_text(errors="replace").strip() != "0"
     except OSError:
         return False

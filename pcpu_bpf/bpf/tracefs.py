@@ -107,7 +107,8 @@ def read_layout(tracefs_root: str | Path | None = None) -> TracepointLayout:
     for event in TRACEPOINTS:
         path = root / "events" / "percpu" / event / "format"
         try:
-            out[event] = parse_format(path.read_text())
+            # errors="replace": stray bytes make no field, never a UnicodeDecodeError.
+            out[event] = parse_format(path.read_text(encoding="utf-8", errors="replace"))
         except FileNotFoundError:
             raise BackendUnavailable(
                 f"tracepoint percpu:{event} not found ({path}): the kernel needs "
@@ -117,4 +118,6 @@ def read_layout(tracefs_root: str | Path | None = None) -> TracepointLayout:
             raise BackendUnavailable(
                 f"cannot read {path}: run as root or grant CAP_DAC_READ_SEARCH"
             ) from None
+        except OSError as exc:
+            raise BackendUnavailable(f"cannot read {path}: {exc.strerror}") from None
     return TracepointLayout(out)

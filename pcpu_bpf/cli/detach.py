@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from pcpu_bpf.bpf.pins import DEFAULT_PIN_DIR, remove_set
+from pcpu_bpf.errors import PcpuError
 
 EPILOG = """\b
 Examples:
@@ -31,6 +32,8 @@ def detach(pin_dir: Path) -> None:
         removed = remove_set(pin_dir)
     except OSError as exc:
         raise click.ClickException(f"cannot remove {exc.filename}: {exc.strerror}") from None
+    except PcpuError as exc:
+        raise click.ClickException(str(exc)) from None
     if not removed:
         click.echo(f"nothing pinned at {pin_dir}")
         return

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import click
 
 from pcpu_bpf.backends import (
+    Backend,
     BackendOptions,
     ignored_options,
     open_backend,
@@ -20,10 +21,12 @@ from pcpu_bpf.bpf.pins import DEFAULT_PIN_DIR
 from pcpu_bpf.cli.params import Seconds
 from pcpu_bpf.daemon.http_server import DEFAULT_MAX_CONNECTIONS, Limits
 from pcpu_bpf.daemon.listener import DEFAULT_LISTEN, bind, parse_listen
+from pcpu_bpf.daemon.privileges import drop_capabilities
 from pcpu_bpf.daemon.server import serve
 from pcpu_bpf.daemon.systemd import configure_logging, sd_notify
 from pcpu_bpf.daemon.web_config import PLAIN, WebSecurity, load_web_config
 from pcpu_bpf.errors import PcpuError
+from pcpu_bpf.kernel.reader import read_kernel_stats
 from pcpu_bpf.model.layout import (
     DEFAULT_LIVE_CAPACITY,
     DEFAULT_SITE_CAPACITY,
@@ -180,6 +183,8 @@ def serve_command(
             raise _OneLineError(str(exc)) from None
     if backend == "bpf":  # the sim's kernel stats are simulated: nothing to spare
         options["min_read_interval"] = min_read_interval
+    # The collector logs a kernel statistics part failing (once per outage) and recovering.
+    read_kernel_stats.warn = False
     # --check leaves nothing behind: it loads its own set and detaches it.
     if backend == "bpf" and not check:
         options["pin_dir"] = pin_dir
@@ -214,6 +219,7 @@ def serve_command(
                 raise click.ClickException(f"backend {backend} attached, but: {exc}") from None
         else:
             assert listener is not None
+            least_privilege(source)
             try:
                 serve(
                     source,
@@ -231,6 +237,31 @@ def serve_command(
         log.info("exiting; the set stays pinned in %s (`pcpu-bpf detach` removes it)", pinned)
     else:
         log.info("detached; exiting")
+
+
+def least_privilege(source: Backend) -> None:
+    """Drop every capability a snapshot no longer needs, now that the set is attached: one
+    snapshot with all of them first (it opens what later ones read), then the probe."""
+    try:
+        first = source.snapshot()
+    except Exception as exc:  # the collector reports it per scrape; keep what we have
+        log.warning("first snapshot failed (%s): keeping the capabilities started with", exc)
+        return
+    unreadable = set(first.kernel_stats.errors) if first.kernel_stats else set()
+
+    def probe() -> bool:
+        try:
+            snap = source.snapshot()
+        except Exception:
+            return False
+        errors = set(snap.kernel_stats.errors) if snap.kernel_stats else set()
+        return errors <= unreadable
+
+    sd_notify("STATUS=dropping capabilities")
+    try:
+        drop_capabilities(probe)
+    except (OSError, PcpuError) as exc:
+        log.warning("could not drop capabilities: %s", exc)
 
 
 def _ignore_hangup(signum: int, frame: FrameType | None) -> None:

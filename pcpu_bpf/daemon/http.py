@@ -109,7 +109,10 @@ def parse_head(head: bytes) -> Request:
         key = name.lower()
         value = value.strip()
         headers[key] = f"{headers[key]}, {value}" if key in headers else value
-    split = urlsplit(target)
+    try:
+        split = urlsplit(target)
+    except ValueError:  # "//[" and the like: an IPv6 authority never closed
+        raise HttpError(400, "malformed request target") from None
     if not method.isalpha() or not split.path.startswith("/"):
         raise HttpError(400, "malformed request target")
     return Request(method, unquote(split.path), parse_qs(split.query), headers)

@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_CONNECTIONS = 256
 _WARN_EVERY = 60.0  # seconds between repeated warnings about clients
+# Seconds a stopping server waits for scrapes under way (each takes milliseconds; only
+# a read stuck in the kernel takes longer).
+SCRAPE_DRAIN = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,8 +131,10 @@ class HttpServer:
             return False
         return answered.wait(timeout)
 
-    def stop(self, timeout: float = 2.0) -> None:
-        """Stop accepting, drop every connection, end the thread (waits up to ``timeout``)."""
+    def stop(self, timeout: float = 2.0, drain: float = SCRAPE_DRAIN) -> None:
+        """Stop accepting, drop every connection, end the thread (waits up to ``timeout``),
+        then wait up to ``drain`` seconds for scrapes under way to finish, so the caller
+        can close the backend without pulling it from under one."""
         loop, stopping = self._loop, self._stopping
         if loop is not None and stopping is not None:
             try:
@@ -138,7 +143,8 @@ class HttpServer:
                 pass  # already closed
         if self._thread.ident is not None:  # started
             self._thread.join(timeout)
-        self._workers.close()
+        if not self._workers.close(timeout=drain):
+            log.warning("a scrape was still under way %g s after stopping; not waiting", drain)
         if self._auth_workers is not None:
             self._auth_workers.close()
 

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -39,10 +40,15 @@ class Workers:
         self._jobs.put((loop, future, call))
         return future
 
-    def close(self) -> None:
-        """Let the threads finish their current job and end (does not wait)."""
+    def close(self, timeout: float = 0.0) -> bool:
+        """Let the threads finish their current job and end, waiting up to ``timeout``
+        seconds; True when every thread has ended."""
         for _ in self._threads:
             self._jobs.put(None)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in self._threads)
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:

@@ -108,6 +108,8 @@ class _Lines:
             digits = raw[1:] if raw.startswith("-") else raw
             if not (digits.isascii() and digits.isdigit()):
                 raise self.error(f"value of {name!r} is not an integer")
+            if len(digits) > 20:  # the kernel prints 64-bit values
+                raise self.error(f"value of {name!r} is out of range")
             self._pos += 1
             yield int(raw)
 

@@ -9,8 +9,9 @@ from pcpu_bpf.errors import StatsParseError
 
 # fs/proc/meminfo.c: show_val_kb() prints "%-16s%8lu kB" ("Percpu:" since 4.12).
 # [0-9], not \d: \d also matches non-ASCII digits, which int() would then accept.
-_PERCPU_LINE = re.compile(r"Percpu:\s+([0-9]+) kB")
-_CPU_RANGE = re.compile(r"([0-9]+)(?:-([0-9]+))?")
+# At most 20 digits (a u64): longer ones are no kernel's, and int() refuses past 4300.
+_PERCPU_LINE = re.compile(r"Percpu:\s+([0-9]{1,20}) kB")
+_CPU_RANGE = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
 # Above any CONFIG_NR_CPUS (at most 8192): a corrupt range must not build a huge set.
 _MAX_CPUS = 1 << 16
 

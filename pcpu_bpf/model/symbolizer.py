@@ -11,6 +11,7 @@ bytes. Anything uncovered resolves to a stable hex label.
 from __future__ import annotations
 
 import bisect
+import re
 from array import array
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -18,6 +19,8 @@ from pathlib import Path
 from pcpu_bpf.errors import StatsParseError
 
 TEXT_TYPES = frozenset("tTwW")
+# A kallsyms address: up to 16 hex digits, no sign, prefix or underscores (int() takes them).
+_ADDRESS = re.compile(r"[0-9a-fA-F]{1,16}")
 # Nothing bounds the highest symbol (kallsyms has no sizes); one page is a generous
 # function and keeps a stray address far above it from getting a name.
 LAST_SYMBOL_SIZE = 0x1000
@@ -76,12 +79,9 @@ class Symbolizer:
             fields = line.split(maxsplit=3)
             if not fields:
                 continue
-            try:
-                addr = int(fields[0], 16)
-                kind = fields[1]
-                name = fields[2]
-            except (IndexError, ValueError):
-                raise StatsParseError(f"kallsyms line {no}: malformed: {line!r}") from None
+            if len(fields) < 3 or not _ADDRESS.fullmatch(fields[0]):
+                raise StatsParseError(f"kallsyms line {no}: malformed: {line!r}")
+            addr, kind, name = int(fields[0], 16), fields[1], fields[2]
             if addr:
                 all_zero = False
             symbols.append((addr, name if kind in TEXT_TYPES else None))

@@ -11,7 +11,8 @@ from pcpu_bpf.errors import ScenarioError
 # address), so they show under their own hex label.
 REQUEST_CALL_SITE = 0xFFFFFFFFC0DE0000
 DEFAULT_ALIGN = 8
-_TEXT = re.compile(r"^(?P<size>\d+)(?:/(?P<align>\d+))?(?P<atomic>,atomic)?$")
+# ASCII digits, at most 20 (\d would take other scripts' digits, int() refuses 4300).
+_TEXT = re.compile(r"(?P<size>[0-9]{1,20})(?:/(?P<align>[0-9]{1,20}))?(?P<atomic>,atomic)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +26,7 @@ class AllocRequest:
     @classmethod
     def parse(cls, text: str) -> AllocRequest:
         """Parse "SIZE[/ALIGN][,atomic]" (align 8 when left out); ScenarioError otherwise."""
-        m = _TEXT.match(text)
+        m = _TEXT.fullmatch(text)
         if not m:
             raise ScenarioError(f"{text!r} is not SIZE[/ALIGN][,atomic]")
         return cls(int(m["size"]), int(m["align"] or DEFAULT_ALIGN), bool(m["atomic"]))
