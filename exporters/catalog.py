@@ -726,14 +726,15 @@ CATALOG: tuple[Family, ...] = (
     Family(
         "pcpu_bpf_map_percpu_bytes",
         GAUGE,
-        "Percpu memory each BPF map on the host holds, on all possible CPUs: per-CPU "
-        "values and the map's per-CPU bookkeeping, by map name, map type and the "
-        'programs using it (program="" for none). The largest --max-bpf-maps series; '
+        "Percpu memory each BPF map on the host holds, on all units (every possible CPU's "
+        "copy): per-CPU values and the map's per-CPU bookkeeping, by map name, map type and "
+        'the programs using it (program="" for none). The largest --max-bpf-maps series; '
         'the rest summed as map="(other)". Listing needs CAP_SYS_ADMIN.',
         ("map", "map_type", "program"),
         BPF_MAPS,
         Table(("kernel_stats", "bpf_maps"), MAP_OWNER),
         _BPF,
+        one_unit=ALL_UNITS,
     ),
     Family(
         "pcpu_cgroup_dying_descendants",
@@ -750,14 +751,16 @@ CATALOG: tuple[Family, ...] = (
     Family(
         "pcpu_cgroup_memory_percpu_bytes",
         GAUGE,
-        "Percpu bytes the cgroup v2 memory controller charges to each cgroup itself "
-        "(memory.stat percpu minus its children's, so the series add up; a dying "
-        "child's stay with its parent), also for memory allocated before tracing began. "
-        'The largest --max-cgroups cgroups; the rest summed as cgroup="(other)".',
+        "Percpu memory the cgroup v2 memory controller charges to each cgroup itself, on "
+        "all units with the memcg extension (memory.stat percpu minus its children's, so "
+        "the series add up; a dying child's stays with its parent), also for memory "
+        "allocated before tracing began. The largest --max-cgroups cgroups; the rest "
+        'summed as cgroup="(other)".',
         ("cgroup",),
         CGROUPS,
         Table(("kernel_stats", "cgroups", "memory_percpu_bytes"), NAME),
         _BPF,
+        one_unit=ALL_UNITS,
     ),
     # The kernel's own accounting: /proc/meminfo.
     Family(

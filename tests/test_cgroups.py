@@ -34,6 +34,15 @@ def test_hierarchies_from_mountinfo(tmp_path: Path) -> None:
     assert cgroups.v1_root("cpu", tmp_path / "hybrid") == Path("/sys/fs/cgroup/cpu,cpuacct")
     assert cgroups.unified_root(tmp_path / "unified") == Path("/sys/fs/cgroup")
     assert cgroups.v1_root("memory", tmp_path / "unified") is None
+    # A pod: an extra mount elsewhere, and the node's mounted over its own view.
+    (tmp_path / "pod").write_text(
+        "41 22 0:26 / /mnt/elsewhere rw - cgroup2 cgroup2 rw\n"
+        + UNIFIED
+        + "40 29 0:26 / /sys/fs/cgroup ro,nosuid - cgroup2 cgroup2 rw\n"
+    )
+    assert cgroups.unified_root(tmp_path / "pod") == Path("/sys/fs/cgroup")
+    (tmp_path / "odd").write_text("41 22 0:26 / /mnt/elsewhere rw - cgroup2 cgroup2 rw\n")
+    assert cgroups.unified_root(tmp_path / "odd") == Path("/mnt/elsewhere")
 
 
 def make_tree(root: Path, percpu: dict[str, int | None]) -> None:

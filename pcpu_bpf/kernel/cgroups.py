@@ -38,9 +38,16 @@ def _mounts(mountinfo: str | Path) -> Iterator[tuple[str, str, list[str]]]:
             yield point, tail[0], tail[2].split(",")
 
 
+STANDARD_ROOTS = ("/sys/fs/cgroup", "/sys/fs/cgroup/unified")
+
+
 def unified_root(mountinfo: str | Path = "/proc/self/mountinfo") -> Path | None:
-    """Where cgroup v2 is mounted (the first cgroup2 mount), or None."""
-    return next((Path(p) for p, fs, _ in _mounts(mountinfo) if fs == "cgroup2"), None)
+    """Where cgroup v2 is mounted: at a standard place (/sys/fs/cgroup, or on a hybrid
+    host /sys/fs/cgroup/unified) if it is there, else the first cgroup2 mount; or None."""
+    points = [p for p, fs, _ in _mounts(mountinfo) if fs == "cgroup2"]
+    standard = [p for p in points if p in STANDARD_ROOTS]
+    chosen = standard or points
+    return Path(chosen[0]) if chosen else None
 
 
 def v1_root(controller: str, mountinfo: str | Path = "/proc/self/mountinfo") -> Path | None:
