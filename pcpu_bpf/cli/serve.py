@@ -162,7 +162,11 @@ def _opt(name: str, **kwargs: Any) -> Callable[[_F], _F]:
 )
 @_opt(
     "--pin-dir",
-    type=click.Path(file_okay=False),
+    # Not readable=True: click would ask access(2), which ignores capabilities. Under the
+    # unit, systemd mounts bpffs 0700 root and the service user reaches its own directory
+    # in it through CAP_DAC_READ_SEARCH; access(2) said "not readable" and every start
+    # failed (the Debian guest, systemd 252).
+    type=click.Path(file_okay=False, readable=False),
     default=str(DEFAULT_PIN_DIR),
     show_default=True,
     help="bpffs directory the maps and programs stay pinned in across restarts (bpf "
