@@ -182,8 +182,13 @@ def test_a_v2_cgroups_id_is_its_inode_number_and_resolves() -> None:
 @pytest.mark.privileged
 def test_the_hosts_cgroups_are_read() -> None:
     root = cgroups.unified_root()
+    assert root is not None, "no cgroup v2 mounted"
     memory = cgroups.v1_root("memory")
     stats = cgroup_stats(20, unified=root, memory_v1=memory)
-    assert stats.dying.get("unified", 0) >= 0
-    if memory is not None:  # a hybrid host: the v1 memory controller's dying cgroups
-        assert stats.dying["memory"] >= 0
+    # Every hierarchy mounted has its dying count: v2, and on a hybrid host v1 memory.
+    assert set(stats.dying) == {cgroups.UNIFIED} | ({"memory"} if memory else set())
+    assert all(isinstance(n, int) and n >= 0 for n in stats.dying.values())
+    # memory.stat's percpu is read exactly where the v2 memory controller gives children one.
+    memory_on = "memory" in (root / "cgroup.subtree_control").read_text().split()
+    children = any(p.is_dir() for p in root.iterdir())
+    assert (stats.memory_percpu_bytes is not None) == (memory_on and children)
