@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from pcpu_bpf.model.kernel_stats import BpfMapOwner
 from pcpu_bpf.model.layout import SIZE_BUCKETS
 from pcpu_bpf.model.snapshot import AgeKey, SiteKey, Snapshot
 
@@ -23,7 +24,8 @@ COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
 # Parts of a scrape that succeed or fail on their own: pcpu_collector_success{collector}.
 # "snapshot" is the backend read itself; when it fails only the exporter's families remain.
 SNAPSHOT, TRACING, PERCPU_STATS, MEMINFO = "snapshot", "tracing", "percpu_stats", "meminfo"
-COLLECTORS = (SNAPSHOT, TRACING, PERCPU_STATS, MEMINFO)
+BPF_MAPS, CGROUPS = "bpf_maps", "cgroups"
+COLLECTORS = (SNAPSHOT, TRACING, PERCPU_STATS, MEMINFO, BPF_MAPS, CGROUPS)
 EXPORTER = "exporter"  # families about the exporter itself, not taken from a Snapshot
 
 LabelValues = tuple[str, ...]
@@ -96,6 +98,7 @@ FLAGS = Key((bool, bool))
 PAIR = Key((str, str))
 SITE = Key((str, bool, bool), SiteKey)
 AGE = Key((str, bool, bool, str), AgeKey)
+MAP_OWNER = Key((str, str, str), BpfMapOwner)
 
 
 # ---- bindings: where in a Snapshot a family's numbers live -----------------------------
@@ -718,6 +721,46 @@ CATALOG: tuple[Family, ...] = (
         (),
         PERCPU_STATS,
         _stat("info", "alloc_size"),
+    ),
+    # Who holds percpu memory, as the kernel's objects say: BPF maps, cgroups.
+    Family(
+        "pcpu_bpf_map_percpu_bytes",
+        GAUGE,
+        "Percpu memory each BPF map on the host holds, on all units (every possible CPU's "
+        "copy): per-CPU values and the map's per-CPU bookkeeping, by map name, map type and "
+        'the programs using it (program="" for none). The largest --max-bpf-maps series; '
+        'the rest summed as map="(other)". Listing needs CAP_SYS_ADMIN.',
+        ("map", "map_type", "program"),
+        BPF_MAPS,
+        Table(("kernel_stats", "bpf_maps"), MAP_OWNER),
+        _BPF,
+        one_unit=ALL_UNITS,
+    ),
+    Family(
+        "pcpu_cgroup_dying_descendants",
+        GAUGE,
+        "Cgroups removed but not freed yet (still pinned, e.g. by page cache charged to "
+        "a memory cgroup, with their percpu statistics), by hierarchy: unified is cgroup "
+        "v2's cgroup.stat nr_dying_descendants, memory the v1 memory controller's count "
+        "minus its directories.",
+        ("hierarchy",),
+        CGROUPS,
+        Table(("kernel_stats", "cgroups", "dying"), NAME),
+        _BPF,
+    ),
+    Family(
+        "pcpu_cgroup_memory_percpu_bytes",
+        GAUGE,
+        "Percpu memory the cgroup v2 memory controller charges to each cgroup itself, on "
+        "all units with the memcg extension (memory.stat percpu minus its children's, so "
+        "the series add up; a dying child's stays with its parent), also for memory "
+        "allocated before tracing began. The largest --max-cgroups cgroups; the rest "
+        'summed as cgroup="(other)".',
+        ("cgroup",),
+        CGROUPS,
+        Table(("kernel_stats", "cgroups", "memory_percpu_bytes"), NAME),
+        _BPF,
+        one_unit=ALL_UNITS,
     ),
     # The kernel's own accounting: /proc/meminfo.
     Family(

@@ -21,8 +21,10 @@ from prometheus_client.core import (
 )
 
 from exporters.catalog import (
+    BPF_MAPS,
     BY_NAME,
     CATALOG,
+    CGROUPS,
     COLLECTORS,
     COUNTER,
     HISTOGRAM,
@@ -112,6 +114,10 @@ class PcpuCollector:
                     self._part(PERCPU_STATS, snap, out, ok)
                 if ks.meminfo_percpu_bytes is not None and MEMINFO not in ok:
                     self._part(MEMINFO, snap, out, ok)
+                if ks.bpf_maps is not None and BPF_MAPS not in ok:
+                    self._part(BPF_MAPS, snap, out, ok)
+                if ks.cgroups is not None and CGROUPS not in ok:
+                    self._part(CGROUPS, snap, out, ok)
             self._check_bounds(snap)
         return self._self_families(ok) + out
 

@@ -22,6 +22,7 @@ from pcpu_bpf.bpf.loader import HEADERS_FIX, kernel_headers
 from pcpu_bpf.bpf.syscalls import bpf_stats_enabled
 from pcpu_bpf.bpf.tracefs import TRACEFS_CANDIDATES, find_tracefs, read_layout
 from pcpu_bpf.errors import BackendUnavailable, PcpuError, StatsParseError
+from pcpu_bpf.kernel import cgroups
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 
@@ -96,6 +97,47 @@ def check_privileges(paths: Paths) -> Check:
     if not has(CAP_SYSLOG):
         return Check(name, WARN, f"{who}: no CAP_SYSLOG, call sites will be hex", CAPS_FIX)
     return Check(name, OK, who)
+
+
+def check_bpf_map_owners(paths: Paths) -> Check:
+    """CAP_SYS_ADMIN: listing every BPF map on the host (pcpu_bpf_map_percpu_bytes)."""
+    name = "BPF map owners"
+    try:
+        caps = parse_cap_eff((paths.proc_root / "self/status").read_text())
+    except OSError as exc:
+        return Check(name, WARN, f"cannot read {paths.proc_root}/self/status: {exc}")
+    if caps >> CAP_SYS_ADMIN & 1:
+        return Check(name, OK, "CAP_SYS_ADMIN: every BPF map on the host is listed")
+    return Check(
+        name,
+        WARN,
+        "no CAP_SYS_ADMIN: no pcpu_bpf_map_percpu_bytes (listing other tools' maps needs it)",
+        "run as root, or add CAP_SYS_ADMIN (systemd/README.md, BPF maps as owners)",
+    )
+
+
+def check_cgroups(paths: Paths) -> Check:
+    """cgroup v2 mounted (cgroup figures), and whether its memory controller is on."""
+    name = "cgroups"
+    try:
+        root = cgroups.unified_root(paths.proc_root / "self/mountinfo")
+        memory_v1 = cgroups.v1_root("memory", paths.proc_root / "self/mountinfo")
+    except OSError as exc:
+        return Check(name, WARN, f"cannot read {paths.proc_root}/self/mountinfo: {exc}")
+    v1 = f"; v1 memory controller at {memory_v1}" if memory_v1 is not None else ""
+    if root is None:
+        return Check(
+            name,
+            WARN,
+            f"no cgroup v2 mounted: no per-cgroup figures{v1}",
+            "mount -t cgroup2 none /sys/fs/cgroup/unified",
+        )
+    try:
+        controllers = (root / "cgroup.subtree_control").read_text().split()
+    except OSError:
+        controllers = []
+    memory = "on" if "memory" in controllers else "off (no memory.stat percpu)"
+    return Check(name, OK, f"cgroup v2 at {root}, memory controller {memory}{v1}")
 
 
 def check_tracefs(paths: Paths) -> Check:
@@ -312,6 +354,8 @@ def run_checks(
         check_kallsyms(paths),
         check_bpf_stats(paths),
         check_percpu_stats(paths),
+        check_bpf_map_owners(paths),
+        check_cgroups(paths),
     ]
     if pinned is not None:
         checks.append(pinned)

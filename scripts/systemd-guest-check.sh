@@ -17,7 +17,10 @@
 #     the guest, and the log says so).
 #  4. A oneshot pcpu-guest-check.service in the guest waits for pcpu-bpf to be active,
 #     records status, properties, start-up time, the process's uid and capabilities,
-#     /metrics (after some percpu work: `unshare -n true`), the journal, the online
+#     /metrics (after some percpu work: `unshare -n true`), the zombie memory cgroups
+#     (--zombies cgroups made under /sys/fs/cgroup/pcpu-zombies with +memory, page cache
+#     charged in each, removed: dying counts, memory.stat percpu and the live bytes at the
+#     memory-cgroup call sites, before and after, from /metrics), the journal, the online
 #     `systemd-analyze security`, outlives one watchdog period, stops the unit and checks
 #     that it stopped cleanly and that `bpftool prog show` lists none of its programs,
 #     prints `PCPU-GUEST-CHECK: PASS` or `PCPU-GUEST-CHECK: FAIL (...)`, and powers off.
@@ -42,6 +45,7 @@
 #       --boot-timeout S    kill qemu after S seconds (default: 2400)
 #       --memory MB         guest memory (default: 2048)
 #       --smp N             guest CPUs (default: 2)
+#       --zombies N         memory cgroups made, charged and removed in the guest (default: 20)
 #       --reuse-image       boot the existing WORKDIR/guest.img again, without rebuilding
 #   -h, --help
 #
@@ -71,6 +75,7 @@ WAIT=900
 BOOT_TIMEOUT=2400
 MEMORY=2048
 SMP=2
+ZOMBIES=20
 REUSE_IMAGE=0
 ARGS=("$@")
 while [ $# -gt 0 ]; do
@@ -85,6 +90,7 @@ while [ $# -gt 0 ]; do
     --boot-timeout) BOOT_TIMEOUT=${2:?}; shift 2 ;;
     --memory) MEMORY=${2:?}; shift 2 ;;
     --smp) SMP=${2:?}; shift 2 ;;
+    --zombies) ZOMBIES=${2:?}; shift 2 ;;
     --reuse-image) REUSE_IMAGE=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; die "unknown option: $1" ;;
@@ -98,7 +104,7 @@ CACHE=$(readlink -m "$CACHE")
 case "$WORKDIR/" in "$REPO"/*) die "keep the work dir outside the repository" ;; esac
 case "$CACHE/" in "$REPO"/*) die "keep the cache outside the repository" ;; esac
 case "$WORKDIR" in /|/var|/var/tmp|/tmp|/root|/home) die "work dir $WORKDIR is too broad" ;; esac
-for n in "$WAIT" "$BOOT_TIMEOUT" "$MEMORY" "$SMP" ${START_TIMEOUT:+"$START_TIMEOUT"}; do
+for n in "$WAIT" "$BOOT_TIMEOUT" "$MEMORY" "$SMP" "$ZOMBIES" ${START_TIMEOUT:+"$START_TIMEOUT"}; do
   [[ "$n" =~ ^[0-9]+$ ]] || die "not a number: $n"
 done
 TREE=$WORKDIR/tree
@@ -301,7 +307,7 @@ TTYVHangup=no
 [Install]
 WantedBy=multi-user.target
 EOF
-printf 'WAIT=%s\n' "$WAIT" >"$TREE/etc/default/pcpu-guest-check"
+printf 'WAIT=%s\nZOMBIES=%s\n' "$WAIT" "$ZOMBIES" >"$TREE/etc/default/pcpu-guest-check"
 cat >"$TREE/usr/local/sbin/pcpu-guest-check" <<'EOF'
 #!/bin/bash
 # Runs in the guest at boot (pcpu-guest-check.service); output goes to the serial console.
@@ -454,12 +460,14 @@ if curl -fsS --max-time 60 http://127.0.0.1:9717/metrics -o /run/pcpu-metrics.tx
   grep -E '^pcpu_allocations_total' /run/pcpu-metrics.txt | sort -t' ' -k2 -rn | head -n 25
   echo "--- other"
   grep -E '^pcpu_(meminfo_bytes|tracepoint_field_available|collector_errors_total|bpf_program_recursion|tracking_dropped)' /run/pcpu-metrics.txt
-  for c in snapshot tracing meminfo percpu_stats; do
+  for c in snapshot tracing meminfo percpu_stats cgroups bpf_maps; do
     v=$(awk -v c="$c" '$1 == "pcpu_collector_success{collector=\"" c "\"}" { print $2 }' /run/pcpu-metrics.txt)
     note "pcpu_collector_success{collector=\"$c\"} ${v:-missing}"
     case "$c:$v" in
       percpu_stats:0.0|percpu_stats:0) ;;  # CONFIG_PERCPU_STATS off on 6.1: degrade, expected
       percpu_stats:*) bad "percpu_stats collector is '$v', expected 0 on a kernel without CONFIG_PERCPU_STATS" ;;
+      bpf_maps:0.0|bpf_maps:0) ;;  # listing the host's BPF maps needs CAP_SYS_ADMIN: an opt-in
+      bpf_maps:*) bad "bpf_maps collector is '$v', expected 0 without CAP_SYS_ADMIN" ;;
       *:1.0|*:1) ;;
       *) bad "collector $c success '$v'" ;;
     esac
@@ -473,6 +481,50 @@ if curl -fsS --max-time 60 http://127.0.0.1:9717/metrics -o /run/pcpu-metrics.tx
 else
   bad "curl /metrics failed"
 fi
+
+# Zombie memory cgroups under systemd's cgroup v2: made, charged with page cache, removed.
+# They stay dying (the page cache still holds them) with their percpu statistics live.
+sec "zombie memory cgroups: $ZOMBIES made, page cache charged, removed"
+metric() { awk -v k="$1" '$1 == k { print $2 }' "$2"; }
+live_by_site() {  # pcpu_live_bytes summed by call site: "site bytes" lines
+  awk -F'[{}", ]+' '/^pcpu_live_bytes\{/ { for (i = 2; i < NF; i += 2) if ($i == "call_site=") s = $(i + 1); b[s] += $NF }
+    END { for (s in b) printf "%s %d\n", s, b[s] }' "$1" | sort
+}
+Z=/sys/fs/cgroup/pcpu-zombies
+note "root cgroup.subtree_control: $(cat /sys/fs/cgroup/cgroup.subtree_control)"
+grep -qw memory /sys/fs/cgroup/cgroup.subtree_control || echo +memory >/sys/fs/cgroup/cgroup.subtree_control
+mkdir -p "$Z" && echo +memory >"$Z/cgroup.subtree_control"
+sleep 6  # the daemon reads the cgroups at most once per --min-read-interval (5 s)
+curl -fsS --max-time 60 http://127.0.0.1:9717/metrics -o /run/pcpu-zombie-before.txt || bad "curl /metrics (zombies, before)"
+d0=$(awk '$1 == "nr_dying_descendants" { print $2 }' /sys/fs/cgroup/cgroup.stat)
+for ((z = 1; z <= ZOMBIES; z++)); do
+  mkdir "$Z/z$z"
+  sh -c "echo \$\$ >$Z/z$z/cgroup.procs && exec dd if=/dev/zero of=/var/tmp/pcpu-zombie-$z bs=1M count=2 status=none"
+  rmdir "$Z/z$z"
+done
+sleep 6
+curl -fsS --max-time 60 http://127.0.0.1:9717/metrics -o /run/pcpu-zombie-after.txt || bad "curl /metrics (zombies, after)"
+d1=$(awk '$1 == "nr_dying_descendants" { print $2 }' /sys/fs/cgroup/cgroup.stat)
+m0=$(metric 'pcpu_cgroup_dying_descendants{hierarchy="unified"}' /run/pcpu-zombie-before.txt)
+m1=$(metric 'pcpu_cgroup_dying_descendants{hierarchy="unified"}' /run/pcpu-zombie-after.txt)
+note "root cgroup.stat nr_dying_descendants: $d0 -> $d1; $Z: $(awk '$1 == "nr_dying_descendants" { print $2 }' "$Z/cgroup.stat")"
+note "pcpu_cgroup_dying_descendants{hierarchy=\"unified\"}: ${m0:-missing} -> ${m1:-missing}"
+[ -n "$m1" ] && awk -v a="${m0:-0}" -v b="$m1" -v n="$ZOMBIES" 'BEGIN { exit !(b - a >= n) }' \
+  || bad "pcpu_cgroup_dying_descendants did not rise by $ZOMBIES"
+stat_percpu=$(awk '$1 == "percpu" { print $2 }' "$Z/memory.stat")
+exported=$(metric 'pcpu_cgroup_memory_percpu_bytes{cgroup="/pcpu-zombies"}' /run/pcpu-zombie-after.txt)
+note "$Z memory.stat percpu (its dying children's statistics, charged to it): $stat_percpu bytes; pcpu_cgroup_memory_percpu_bytes{cgroup=\"/pcpu-zombies\"} ${exported:-missing}"
+[ -n "$exported" ] || bad "no pcpu_cgroup_memory_percpu_bytes for /pcpu-zombies"
+echo "--- pcpu_cgroup_memory_percpu_bytes (after)"
+grep -E '^pcpu_cgroup_memory_percpu_bytes' /run/pcpu-zombie-after.txt | sort -t' ' -k2 -rn | head -n 10
+echo "--- live bytes that grew, by call site (before -> after)"
+join -a 2 -e 0 -o 0,1.2,2.2 <(live_by_site /run/pcpu-zombie-before.txt) <(live_by_site /run/pcpu-zombie-after.txt) \
+  | awk '$3 > $2 { printf "%s %d -> %d (+%d)\n", $1, $2, $3, $3 - $2 }' | sort -t'+' -k2 -rn | head -n 12 \
+  | tee /run/pcpu-zombie-grew.txt
+note "live bytes grew at: $(awk '{ printf "%s%s %s", (NR > 1 ? ", " : ""), $1, $NF }' /run/pcpu-zombie-grew.txt)"
+grep -Eq '^(mem_cgroup_css_alloc|mem_cgroup_alloc|alloc_mem_cgroup_per_node_info) ' /run/pcpu-zombie-grew.txt \
+  || bad "no live bytes grew at a memory-cgroup call site"
+rm -f /var/tmp/pcpu-zombie-*  # frees the page cache: the zombies can go, in their time
 
 sec "journalctl -u pcpu-bpf -b --no-pager | tail -40"
 journalctl -u pcpu-bpf -b --no-pager | tail -n 40

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from exporters.catalog import (
+    BPF_MAPS,
     CATALOG,
+    CGROUPS,
     EXPORTER,
     MEMINFO,
     PERCPU_STATS,
@@ -28,6 +30,8 @@ SECTIONS = (
     (SNAPSHOT, "How fresh the kernel's own figures are"),
     (PERCPU_STATS, "From the kernel's percpu_stats (debugfs)"),
     (MEMINFO, "From /proc/meminfo, and the parts of its Percpu"),
+    (BPF_MAPS, "Who holds it: BPF maps (bpf(2))"),
+    (CGROUPS, "Who holds it: cgroups (the cgroup filesystem)"),
     (EXPORTER, "About the exporter itself"),
 )
 

@@ -37,10 +37,19 @@ def make_system(
     kallsyms_zero: bool = False,
     bpf_stats: str = "1",
     percpu_stats: bool = True,
+    unified: bool = True,
 ) -> doctor.Paths:
     proc = tmp / "proc"
     (proc / "self").mkdir(parents=True)
     (proc / "self/status").write_text(f"Name:\tpython3\nCapInh:\t0\nCapEff:\t{caps:016x}\n")
+    cgroup2 = tmp / "cgroup"
+    if unified:
+        cgroup2.mkdir()
+        (cgroup2 / "cgroup.subtree_control").write_text("cpu memory pids\n")
+        mount = f"29 22 0:26 / {cgroup2} rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
+    else:
+        mount = "22 1 0:21 / /sys rw,nosuid - sysfs sysfs rw\n"
+    (proc / "self/mountinfo").write_text(mount)
     addr = "0000000000000000" if kallsyms_zero else "ffffffff81000000"
     (proc / "kallsyms").write_text(f"{addr} T _stext\n{addr} T do_one_initcall\n")
     (proc / "sys/kernel").mkdir(parents=True)
@@ -71,6 +80,7 @@ def test_healthy_system_is_all_ok(tmp_path: Path) -> None:
     assert {n: c.verdict for n, c in checks.items()} == dict.fromkeys(checks, "ok")
     assert "linux-headers" in checks["kernel headers"].detail
     assert "0.26.0 from /usr/lib/python3/dist-packages/bcc" in checks["bcc"].detail
+    assert "memory controller on" in checks["cgroups"].detail
     assert doctor.can_run(list(checks.values()))
 
 
@@ -87,6 +97,8 @@ def test_healthy_system_is_all_ok(tmp_path: Path) -> None:
         ({"kallsyms_zero": True}, "kallsyms", "warn", "CAP_SYSLOG"),
         ({"bpf_stats": "0"}, "bpf_stats", "warn", "sysctl -w kernel.bpf_stats_enabled=1"),
         ({"percpu_stats": False}, "percpu_stats", "warn", "CONFIG_PERCPU_STATS"),
+        ({"caps": BPF_PERFMON}, "BPF map owners", "warn", "CAP_SYS_ADMIN"),
+        ({"unified": False}, "cgroups", "warn", "mount -t cgroup2"),
     ],
 )
 def test_each_problem_has_a_verdict_and_a_fix(

@@ -12,6 +12,8 @@ from pcpu_bpf import __version__
 from pcpu_bpf.model.breakdown import Breakdown
 from pcpu_bpf.model.kernel_stats import (
     AllocationInfo,
+    BpfMapOwner,
+    CgroupStats,
     ChunkStats,
     GlobalStats,
     KernelStats,
@@ -64,7 +66,16 @@ def full_snapshot(**changes: object) -> Snapshot:
         chunk_creations=3,
         chunk_destructions=1,
         dropped={"live_table_full": 5},
-        kernel_stats=KernelStats(STATS, 8 << 20, read_at=0.25),
+        kernel_stats=KernelStats(
+            STATS,
+            8 << 20,
+            read_at=0.25,
+            bpf_maps={BpfMapOwner("policy", "percpu_hash", "agent"): 86016},
+            cgroups=CgroupStats(
+                dying={"unified": 3, "memory": 12},
+                memory_percpu_bytes={"/system.slice": 40960, "/": 8192},
+            ),
+        ),
         fields_available={("percpu_alloc_percpu", "call_site"): True},
         programs={"pcpu_alloc": ProgramStats(10, 2_500_000_000, 1)},
         maps={"sites": MapUsage(3, 4096)},
@@ -150,6 +161,9 @@ EXPECTED_TYPES = {
     "pcpu_meminfo_bytes": "gauge",
     "pcpu_memory_bytes": "gauge",
     "pcpu_memory_bound_violations": "counter",
+    "pcpu_bpf_map_percpu_bytes": "gauge",
+    "pcpu_cgroup_dying_descendants": "gauge",
+    "pcpu_cgroup_memory_percpu_bytes": "gauge",
 }
 
 
@@ -249,8 +263,9 @@ def test_kernel_stats_only_when_present() -> None:
 
 
 def test_sim_backend_without_programs_omits_bpf_families() -> None:
-    names = set(scrape(PcpuCollector(lambda: full_snapshot(programs=None, maps=None))))
-    assert not {n for n in names if n.startswith("pcpu_bpf_")}
+    sim_like = full_snapshot(programs=None, maps=None, kernel_stats=KernelStats(STATS, 8 << 20))
+    names = set(scrape(PcpuCollector(lambda: sim_like)))
+    assert not {n for n in names if n.startswith(("pcpu_bpf_", "pcpu_cgroup_"))}
 
 
 def test_failing_kernel_part_is_counted_and_the_rest_served(

@@ -11,6 +11,8 @@ from exporters.exposition import read_exposition
 from exporters.prometheus import PcpuCollector
 from pcpu_bpf.backends.sim import SimBackend
 from pcpu_bpf.errors import PcpuError
+from pcpu_bpf.model.kernel_stats import BpfMapOwner, CgroupStats, KernelStats
+from pcpu_bpf.model.ranking import OTHER
 from pcpu_bpf.model.snapshot import MapUsage, ProgramStats, SiteKey, SiteRecord, Snapshot
 from pcpu_bpf.sim.scenarios import SCENARIOS
 
@@ -119,6 +121,19 @@ def test_round_trip_of_the_live_backends_parts() -> None:
         },
         maps={"live": MapUsage(3, 262144), "sites": MapUsage(1, 4096)},
         fields_available={("percpu_alloc_percpu", "call_site"): True},
+        kernel_stats=KernelStats(
+            meminfo_percpu_bytes=1 << 20,
+            read_at=4.0,
+            bpf_maps={
+                BpfMapOwner("policy", "percpu_hash", "agent,+2 more"): 86016,
+                BpfMapOwner("", "percpu_array", ""): 4096,
+                BpfMapOwner(OTHER, "", ""): 512,
+            },
+            cgroups=CgroupStats(
+                dying={"unified": 2, "memory": 31},
+                memory_percpu_bytes={"/a/b (x)": 8192, OTHER: 40},
+            ),
+        ),
     )
     back = read_exposition(exposition(original), timestamp=5.0)
     assert back == original

@@ -58,6 +58,7 @@ def test_the_node_paths_it_mounts() -> None:
     assert sorted(paths.values()) == [
         "/lib/modules",
         "/sys/fs/bpf/pcpu-bpf",
+        "/sys/fs/cgroup",
         "/sys/kernel/debug",
         "/sys/kernel/tracing",
         "/usr/src",

@@ -83,7 +83,7 @@ def test_kallsyms_is_not_hidden() -> None:
 def test_env_file_names_every_option() -> None:
     text = (SYSTEMD / "pcpu-bpf.env").read_text()
     envvars = [p.envvar for p in serve_command.params if getattr(p, "envvar", None)]
-    assert len(envvars) == 12
+    assert len(envvars) == 14
     for name in envvars:
         assert re.search(rf"^#?\s*\(?.*{name}\b", text, re.M), name
     assert "\nPCPU" not in text  # everything commented: defaults unless the admin decides
@@ -300,7 +300,17 @@ def serve_as_unit(pin_dir: Path) -> str:
         for (name, labels), v in samples.items()
         if name == "pcpu_collector_success"
     }
-    assert success == {"snapshot": 1, "tracing": 1, "percpu_stats": 1, "meminfo": 1}, err
+    # Listing the host's BPF maps needs CAP_SYS_ADMIN, which the unit does not grant: that
+    # part is reported unavailable, once, and everything else is served.
+    assert success == {
+        "snapshot": 1,
+        "tracing": 1,
+        "percpu_stats": 1,
+        "meminfo": 1,
+        "bpf_maps": 0,
+        "cgroups": 1,
+    }, err
+    assert err.count("bpf_maps not available: listing every BPF map") == 1, err
     sites = {
         dict(labels)["call_site"]
         for (name, labels), _ in samples.items()

@@ -34,6 +34,8 @@ class BackendOptions:
     url: str | None = None
     min_read_interval: float | None = None
     min_age: float | None = None  # bpf, sim: also count what is at least this old
+    max_bpf_maps: int | None = None  # bpf: series of pcpu_bpf_map_percpu_bytes before (other)
+    max_cgroups: int | None = None  # bpf: cgroups with series of their own
 
     def given(self) -> dict[str, Any]:
         """The options that were set, by name."""
@@ -51,6 +53,8 @@ TAKES: dict[str, tuple[str, ...]] = {
         "min_read_interval",
         "pin_dir",
         "min_age",
+        "max_bpf_maps",
+        "max_cgroups",
     ),
     "sim": ("scenario", "seed", "live_capacity", "site_capacity", "min_age"),
     "remote": ("url",),

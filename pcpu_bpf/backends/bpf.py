@@ -20,6 +20,11 @@ from pathlib import Path
 from typing import Protocol
 
 from pcpu_bpf.backends.base import Backend
+from pcpu_bpf.backends.host_stats import (
+    DEFAULT_MAX_BPF_MAPS,
+    DEFAULT_MAX_CGROUPS,
+    HostStatsReader,
+)
 from pcpu_bpf.bpf import pins, syscalls
 from pcpu_bpf.bpf.handoff import spawn_loader
 from pcpu_bpf.bpf.loader import (
@@ -33,6 +38,7 @@ from pcpu_bpf.bpf.maps import (
     PROGRAMS,
     Capacities,
     read_live,
+    read_live_site,
     read_tables,
     read_tables_and_slots,
 )
@@ -52,6 +58,7 @@ from pcpu_bpf.model.layout import (
 from pcpu_bpf.model.snapshot import (
     LiveAges,
     ProgramStats,
+    SiteKey,
     Snapshot,
 )
 from pcpu_bpf.model.tables import (
@@ -97,8 +104,12 @@ class BpfBackend(Backend):
         attach: bool = True,
         pin_dir: str | Path | None = None,
         min_age: float | None = None,
+        max_bpf_maps: int = DEFAULT_MAX_BPF_MAPS,
+        max_cgroups: int = DEFAULT_MAX_CGROUPS,
     ) -> None:
         check_capacity("live_capacity", live_capacity)
+        check_limit("max_bpf_maps", max_bpf_maps)
+        check_limit("max_cgroups", max_cgroups)
         check_capacity("site_capacity", site_capacity)
         layout = read_layout(tracefs_root)
         layout.check_required()
@@ -125,7 +136,14 @@ class BpfBackend(Backend):
             nr_possible_cpus=self.possible_cpus,
         )
         self._symbolize = _symbolizer(symbolizer)
-        self._read_kernel_stats = kernel_stats or _default_kernel_stats()
+        # The kernel's own figures: percpu_stats and meminfo, then every BPF map of the host
+        # and the cgroups, in the one throttled read below.
+        self._read_kernel_stats = kernel_stats or HostStatsReader(
+            _default_kernel_stats(),
+            possible_cpus=self.possible_cpus,
+            max_bpf_maps=max_bpf_maps,
+            max_cgroups=max_cgroups,
+        )
         self._min_age = min_age
         self._walk_failed = False
         self._memcg_extension = self._fields_available.get(
@@ -197,6 +215,11 @@ class BpfBackend(Backend):
         """The maps as raw tables (addresses, not names), per-CPU values summed."""
         with self._reading:
             return read_tables(self._live().maps, self.possible_cpus, self.site_capacity)
+
+    def live_site(self, ptr: int) -> SiteKey | None:
+        """The site of the live traced allocation at percpu pointer ``ptr``; None if none."""
+        found = read_live_site(self._live().maps, ptr)
+        return None if found is None else site_key(found, self._symbolize)
 
     def snapshot(self) -> Snapshot:
         """Read every map (summing per-CPU values) into a Snapshot; nothing is cleared.
@@ -365,6 +388,12 @@ def check_capacity(what: str, value: int) -> None:
         )
 
 
+def check_limit(what: str, value: int) -> None:
+    """BackendUnavailable unless ``value`` is a usable number of series (at least 1)."""
+    if value < 1:
+        raise BackendUnavailable(f"{what} must be at least 1, got {value}")
+
+
 def _symbolizer(given: Symbolize | _Resolver | None) -> Symbolize:
     if given is None:
         from pcpu_bpf.model.symbolizer import Symbolizer
@@ -384,7 +413,7 @@ def _symbolizer(given: Symbolize | _Resolver | None) -> Symbolize:
     return given.resolve
 
 
-def _default_kernel_stats() -> Callable[[], KernelStats | None]:
+def _default_kernel_stats() -> Callable[[], KernelStats]:
     from pcpu_bpf.kernel.reader import read_kernel_stats
 
     return read_kernel_stats

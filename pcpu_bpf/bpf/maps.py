@@ -32,7 +32,7 @@ from pcpu_bpf.model.layout import (
     SITE_RECORD_FORMAT,
     SIZE_SUM_SLOT,
 )
-from pcpu_bpf.model.tables import Histogram, SiteAddressKey, SiteValue, Tables
+from pcpu_bpf.model.tables import Histogram, SiteAddressKey, SiteValue, Tables, address_key
 
 # Tracepoint -> the function of pcpu.bpf.c that serves it.
 PROGRAMS: dict[str, str] = {
@@ -49,6 +49,8 @@ META_MAP = "pcpu_meta"
 _MASK = (1 << 64) - 1
 _RECORD = struct.Struct(SITE_RECORD_FORMAT)
 _ENTRY = struct.Struct(LIVE_ENTRY_FORMAT)
+# How many of a record's leading fields are struct site_key's.
+_KEY_FIELDS = len(struct.unpack(SITE_KEY_FORMAT, bytes(struct.calcsize(SITE_KEY_FORMAT))))
 # The layout record beside a set: sha256 of the sources and defines, the CLOCK_REALTIME
 # ns tracking began, the percpu bytes per CPU the set holds.
 META_FORMAT = "<32sQQ"
@@ -192,6 +194,18 @@ def read_live(fd: int, capacity: int) -> Iterator[tuple[int, int, int]]:
     for blob in syscalls.lookup_batch_values(fd, 8, _ENTRY.size, capacity):
         for alloc_ns, size, _extension, slot in _ENTRY.iter_unpack(blob):
             yield slot, size, alloc_ns
+
+
+def read_live_site(maps: Mapping[str, int], ptr: int) -> SiteAddressKey | None:
+    """The site key of the live traced allocation at ``ptr``; None when none is live."""
+    raw = syscalls.lookup_elem(maps["pcpu_live"], struct.pack("<Q", ptr), _ENTRY.size)
+    if raw is None:
+        return None
+    slot = _ENTRY.unpack(raw)[-1]
+    record = syscalls.lookup_elem(maps["pcpu_sites"], _key(slot), _RECORD.size)
+    if record is None:
+        return None
+    return address_key(_RECORD.unpack(record)[:_KEY_FIELDS])
 
 
 def _group(values: list[int], name: str) -> list[int]:

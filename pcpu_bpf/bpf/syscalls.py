@@ -2,7 +2,9 @@
 
 Maps are read with MAP_LOOKUP_ELEM and MAP_LOOKUP_BATCH (GET_NEXT_KEY where batches are
 missing), objects are pinned and opened in bpffs with OBJ_PIN and OBJ_GET, and
-OBJ_GET_INFO_BY_FD describes maps, programs and links. The loader also creates its small
+OBJ_GET_INFO_BY_FD describes maps, programs and links. Every map and program on the host
+is listed with MAP_GET_NEXT_ID and PROG_GET_NEXT_ID and opened with *_GET_FD_BY_ID (both
+need CAP_SYS_ADMIN). The loader also creates its small
 arrays, writes them and attaches programs (RAW_TRACEPOINT_OPEN) through here.
 
 Layouts follow include/uapi/linux/bpf.h; offsets were checked against the C header.
@@ -24,21 +26,70 @@ BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_GET_NEXT_KEY = 4
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
+BPF_PROG_GET_NEXT_ID = 11
+BPF_MAP_GET_NEXT_ID = 12
+BPF_PROG_GET_FD_BY_ID = 13
+BPF_MAP_GET_FD_BY_ID = 14
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_RAW_TRACEPOINT_OPEN = 17
 BPF_MAP_LOOKUP_BATCH = 24
 
+# enum bpf_map_type, in order (include/uapi/linux/bpf.h).
+MAP_TYPE_NAMES: dict[int, str] = dict(
+    enumerate(
+        (
+            "unspec",
+            "hash",
+            "array",
+            "prog_array",
+            "perf_event_array",
+            "percpu_hash",
+            "percpu_array",
+            "stack_trace",
+            "cgroup_array",
+            "lru_hash",
+            "lru_percpu_hash",
+            "lpm_trie",
+            "array_of_maps",
+            "hash_of_maps",
+            "devmap",
+            "sockmap",
+            "cpumap",
+            "xskmap",
+            "sockhash",
+            "cgroup_storage",
+            "reuseport_sockarray",
+            "percpu_cgroup_storage",
+            "queue",
+            "stack",
+            "sk_storage",
+            "devmap_hash",
+            "struct_ops",
+            "ringbuf",
+            "inode_storage",
+            "task_storage",
+            "bloom_filter",
+            "user_ringbuf",
+            "cgrp_storage",
+            "arena",
+        )
+    )
+)
 BPF_MAP_TYPE_HASH = 1
 BPF_MAP_TYPE_ARRAY = 2
 BPF_MAP_TYPE_PERCPU_HASH = 5
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
-PERCPU_MAP_TYPES = frozenset({BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY, 10, 16})
-MAP_TYPE_NAMES = {
-    BPF_MAP_TYPE_HASH: "hash",
-    BPF_MAP_TYPE_ARRAY: "array",
-    BPF_MAP_TYPE_PERCPU_HASH: "percpu_hash",
-    BPF_MAP_TYPE_PERCPU_ARRAY: "percpu_array",
-}
+BPF_MAP_TYPE_STACK_TRACE = 7
+BPF_MAP_TYPE_LRU_HASH = 9
+BPF_MAP_TYPE_LRU_PERCPU_HASH = 10
+BPF_MAP_TYPE_LPM_TRIE = 11
+BPF_MAP_TYPE_ARRAY_OF_MAPS = 12
+BPF_MAP_TYPE_HASH_OF_MAPS = 13
+BPF_MAP_TYPE_CGROUP_STORAGE = 19
+BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE = 21
+
+BPF_F_NO_PREALLOC = 1 << 0  # map_flags: hash maps allocate elements as they are added
+BPF_F_NO_COMMON_LRU = 1 << 1  # map_flags: one LRU list per CPU
 
 BPF_ANY = 0
 BPF_F_RDONLY = 1 << 3  # file_flags of OBJ_GET
@@ -81,6 +132,12 @@ class _BatchAttr(ctypes.Structure):
         ("elem_flags", _u64),
         ("flags", _u64),
     ]
+
+
+class _IdAttr(ctypes.Structure):
+    """The GET_NEXT_ID and GET_FD_BY_ID member: start_id (or the id), next_id, open_flags."""
+
+    _fields_ = [("id", _u32), ("next_id", _u32), ("open_flags", _u32)]
 
 
 class _ObjAttr(ctypes.Structure):
@@ -271,8 +328,69 @@ def link_info(link_fd: int) -> LinkInfo:
     return LinkInfo(id=int(info.id), type=int(info.type), prog_id=int(info.prog_id))
 
 
+def prog_maps(prog_fd: int) -> tuple[str, tuple[int, ...]]:
+    """A program's name and the ids of the maps it uses (BPF_OBJ_GET_INFO_BY_FD, then
+    again with a map_ids buffer when it uses any)."""
+    info = _ProgInfo()
+    _info(prog_fd, info)
+    name = info.name.decode(errors="replace")
+    count = int(info.nr_map_ids)
+    if count == 0:
+        return name, ()
+    ids = (_u32 * count)()
+    info = _ProgInfo(nr_map_ids=count, map_ids=ctypes.addressof(ids))
+    _info(prog_fd, info)
+    return name, tuple(ids[: min(count, int(info.nr_map_ids))])
+
+
+def _next_id(cmd: int, start: int, what: str) -> int | None:
+    attr = _IdAttr(id=start)
+    try:
+        _bpf(cmd, attr, what)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return None
+        raise
+    return int(attr.next_id)
+
+
+def _ids(cmd: int, what: str) -> Iterator[int]:
+    current = 0
+    while (found := _next_id(cmd, current, what)) is not None:
+        yield found
+        current = found
+
+
+def map_ids() -> Iterator[int]:
+    """The id of every map on the host, in increasing order (BPF_MAP_GET_NEXT_ID)."""
+    return _ids(BPF_MAP_GET_NEXT_ID, "BPF_MAP_GET_NEXT_ID")
+
+
+def prog_ids() -> Iterator[int]:
+    """The id of every program on the host, in increasing order (BPF_PROG_GET_NEXT_ID)."""
+    return _ids(BPF_PROG_GET_NEXT_ID, "BPF_PROG_GET_NEXT_ID")
+
+
+def map_fd_by_id(map_id: int) -> int:
+    """A read-only fd of map ``map_id`` (BPF_MAP_GET_FD_BY_ID); ENOENT once it is gone."""
+    return _bpf(
+        BPF_MAP_GET_FD_BY_ID, _IdAttr(id=map_id, open_flags=BPF_F_RDONLY), "BPF_MAP_GET_FD_BY_ID"
+    )
+
+
+def prog_fd_by_id(prog_id: int) -> int:
+    """An fd of program ``prog_id`` (BPF_PROG_GET_FD_BY_ID); ENOENT once it is gone."""
+    return _bpf(BPF_PROG_GET_FD_BY_ID, _IdAttr(id=prog_id), "BPF_PROG_GET_FD_BY_ID")
+
+
 def create_map(
-    map_type: int, key_size: int, value_size: int, max_entries: int, name: str = ""
+    map_type: int,
+    key_size: int,
+    value_size: int,
+    max_entries: int,
+    name: str = "",
+    flags: int = 0,
+    inner_map_fd: int = 0,
 ) -> int:
     """A new map's fd (BPF_MAP_CREATE)."""
     attr = _MapCreateAttr(
@@ -280,6 +398,8 @@ def create_map(
         key_size=key_size,
         value_size=value_size,
         max_entries=max_entries,
+        map_flags=flags,
+        inner_map_fd=inner_map_fd,
         map_name=name.encode()[:15],
     )
     return _bpf(BPF_MAP_CREATE, attr, "BPF_MAP_CREATE")

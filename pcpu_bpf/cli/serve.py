@@ -17,6 +17,7 @@ from pcpu_bpf.backends import (
     ignored_options,
     open_backend,
 )
+from pcpu_bpf.backends.host_stats import DEFAULT_MAX_BPF_MAPS, DEFAULT_MAX_CGROUPS
 from pcpu_bpf.bpf.pins import DEFAULT_PIN_DIR
 from pcpu_bpf.cli.params import Seconds
 from pcpu_bpf.daemon.http_server import DEFAULT_MAX_CONNECTIONS, Limits
@@ -114,14 +115,30 @@ def _opt(name: str, **kwargs: Any) -> Callable[[_F], _F]:
     help=f"Call-site table entries [default: {DEFAULT_SITE_CAPACITY}].",
 )
 @_opt(
+    "--max-bpf-maps",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Series of pcpu_bpf_map_percpu_bytes: the N BPF maps holding the most percpu "
+    f'memory, the rest summed as map="(other)" (bpf only) [default: {DEFAULT_MAX_BPF_MAPS}].',
+)
+@_opt(
+    "--max-cgroups",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Cgroups with series of their own, the N holding the most percpu memory; the "
+    f'rest summed as cgroup="(other)" (bpf only) [default: {DEFAULT_MAX_CGROUPS}].',
+)
+@_opt(
     "--min-read-interval",
     type=Seconds(zero_ok=True),
     default=DEFAULT_MIN_READ_INTERVAL,
     show_default=True,
     metavar="SECONDS",
-    help="Read the kernel's percpu_stats and meminfo at most this often, however many "
-    "scrape; scrapes in between get the last reading (its age: "
-    "pcpu_kernel_stats_age_seconds). Live kernel only.",
+    help="Read the kernel's percpu_stats and meminfo, list the BPF maps and walk the "
+    "cgroups at most this often, however many scrape; scrapes in between get the last "
+    "reading (its age: pcpu_kernel_stats_age_seconds). Live kernel only.",
 )
 @_opt(
     "--max-connections",
@@ -148,7 +165,11 @@ def _opt(name: str, **kwargs: Any) -> Callable[[_F], _F]:
 )
 @_opt(
     "--pin-dir",
-    type=click.Path(file_okay=False),
+    # Not readable=True: click would ask access(2), which ignores capabilities. Under the
+    # unit, systemd mounts bpffs 0700 root and the service user reaches its own directory
+    # in it through CAP_DAC_READ_SEARCH; access(2) said "not readable" and every start
+    # failed (the Debian guest, systemd 252).
+    type=click.Path(file_okay=False, readable=False),
     default=str(DEFAULT_PIN_DIR),
     show_default=True,
     help="bpffs directory the maps and programs stay pinned in across restarts (bpf "

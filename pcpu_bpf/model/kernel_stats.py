@@ -1,4 +1,5 @@
-"""The kernel's own accounting, as data: debugfs percpu_stats and the meminfo Percpu line.
+"""The kernel's own accounting, as data: debugfs percpu_stats, the meminfo Percpu line, the
+percpu memory of every BPF map on the host, and the cgroups' figures.
 
 mm/percpu-stats.c prints percpu_stats; pcpu_bpf.kernel.percpu_stats parses and renders
 that text, the simulator produces it, and the Snapshot carries it as these classes.
@@ -9,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 # Chunk kinds, by the header line the kernel prints for them.
 CHUNK_RESERVED = "reserved"  # "Chunk: <- Reserved Chunk"
@@ -101,16 +103,44 @@ class PercpuStats:
         return cls(info, globals, ChunkTotals.of(chunks), chunks)
 
 
-def _frozen(mapping: Mapping[str, str] | None = None) -> Mapping[str, str]:
+def _frozen(mapping: Mapping[Any, Any] | None = None) -> Mapping[Any, Any]:
     return MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class BpfMapOwner:
+    """Who holds a BPF map's percpu memory: the map's name and type, and the names of the
+    programs that use it ("" for a map no program uses; `OTHER` for the rest)."""
+
+    map: str
+    map_type: str
+    program: str
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupStats:
+    """What the cgroup filesystem says about percpu memory, as read on one occasion.
+
+    ``dying``: cgroups removed but not yet freed, by hierarchy: "unified" (cgroup v2's
+    cgroup.stat nr_dying_descendants of its root) and, on a host that mounts the v1
+    memory controller, "memory" (/proc/cgroups num_cgroups minus the directories).
+    ``memory_percpu_bytes``: per cgroup v2 path, the percpu bytes memory.stat charges to
+    the cgroup itself (its ``percpu`` line minus its children's), the largest N and the
+    rest as `OTHER`; None where the v2 memory controller is not enabled.
+    """
+
+    dying: Mapping[str, int] = field(default_factory=_frozen)
+    memory_percpu_bytes: Mapping[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class KernelStats:
-    """debugfs percpu_stats and the meminfo Percpu line, as read on one occasion.
+    """debugfs percpu_stats, the meminfo Percpu line, the BPF maps and the cgroups, as
+    read on one occasion.
 
-    Either part may be missing (no debugfs, no CONFIG_PERCPU_STATS); ``errors`` names
-    the parts that could not be read on this occasion, with the reason.
+    Any part may be missing (no debugfs, no CONFIG_PERCPU_STATS, no CAP_SYS_ADMIN to list
+    BPF maps); ``errors`` names the parts that could not be read on this occasion, with
+    the reason.
     """
 
     percpu_stats: PercpuStats | None = None
@@ -119,3 +149,7 @@ class KernelStats:
     # When they were read, on the clock of Snapshot.timestamp: a daemon reads the kernel at
     # most once per interval, and scrapes in between are told how old the figures are.
     read_at: float | None = None
+    # Every BPF map's percpu bytes (all possible CPUs) by owner: the largest N, the rest
+    # under OTHER.
+    bpf_maps: Mapping[BpfMapOwner, int] | None = None
+    cgroups: CgroupStats | None = None

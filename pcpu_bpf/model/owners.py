@@ -1,0 +1,59 @@
+"""The owner behind a generic helper: the first caller on an allocation's kernel stack that
+is not a known helper.
+
+The busiest percpu call sites are plumbing: ``__percpu_counter_init_many`` allocates for
+mm_init, xfrm4_net_init, ip6_route_net_init and many more; ``bpf_map_alloc_percpu`` for
+every per-CPU map type. The owner of such an allocation is the first function on its
+stack, walking outwards from the call site, that is not in `DEFAULT_HELPERS` (or the
+names a user adds). For a call site that is no helper, the owner is the call site.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+# Functions that allocate percpu memory on behalf of their caller, as named in
+# /proc/kallsyms of 6.18 (a helper the compiler inlined is not on the stack, and not
+# needed here). Each one's owner is whoever called it.
+DEFAULT_HELPERS: tuple[str, ...] = (
+    # lib/percpu_counter.c: percpu_counter_init() and friends
+    "__percpu_counter_init_many",
+    # lib/percpu-refcount.c
+    "percpu_ref_init",
+    # kernel/bpf: the map types' common allocators
+    "bpf_map_alloc_percpu",
+    "bpf_map_init_elem_count",
+    "pcpu_freelist_init",
+    "bpf_lru_init",
+    "bpf_mem_alloc_init",
+    "prefill_mem_cache",
+    "alloc_bulk",
+    "__alloc",
+    # net/core/dev.c: every network device's per-CPU refcount and statistics
+    "alloc_netdev_mqs",
+    "netdev_alloc_pcpu_stats",
+    # kernel/cgroup, mm/memcontrol.c, kernel/sched/psi.c: every cgroup's per-CPU state
+    "css_rstat_init",
+    "cgroup_rstat_init",
+    "psi_cgroup_alloc",
+    "obj_cgroup_alloc",
+    "memcg_list_lru_alloc",
+)
+
+
+def helper_set(extra: Iterable[str] = ()) -> frozenset[str]:
+    """The default helpers and ``extra`` (names a user adds), as one set."""
+    return frozenset(DEFAULT_HELPERS) | frozenset(n.strip() for n in extra if n.strip())
+
+
+def owner_of(call_site: str, callers: Sequence[str], helpers: frozenset[str]) -> str:
+    """The owner of an allocation made at ``call_site`` (a function name), given the
+    functions that called it, innermost first: the call site when it is no helper, else
+    the first caller that is none. When every caller seen is a helper too, the outermost
+    one seen; with no callers at all (no stack), the call site."""
+    if call_site not in helpers:
+        return call_site
+    for name in callers:
+        if name not in helpers:
+            return name
+    return callers[-1] if callers else call_site
