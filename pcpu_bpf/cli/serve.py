@@ -145,7 +145,10 @@ def _opt(name: str, **kwargs: Any) -> Callable[[_F], _F]:
 )
 @_opt(
     "--pin-dir",
-    type=click.Path(file_okay=False),
+    # readable=False: click would ask access(2), which ignores capabilities for a user
+    # that is not root, and the service reaches its directory in a bpffs mounted 0700 by
+    # CAP_DAC_READ_SEARCH alone.
+    type=click.Path(file_okay=False, readable=False),
     default=str(DEFAULT_PIN_DIR),
     show_default=True,
     help="bpffs directory the maps and programs stay pinned in across restarts (bpf "
