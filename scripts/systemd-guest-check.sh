@@ -378,6 +378,8 @@ wait_active() {
   for ((i = 0; i < WAIT; i++)); do
     state=$(systemctl is-active pcpu-bpf)
     case "$state" in active|failed) break ;; esac
+    # Nothing is starting it (every start in this check waits for its job).
+    [ "$state:$(prop SubState)" != inactive:dead ] || break
     # Failing in a loop (Restart=on-failure) will not get better by waiting.
     [ "$(prop NRestarts)" -lt 2 ] || break
     [ $((i % 30)) -eq 0 ] && echo "GUEST: t+${i}s: $state ($(prop SubState), restarts $(prop NRestarts))" >&2
