@@ -536,6 +536,9 @@ if [ "$PHASE" = 1 ]; then
   [ "$up" -ge 75 ] || sleep $((75 - up))
   note "after $(awk -v r="$ready" -v n="$(uptime_s)" 'BEGIN { printf "%d", n - r / 1e6 }') s active: $(systemctl is-active pcpu-bpf), NRestarts $(prop NRestarts), MainPID $(prop MainPID) (was $pid)"
   [ "$(prop NRestarts)" = 0 ] && [ "$(prop MainPID)" = "$pid" ] || bad "restarted while running (watchdog?)"
+  percpu_work
+  scrape "$STATE/metrics-2c"
+  coverage "started after boot, minutes later" "$STATE/metrics-2c"
 
   sec "systemctl stop pcpu-bpf: the set stays pinned and attached for the next start"
   t=$(uptime_s)
