@@ -396,6 +396,8 @@ wait_active() {
 }
 # Who holds meminfo Percpu: the daemon's live table against the kernel's own trace of
 # every dynamic percpu allocation since early boot (trace_event= on the command line).
+# Compared by count: the trace's bytes_alloc is pcpu_obj_full_size() (every CPU's copy and
+# the memcg extension), pcpu_live_bytes the size on every unit without the extension.
 coverage() {  # label scrape-file
   local label=$1 m=$2 meminfo live nlive untracked own start boot start_up trace overrun
   meminfo=$(awk '/^Percpu:/ { print $2 * 1024 }' /proc/meminfo)
@@ -418,7 +420,7 @@ coverage() {  # label scrape-file
   overrun=$(awk '/^overrun:/ { s += $2 } END { print s + 0 }' /sys/kernel/tracing/per_cpu/cpu*/stats)
   read -r t_n t_all t_na t_after t_nafter t_before t_nbefore <<<"$trace"
   note "$label: tracking began ${start_up} s after boot; meminfo Percpu $meminfo B; traced live $live B in $nlive allocations ($(awk -v a="$live" -v b="$meminfo" 'BEGIN { printf "%.1f", b ? 100 * a / b : 0 }')% of meminfo Percpu); untracked frees $untracked; the profiler's own maps $own B"
-  note "$label: kernel trace since early boot ($t_n allocations, overrun $overrun): $t_all B live in $t_na allocations, of which $t_before B ($t_nbefore) made before tracking began and $t_after B ($t_nafter) after; the live table holds $(awk -v a="$live" -v b="$t_all" 'BEGIN { printf "%.1f", b ? 100 * a / b : 0 }')% of the live dynamic bytes"
+  note "$label: kernel trace since early boot ($t_n allocations, overrun $overrun): $t_all B live in $t_na allocations, of which $t_before B ($t_nbefore) made before tracking began and $t_after B ($t_nafter) after; the live table holds $nlive of the $t_na live dynamic allocations ($(awk -v a="$nlive" -v b="$t_na" 'BEGIN { printf "%.1f", b ? 100 * a / b : 0 }')%)"
   echo "$label $start_up $meminfo $live $nlive $untracked $own $t_all $t_na $t_after $t_nafter $t_before $t_nbefore $overrun" >>"$STATE/coverage"
 }
 check_scrape() {  # file
