@@ -25,10 +25,13 @@ static __always_inline struct counters *counters(void)
     return pcpu_counters.lookup(&zero);
 }
 
-static __always_inline u32 size_slot(u64 size)
+/* All in 64 bits, the bound checked on the value returned: with a u32 result LLVM
+ * compares one zero-extended copy and indexes with another, whose range the verifier of
+ * Linux 6.1 does not know ("R0 unbounded memory access"). */
+static __always_inline u64 size_slot(u64 size)
 {
     u64 v = size - 1;
-    u32 bits = 0;
+    u64 bits = 0, slot;
 
     if (size <= (1ULL << SIZE_BUCKET_SHIFT))
         return 0;
@@ -39,9 +42,10 @@ static __always_inline u32 size_slot(u64 size)
     if (v >> 2) { v >>= 2; bits += 2; }
     if (v >> 1) { v >>= 1; bits += 1; }
     bits += v;
-    if (bits - SIZE_BUCKET_SHIFT > NR_SIZE_SLOTS - 1)
-        return NR_SIZE_SLOTS - 1;
-    return bits - SIZE_BUCKET_SHIFT;
+    slot = bits - SIZE_BUCKET_SHIFT;
+    if (slot > NR_SIZE_SLOTS - 1)
+        slot = NR_SIZE_SLOTS - 1;
+    return slot;
 }
 
 /* The slot of a site seen for the first time; -1 when the site table is full. */

@@ -16,7 +16,8 @@
 #       --cache FILE     tarball of the pristine minbase tree, made on first use and reused
 #                        (default: /var/tmp/pcpu-fresh-cache/bookworm-minbase-amd64.tar)
 #       --refresh-cache  debootstrap again even if the cached tarball exists
-#       --mirror URL     Debian mirror for debootstrap (default: http://deb.debian.org/debian)
+#       --mirror URL     Debian mirror for debootstrap (default: the one this host's apt uses
+#                        for the suite)
 #   -o, --only N         run only the README's Nth command (1-based; repeatable)
 #       --same-tree      run the commands one after another in ONE tree (the later ones then
 #                        also exercise setup.sh's rerun) instead of one fresh tree each
@@ -71,7 +72,7 @@ REUSE=0
 CUSTOM=()
 CACHE=/var/tmp/pcpu-fresh-cache/$SUITE-minbase-$ARCH.tar
 REFRESH=0
-MIRROR=http://deb.debian.org/debian
+MIRROR=
 ONLY=()
 SAME_TREE=0
 TRACEFS_MODE=alternate
@@ -109,6 +110,8 @@ while [ $# -gt 0 ]; do
 done
 [[ "$CLONE_DIR" == /?* ]] || die "--clone-dir wants an absolute path"
 case "$TRACEFS_MODE" in setup|bind|alternate) ;; *) die "--tracefs setup|bind|alternate" ;; esac
+[ -n "$MIRROR" ] || MIRROR=$(apt_mirror "$SUITE")
+[ -n "$MIRROR" ] || die "apt on this host has no source for $SUITE main: give --mirror URL"
 if [ -z "$REPO" ] || ! git -C "$REPO" rev-parse --git-dir >/dev/null 2>&1; then
   die "no git repository (use --repo)"
 fi

@@ -13,7 +13,7 @@ from pcpu_bpf.backends.bpf import BpfBackend
 from pcpu_bpf.bpf.loader import default_bpf_dir, program_defines, recorder_defines
 from pcpu_bpf.bpf.tracefs import read_layout
 from pcpu_bpf.cli import main
-from pcpu_bpf.errors import BackendUnavailable
+from pcpu_bpf.errors import BackendUnavailable, ProgramLoadError
 from pcpu_bpf.model.layout import MAX_TABLE_CAPACITY
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tracefs"
@@ -118,3 +118,14 @@ def test_serve_refuses_a_capacity_out_of_range(option: str, backend: str) -> Non
     assert len(errors) == 1 and option in errors[0], result.output
     assert f"1<=x<={MAX_TABLE_CAPACITY}" in errors[0]
     assert "Traceback" not in result.output
+
+
+@pytest.mark.privileged
+def test_a_load_failure_says_what_the_compiler_or_verifier_said(tmp_path: Path) -> None:
+    # The loader's stderr (bcc's compiler and verifier output) is the only account of why
+    # a kernel refused the programs; the error carries its last lines.
+    (tmp_path / "pcpu.h").write_text((default_bpf_dir() / "pcpu.h").read_text())
+    (tmp_path / "pcpu.bpf.c").write_text("int on_alloc(void *ctx) { return undeclared_name; }\n")
+    with pytest.raises(ProgramLoadError) as err:
+        BpfBackend(bpf_dir=tmp_path)
+    assert "(loader: " in str(err.value) and "undeclared_name" in str(err.value), err.value

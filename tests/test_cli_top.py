@@ -643,6 +643,15 @@ def _read_until(fd: int, done: Callable[[bytes], bool], timeout: float) -> bytes
     return data
 
 
+# Makes the pty the controlling terminal, then runs pcpu-top with SIGINT at its default: a
+# suite started in the background or under nohup inherits SIGINT ignored, and an ignored
+# signal stays ignored across exec, so ^C would never reach pcpu-top.
+PTY_SHIM = (
+    "import fcntl, os, signal, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+    "signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+)
+
+
 def run_in_pty(args: list[str], frames: int, timeout: float = 60) -> tuple[int, str]:
     """Run pcpu-top on a 80x24 pty until ``frames`` redraws, press Ctrl-C, return (rc, text)."""
     import fcntl
@@ -654,10 +663,7 @@ def run_in_pty(args: list[str], frames: int, timeout: float = 60) -> tuple[int, 
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
     # A new session whose controlling terminal is the pty, so ^C on it sends SIGINT the
     # way a keyboard does (pty.fork would warn in a multi-threaded pytest).
-    shim = (
-        "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
-        "os.execv(sys.argv[1], sys.argv[1:])"
-    )
+    shim = PTY_SHIM
     proc = subprocess.Popen(
         [sys.executable, "-c", shim, str(BIN / "pcpu-top"), *args],
         stdin=slave,
@@ -725,10 +731,7 @@ class _TopInPty:
         self.master, self.slave = pty.openpty()
         fcntl.ioctl(self.slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
         self.before = termios.tcgetattr(self.slave)
-        shim = (
-            "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
-            "os.execv(sys.argv[1], sys.argv[1:])"
-        )
+        shim = PTY_SHIM
         self.proc = subprocess.Popen(
             [sys.executable, "-c", shim, str(BIN / "pcpu-top"), "--live", *args],
             stdin=self.slave,

@@ -25,7 +25,7 @@ CHECKOUT = Path(__file__).resolve().parents[1]
 
 SYSTEMD = Path(__file__).parent.parent / "systemd"
 UNIT = SYSTEMD / "pcpu-bpf.service"
-INSTALLED_EXE = "/opt/pcpu-bpf/.venv/bin/pcpu-bpf"
+INSTALLED_EXE = "/usr/bin/pcpu-bpf"  # the Debian package's
 
 
 def unit_settings(key: str) -> list[str]:
@@ -37,8 +37,9 @@ def unit_settings(key: str) -> list[str]:
 
 
 def local_unit(tmp_path: Path) -> Path:
-    """The unit with ExecStart at this checkout's venv (verify wants the binary to exist)."""
-    assert unit_settings("ExecStart") == [f"{INSTALLED_EXE} serve"]  # what README installs
+    """The unit with ExecStart at this checkout's venv (verify wants the binary to exist),
+    as the drop-in systemd/README.md gives for a checkout sets it."""
+    assert unit_settings("ExecStart") == [f"{INSTALLED_EXE} serve"]
     copy = tmp_path / UNIT.name
     copy.write_text(UNIT.read_text().replace(INSTALLED_EXE, PCPU_BPF))
     return copy
@@ -78,6 +79,15 @@ def test_kallsyms_is_not_hidden() -> None:
     assert unit_settings("ProtectKernelTunables") == ["no"]
     assert "/proc/sys" in " ".join(unit_settings("ReadOnlyPaths"))
     assert "ProcSubset" not in UNIT.read_text()
+
+
+def test_pin_directory_may_be_missing_when_the_namespace_is_set_up() -> None:
+    # systemd (252) sets up ReadWritePaths= for ExecStartPre=+ as well, before that
+    # command makes the pin directory: a path that must exist fails the start with
+    # 226/NAMESPACE on every fresh boot (scripts/systemd-guest-check.sh found it).
+    assert unit_settings("ReadWritePaths") == ["-/sys/fs/bpf/pcpu-bpf"]
+    (pre,) = unit_settings("ExecStartPre")
+    assert pre.startswith("+") and "install -d -o pcpu-bpf" in pre
 
 
 def test_env_file_names_every_option() -> None:
@@ -128,9 +138,9 @@ for m in $(findmnt -rn -o TARGET | sort -u); do
   case "$m" in /proc|/proc/*|/dev|/dev/*) continue;; esac
   mount -o remount,bind,ro "$m" 2>/dev/null || true
 done
-# The unit runs the installed copy in /opt/pcpu-bpf. A checkout elsewhere stays visible,
-# read-only, as BindReadOnlyPaths= would keep it: held on a private tmpfs while the
-# directories above it are covered, then moved back in place.
+# The unit runs the package's copy (/usr/bin, /usr/share). A checkout elsewhere stays
+# visible, read-only, as BindReadOnlyPaths= would keep it: held on a private tmpfs while
+# the directories above it are covered, then moved back in place.
 if [ -n "${CHECKOUT:-}" ]; then
   mount -t tmpfs -o mode=0700 tmpfs /mnt
   mkdir /mnt/checkout && mount --bind -o ro "$CHECKOUT" /mnt/checkout
@@ -245,11 +255,17 @@ needs_sandbox_tools = pytest.mark.needs_tool("setpriv", "unshare", "findmnt")
 @pytest.mark.privileged
 @needs_sandbox_tools
 def test_daemon_runs_with_exactly_the_unit_privileges() -> None:
-    pin_dir = Path(f"/sys/fs/bpf/pcpu-bpf-test-{os.getpid()}-unit")
+    # systemd mounts bpffs mode 0700 (root's): the service reaches its pin directory
+    # through CAP_DAC_READ_SEARCH alone, where access(2) says no (it ignores capabilities
+    # for a user that is not root). A root-only parent does the same here.
+    parent = Path(f"/sys/fs/bpf/pcpu-bpf-test-{os.getpid()}-unit")
+    parent.mkdir(mode=0o700)
+    pin_dir = parent / "set"
     try:
         run_as_unit_and_restart(pin_dir)
     finally:
         remove_set(pin_dir)
+        parent.rmdir()
 
 
 def run_as_unit_and_restart(pin_dir: Path) -> None:

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from pcpu_bpf.bpf.loader import LoadRequest
@@ -26,6 +27,16 @@ from pcpu_bpf.errors import BackendUnavailable, ProgramLoadError
 # The manifest and at most a few dozen fds; generous.
 _MAX_MESSAGE = 1 << 20
 _MAX_FDS = 64
+# The directory holding this pcpu_bpf (and exporters, bpf_programs beside it).
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+
+
+def loader_environment() -> dict[str, str]:
+    """The loader's environment: this pcpu_bpf first on its module path, so an install in a
+    private directory (the Debian package's /usr/share/pcpu-bpf) loads the same code."""
+    inherited = os.environ.get("PYTHONPATH")
+    path = str(_PACKAGE_ROOT) if not inherited else os.pathsep.join([str(_PACKAGE_ROOT), inherited])
+    return {**os.environ, "PYTHONPATH": path}
 
 
 def from_manifest(manifest: Mapping[str, Any], fds: list[int]) -> LoadedSet:
@@ -58,6 +69,7 @@ def spawn_loader(request: LoadRequest, timeout: float = 600.0) -> LoadedSet:
                 stdin=subprocess.PIPE,
                 stderr=stderr,
                 pass_fds=(child.fileno(),),
+                env=loader_environment(),
                 text=True,
             )
         finally:
@@ -75,14 +87,23 @@ def spawn_loader(request: LoadRequest, timeout: float = 600.0) -> LoadedSet:
             stderr.seek(0)
             err = stderr.read()
     if message is None:
-        tail = " | ".join(err.strip().splitlines()[-3:]) or f"exit status {proc.returncode}"
+        tail = _tail(err) or f"exit status {proc.returncode}"
         raise ProgramLoadError(f"the BPF loader process failed: {tail}")
     if "error" in message:
         for fd in fds:
             os.close(fd)
-        kind = BackendUnavailable if message["error"] == "unavailable" else ProgramLoadError
-        raise kind(message["message"])
+        if message["error"] == "unavailable":
+            raise BackendUnavailable(message["message"])
+        # What bcc printed last says why: the compiler's error, or the verifier's verdict
+        # (e.g. "R0 unbounded memory access" from an older kernel's verifier).
+        tail = _tail(err)
+        raise ProgramLoadError(message["message"] + (f" (loader: {tail})" if tail else ""))
     return from_manifest(message, fds)
+
+
+def _tail(stderr: str, lines: int = 3) -> str:
+    """The last non-empty lines of the loader's stderr, on one line."""
+    return " | ".join([line.strip() for line in stderr.splitlines() if line.strip()][-lines:])
 
 
 def _receive(sock: socket.socket, timeout: float) -> tuple[dict[str, Any] | None, list[int]]:

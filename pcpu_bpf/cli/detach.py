@@ -21,7 +21,8 @@ Examples:
     "--pin-dir",
     envvar="PCPU_SERVE_PIN_DIR",
     show_envvar=True,
-    type=click.Path(file_okay=False, path_type=Path),
+    # As serve's: access(2) would ignore capabilities (CAP_DAC_READ_SEARCH).
+    type=click.Path(file_okay=False, readable=False, path_type=Path),
     default=DEFAULT_PIN_DIR,
     show_default=True,
     help="The pin directory `pcpu-bpf serve` uses.",

@@ -165,10 +165,9 @@ def _opt(name: str, **kwargs: Any) -> Callable[[_F], _F]:
 )
 @_opt(
     "--pin-dir",
-    # Not readable=True: click would ask access(2), which ignores capabilities. Under the
-    # unit, systemd mounts bpffs 0700 root and the service user reaches its own directory
-    # in it through CAP_DAC_READ_SEARCH; access(2) said "not readable" and every start
-    # failed (the Debian guest, systemd 252).
+    # readable=False: click would ask access(2), which ignores capabilities for a user
+    # that is not root, and the service reaches its directory in a bpffs mounted 0700 by
+    # CAP_DAC_READ_SEARCH alone.
     type=click.Path(file_okay=False, readable=False),
     default=str(DEFAULT_PIN_DIR),
     show_default=True,

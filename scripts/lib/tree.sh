@@ -67,3 +67,11 @@ remove_tree() {
   [ -z "$(mounts_under "$d")" ] || die "refusing to remove $d: mounts below it: $(mounts_under "$d" | tr '\n' ' ')"
   rm -rf --one-file-system -- "$d"
 }
+
+# The Debian archive apt on this host is configured with for suite $1 (its main component),
+# without a trailing slash: what debootstrap should use. Empty when there is none.
+apt_mirror() {
+  # shellcheck disable=SC2016  # apt's own $(FIELD) syntax
+  apt-get indextargets --format '$(REPO_URI) $(RELEASE) $(COMPONENT)' 'Identifier: Packages' \
+    2>/dev/null | awk -v s="$1" '$2 == s && $3 == "main" { sub(/\/$/, "", $1); print $1; exit }'
+}
