@@ -80,11 +80,16 @@ def parse_cap_eff(status_text: str) -> int:
     return 0
 
 
+def own_cap_eff(paths: Paths) -> int:
+    """This process's effective capabilities, from /proc/self/status."""
+    return parse_cap_eff((paths.proc_root / "self/status").read_text(errors="replace"))
+
+
 def check_privileges(paths: Paths) -> Check:
     """Root, or CAP_BPF + CAP_PERFMON (CAP_SYS_ADMIN before 5.8); CAP_SYSLOG for names."""
     name = "privileges"
     try:
-        caps = parse_cap_eff((paths.proc_root / "self/status").read_text(errors="replace"))
+        caps = own_cap_eff(paths)
     except (OSError, StatsParseError) as exc:
         return Check(name, FAIL, f"cannot read {paths.proc_root}/self/status: {exc}", CAPS_FIX)
 
@@ -103,8 +108,8 @@ def check_bpf_map_owners(paths: Paths) -> Check:
     """CAP_SYS_ADMIN: listing every BPF map on the host (pcpu_bpf_map_percpu_bytes)."""
     name = "BPF map owners"
     try:
-        caps = parse_cap_eff((paths.proc_root / "self/status").read_text())
-    except OSError as exc:
+        caps = own_cap_eff(paths)
+    except (OSError, StatsParseError) as exc:
         return Check(name, WARN, f"cannot read {paths.proc_root}/self/status: {exc}")
     if caps >> CAP_SYS_ADMIN & 1:
         return Check(name, OK, "CAP_SYS_ADMIN: every BPF map on the host is listed")

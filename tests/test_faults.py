@@ -132,7 +132,14 @@ def test_a_daemon_started_without_debugfs_degrades_then_recovers(pin_dir: Path) 
     try:
         daemon.wait_ready()
         gone = scrape_until(daemon, "a scrape", lambda s: True)
-        assert success(gone) == {"snapshot": 1, "tracing": 1, "meminfo": 1, "percpu_stats": 0}
+        assert success(gone) == {
+            "snapshot": 1,
+            "tracing": 1,
+            "meminfo": 1,
+            "percpu_stats": 0,
+            "bpf_maps": 1,
+            "cgroups": 1,
+        }
         assert ("pcpu_stats_chunks", frozenset()) not in gone
         fd = syscalls.create_percpu_array(1000, 37)
         syscalls.close(fd)

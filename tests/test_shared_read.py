@@ -35,6 +35,21 @@ def test_reads_at_most_once_per_interval_from_the_end_of_the_last() -> None:
     assert calls == [100.0, 107.0]
 
 
+def test_expire_makes_the_next_call_read_within_the_interval() -> None:
+    clock, calls = Clock(), []
+
+    def read() -> int:
+        calls.append(clock.now)
+        return len(calls)
+
+    shared = SharedRead(read, 5.0, clock=clock)
+    assert shared() == 1 and shared() == 1
+    shared.expire()
+    assert shared() == 2
+    assert shared() == 2  # the interval runs again from that read
+    assert len(calls) == 2
+
+
 def test_concurrent_callers_share_the_read_under_way() -> None:
     entered, release, calls = threading.Event(), threading.Event(), []
 

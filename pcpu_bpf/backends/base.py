@@ -36,6 +36,10 @@ class Backend:
         """Everything counted since the backend started, plus current kernel stats."""
         raise NotImplementedError
 
+    def expire_kernel_read(self) -> None:
+        """The next snapshot reads the kernel anew, whatever the minimum read interval:
+        for a probe of what the daemon can still read (with fewer capabilities)."""
+
     def started_at(self) -> float | None:
         """When the counters began, on the Snapshots' clock, if they began with this
         backend (a fresh trace); None when they began before it (a daemon's, an adopted

@@ -251,6 +251,9 @@ class BpfBackend(Backend):
         )
         return tables_to_snapshot(tables, self._symbolize, ctx)
 
+    def expire_kernel_read(self) -> None:
+        self._slow.expire()
+
     def _read_slow(self) -> _SlowRead:
         """The live-table walk, then the site records and the kernel stats of one moment
         (`_read_settled`), from which the breakdown is computed."""

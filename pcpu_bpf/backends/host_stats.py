@@ -9,7 +9,6 @@ others are still served.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -19,8 +18,6 @@ from pcpu_bpf.errors import StatsParseError
 from pcpu_bpf.kernel import cgroups
 from pcpu_bpf.model.kernel_stats import BpfMapOwner, CgroupStats, KernelStats
 from pcpu_bpf.model.ranking import OTHER, top_n
-
-log = logging.getLogger(__name__)
 
 BPF_MAPS, CGROUPS = "bpf_maps", "cgroups"
 # Series per family for the largest owners; the rest is summed under OTHER.
@@ -77,7 +74,6 @@ class HostStatsReader:
         self._max_bpf_maps = max_bpf_maps
         self._max_cgroups = max_cgroups
         self._mountinfo = mountinfo
-        self._logged: dict[str, str] = {}
 
     def __call__(self) -> KernelStats:
         stats = self._kernel()
@@ -87,10 +83,12 @@ class HostStatsReader:
         try:
             online = os.cpu_count() or 1  # what htab_map_alloc sized its counter by
             maps = bpf_map_owners(self._possible, online, self._max_bpf_maps)
+        # Not logged here: the collector logs a failing part once per outage, and the
+        # capability search at start reads with too few on purpose.
         except PermissionError:
-            errors[BPF_MAPS] = self._reason(BPF_MAPS, _NEEDS_ADMIN)
+            errors[BPF_MAPS] = _NEEDS_ADMIN
         except OSError as exc:
-            errors[BPF_MAPS] = self._reason(BPF_MAPS, str(exc))
+            errors[BPF_MAPS] = str(exc)
         try:
             groups = cgroup_stats(
                 self._max_cgroups,
@@ -98,12 +96,5 @@ class HostStatsReader:
                 memory_v1=cgroups.v1_root("memory", self._mountinfo),
             )
         except (OSError, StatsParseError, ValueError) as exc:
-            errors[CGROUPS] = self._reason(CGROUPS, str(exc))
+            errors[CGROUPS] = str(exc)
         return dataclasses.replace(stats, errors=errors, bpf_maps=maps, cgroups=groups)
-
-    def _reason(self, part: str, reason: str) -> str:
-        # Logged when it changes only: a part that stays unreadable must not flood the log.
-        if self._logged.get(part) != reason:
-            self._logged[part] = reason
-            log.warning("%s not available: %s", part, reason)
-        return reason

@@ -270,6 +270,7 @@ def least_privilege(source: Backend) -> None:
     unreadable = set(first.kernel_stats.errors) if first.kernel_stats else set()
 
     def probe() -> bool:
+        source.expire_kernel_read()  # a read with the capabilities being tried
         try:
             snap = source.snapshot()
         except Exception:

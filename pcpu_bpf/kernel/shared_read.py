@@ -55,6 +55,11 @@ class SharedRead(Generic[T]):
         self._generation = 0  # completed reads
         self.reads = 0  # reads started, for tests and benchmarks
 
+    def expire(self) -> None:
+        """The next call reads anew, whatever the interval."""
+        with self._cond:
+            self._finished = float("-inf")
+
     def __call__(self) -> T:
         with self._cond:
             seen = self._generation
