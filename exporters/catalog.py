@@ -791,9 +791,10 @@ CATALOG: tuple[Family, ...] = (
         COUNTER,
         "Scrapes whose pcpu_memory_bytes broke a bound of this part (a derived part below "
         "0 or above what percpu_stats allows; part=units: meminfo is not whole pages of "
-        "the units assumed). The parts are served unclipped; the daemon's log says which "
-        "bound.",
-        ("part",),
+        "the units assumed). settled=false: percpu events came in while the parts were "
+        "read, so they mix two moments and a broken bound need not be the arithmetic's. "
+        "The parts are served unclipped; the daemon's log says which bound.",
+        ("part", "settled"),
         EXPORTER,
         ExporterState(),
     ),

@@ -83,8 +83,9 @@ class PcpuCollector:
         self._failing: dict[str, str] = {}  # part -> reason last logged
         self._seen: set[str] = {SNAPSHOT, TRACING}
         self._info = ("unknown", "unknown")  # (backend, kernel) of the last good snapshot
-        # Bound violations of the breakdown: scrapes by part, and the text last logged.
-        self._violations = dict.fromkeys(BOUND_SUBJECTS, 0)
+        # Bound violations of the breakdown: scrapes by part and whether the read was
+        # settled, and the text last logged by part.
+        self._violations = {(p, s): 0 for p in BOUND_SUBJECTS for s in (True, False)}
         self._violating: dict[str, str] = {}
 
     def describe(self) -> Iterable[Metric]:
@@ -124,14 +125,20 @@ class PcpuCollector:
     def _check_bounds(self, snap: Snapshot) -> None:
         """Count the breakdown's violated bounds, logging a part when its reason changes."""
         broken: dict[str, str] = {}
+        settled = True
         if snap.breakdown is not None:
+            settled = snap.breakdown.settled
             for violation in snap.breakdown.violations:
                 broken.setdefault(violation_subject(violation), violation)
+        # A read the kernel moved under (heavy churn) may break a bound by the skew alone:
+        # counted apart, and not a warning.
+        level = logging.WARNING if settled else logging.INFO
         with self._lock:
             for part, violation in broken.items():
-                self._violations[part] = self._violations.get(part, 0) + 1
+                key = (part, settled)
+                self._violations[key] = self._violations.get(key, 0) + 1
                 if self._violating.get(part) != violation:
-                    log.warning("breakdown bound broken, parts served unclipped: %s", violation)
+                    log.log(level, "breakdown bound broken, parts served unclipped: %s", violation)
                     self._violating[part] = violation
             for part in [p for p in self._violating if p not in broken]:
                 del self._violating[part]
@@ -179,6 +186,6 @@ class PcpuCollector:
                 success.add_metric([part], int(ok.get(part, False)))
             for part, n in sorted(self._errors.items()):
                 errors.add_metric([part], n)
-            for part, n in sorted(self._violations.items()):
-                violations.add_metric([part], n)
+            for (part, settled), n in sorted(self._violations.items()):
+                violations.add_metric([part, str(settled).lower()], n)
         return [info, success, errors, violations]

@@ -218,6 +218,38 @@ ROWS: tuple[Row, ...] = (
         ),
     ),
     Row(
+        "Owners the kernel names",
+        (
+            Panel(
+                "BPF tools holding percpu memory",
+                "Percpu memory (all units) of the host's BPF maps, by the programs using "
+                "them: security agents' and tracers' per-CPU maps. Needs the daemon to "
+                "hold CAP_SYS_ADMIN (an opt-in in the unit).",
+                (
+                    Target(
+                        "topk(10, sum by (instance, program) "
+                        f"(pcpu_bpf_map_percpu_bytes{{{SEL}}}))",
+                        "{{program}} {{instance}}",
+                    ),
+                ),
+                unit="bytes",
+                width=16,
+            ),
+            Panel(
+                "Dying cgroups",
+                "Removed cgroups the kernel still holds (each keeps its per-CPU "
+                "statistics): a count that only grows is the zombie memory cgroup problem.",
+                (
+                    Target(
+                        f"max by (instance, hierarchy) (pcpu_cgroup_dying_descendants{{{SEL}}})",
+                        "{{hierarchy}} {{instance}}",
+                    ),
+                ),
+                width=8,
+            ),
+        ),
+    ),
+    Row(
         "Failures",
         (
             Panel(

@@ -206,7 +206,9 @@ def test_values_in_base_units() -> None:
     assert get("pcpu_live_by_age_bytes", {"call_site": "mm_init", "age": "1d", **plain}) == 32
     assert get("pcpu_live_by_age_bytes", {"call_site": "mm_init", "age": "1h", **plain}) is None
     assert get("pcpu_memory_bytes", {"part": "traced_live"}) == 4096
-    assert get("pcpu_memory_bound_violations_total", {"part": "untraced_live"}) == 0
+    assert (
+        get("pcpu_memory_bound_violations_total", {"part": "untraced_live", "settled": "true"}) == 0
+    )
     assert get("pcpu_requested_bytes_total", {"call_site": "mm_init", **plain}) == 48
     assert get("pcpu_untracked_frees_total") == 7
     assert get("pcpu_live_bytes", {"call_site": "bpf_map_alloc_percpu", **plain}) == 4000
@@ -356,11 +358,38 @@ def test_bound_violations_are_counted_by_part_and_logged_once_per_change(
         state["violations"] = ()
         generate_latest(registry)
         samples = read(registry)
-    assert value(samples, "pcpu_memory_bound_violations_total", part="untraced_live") == 3
-    assert value(samples, "pcpu_memory_bound_violations_total", part="units") == 0
+    counted = "pcpu_memory_bound_violations_total"
+    assert value(samples, counted, part="untraced_live", settled="true") == 3
+    assert value(samples, counted, part="untraced_live", settled="false") == 0
+    assert value(samples, counted, part="units", settled="true") == 0
     # Served unclipped: the parts still add up to what they add up to.
     assert value(samples, "pcpu_memory_bytes", part="untraced_live") == -4096
     assert [r.getMessage() for r in caplog.records] == [
         f"breakdown bound broken, parts served unclipped: {why}",
         "breakdown bound of untraced_live holds again",
+    ]
+    assert caplog.records[0].levelno == logging.WARNING
+
+
+def test_bounds_broken_while_the_kernel_moved_are_counted_apart_and_no_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    why = (
+        "free_in_used_pages: above percpu_stats' free bytes (percpu events came in during the read)"
+    )
+    parts = {"traced_live": 8192, "free_in_used_pages": 4096, "unexplained": 0}
+
+    def snap() -> Snapshot:
+        return full_snapshot(breakdown=Breakdown(parts, (why,), settled=False))
+
+    registry = registry_for(snap)
+    with caplog.at_level(logging.INFO):
+        generate_latest(registry)
+        generate_latest(registry)
+        samples = read(registry)
+    counted = "pcpu_memory_bound_violations_total"
+    assert value(samples, counted, part="free_in_used_pages", settled="false") == 3
+    assert value(samples, counted, part="free_in_used_pages", settled="true") == 0
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.INFO, f"breakdown bound broken, parts served unclipped: {why}")
     ]
