@@ -21,6 +21,7 @@ import struct
 import sys
 import time
 import traceback
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -230,6 +231,29 @@ def _wrap(exc: Exception, what: str) -> Exception:
     return ProgramLoadError(f"{what}: {msg}")
 
 
+def _compile(
+    request: LoadRequest, source: str, functions: Iterable[str], what: str
+) -> tuple[Any, dict[str, int]]:
+    """``source`` in the request's BPF directory compiled by bcc, and its raw tracepoint
+    programs loaded: the module (which owns the fds) and each program's fd."""
+    bcc = _import_bcc()
+    bpf_dir = Path(request.bpf_dir)
+    path = bpf_dir / source
+    if not path.is_file():
+        raise ProgramLoadError(f"BPF source {path} not found: check --bpf-dir")
+    try:
+        module = bcc.BPF(src_file=str(path).encode(), cflags=build_cflags(bpf_dir, request.defines))
+    except Exception as exc:  # bcc raises bare Exception with its message
+        raise _wrap(exc, f"compiling {what} failed") from exc
+    try:
+        programs = {
+            fn: int(module.load_func(fn.encode(), bcc.BPF.RAW_TRACEPOINT).fd) for fn in functions
+        }
+    except Exception as exc:
+        raise _wrap(exc, f"loading {what} failed") from exc
+    return module, programs
+
+
 def load(request: LoadRequest) -> tuple[dict[str, Any], list[int], Any]:
     """Compile, load, attach and pin as asked: the manifest, the fds it indexes, and the
     bcc module that owns the maps' and programs' fds (links and the record are ours)."""
@@ -237,22 +261,7 @@ def load(request: LoadRequest) -> tuple[dict[str, Any], list[int], Any]:
 
     if request.program == "recorder":
         return load_recorder(request)
-    bcc = _import_bcc()
-    bpf_dir = Path(request.bpf_dir)
-    path = bpf_dir / SOURCE
-    if not path.is_file():
-        raise ProgramLoadError(f"BPF source {path} not found: check --bpf-dir")
-    try:
-        module = bcc.BPF(src_file=str(path).encode(), cflags=build_cflags(bpf_dir, request.defines))
-    except Exception as exc:  # bcc raises bare Exception with its message
-        raise _wrap(exc, "compiling the BPF programs failed") from exc
-    try:
-        programs = {
-            fn: int(module.load_func(fn.encode(), bcc.BPF.RAW_TRACEPOINT).fd)
-            for fn in PROGRAMS.values()
-        }
-    except Exception as exc:
-        raise _wrap(exc, "loading the BPF programs failed") from exc
+    module, programs = _compile(request, SOURCE, PROGRAMS.values(), "the BPF programs")
     maps = {name: int(module.get_table(name.encode()).map_fd) for name in BPF_MAPS}
     try:
         maps[META_MAP] = syscalls.create_map(
@@ -267,7 +276,7 @@ def load(request: LoadRequest) -> tuple[dict[str, Any], list[int], Any]:
     # os.cpu_count() is the CPUs online, what htab_map_alloc sizes its counter by.
     per_cpu = bytes_per_cpu(infos.values(), len(programs), os.cpu_count() or 1)
     started_ns = time.time_ns()
-    digest = layout_digest(bpf_dir, request.defines)
+    digest = layout_digest(Path(request.bpf_dir), request.defines)
     syscalls.update_elem(
         maps[META_MAP], struct.pack("<I", 0), struct.pack(META_FORMAT, digest, started_ns, per_cpu)
     )
@@ -309,22 +318,9 @@ def _import_bcc() -> Any:
 def load_recorder(request: LoadRequest) -> tuple[dict[str, Any], list[int], Any]:
     """record.bpf.c compiled, loaded and attached: the ring buffer, the lost counter,
     the programs and their links (a recorder is never pinned: it ends with its holder)."""
-    bcc = _import_bcc()
-    bpf_dir = Path(request.bpf_dir)
-    path = bpf_dir / RECORDER_SOURCE
-    if not path.is_file():
-        raise ProgramLoadError(f"BPF source {path} not found: check --bpf-dir")
-    try:
-        module = bcc.BPF(src_file=str(path).encode(), cflags=build_cflags(bpf_dir, request.defines))
-    except Exception as exc:  # bcc raises bare Exception with its message
-        raise _wrap(exc, "compiling the recorder failed") from exc
-    try:
-        programs = {
-            fn: int(module.load_func(fn.encode(), bcc.BPF.RAW_TRACEPOINT).fd)
-            for fn in RECORDER_PROGRAMS.values()
-        }
-    except Exception as exc:
-        raise _wrap(exc, "loading the recorder failed") from exc
+    module, programs = _compile(
+        request, RECORDER_SOURCE, RECORDER_PROGRAMS.values(), "the recorder"
+    )
     maps = {name: int(module.get_table(name.encode()).map_fd) for name in RECORDER_MAPS}
     links: dict[str, int] = {}
     if request.attach:
