@@ -491,9 +491,13 @@ if [ "$PHASE" = 1 ]; then
   grep -E '^(Uid|Gid|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/"$pid"/status
   uid=$(awk '/^Uid:/ { print $2 }' /proc/"$pid"/status)
   eff=$(awk '/^CapEff:/ { print $2 }' /proc/"$pid"/status)
-  note "process $pid: user $(getent passwd "$uid" | cut -d: -f1) (uid $uid), CapEff $eff (want 000000c400000004 = DAC_READ_SEARCH SYSLOG PERFMON BPF)"
+  # The four ambient capabilities (DAC_READ_SEARCH SYSLOG PERFMON BPF) start it; once
+  # attached it keeps only what a snapshot still needs, and sets no_new_privs.
+  nnp=$(awk '/^NoNewPrivs:/ { print $2 }' /proc/"$pid"/status)
+  note "process $pid: user $(getent passwd "$uid" | cut -d: -f1) (uid $uid), CapEff $eff after the start (want 0000000000000000), NoNewPrivs $nnp; $(journalctl -u pcpu-bpf -b -o cat --no-pager | grep -o 'running with .*' | tail -n 1)"
   [ "$(getent passwd "$uid" | cut -d: -f1)" = pcpu-bpf ] || bad "runs as uid $uid, not pcpu-bpf"
-  [ "$eff" = 000000c400000004 ] || bad "CapEff $eff"
+  [ "$eff" = 0000000000000000 ] || bad "CapEff $eff"
+  [ "$nnp" = 1 ] || bad "NoNewPrivs $nnp"
 
   sec "percpu work, then /metrics"
   percpu_work
