@@ -280,31 +280,46 @@ def load(request: LoadRequest) -> tuple[dict[str, Any], list[int], Any]:
     syscalls.update_elem(
         maps[META_MAP], struct.pack("<I", 0), struct.pack(META_FORMAT, digest, started_ns, per_cpu)
     )
-    links: dict[str, int] = {}
-    if request.attach:
-        for tracepoint, fn in PROGRAMS.items():
-            try:
-                links[tracepoint] = syscalls.raw_tracepoint_open(programs[fn], tracepoint)
-            except OSError as exc:
-                raise _wrap(exc, f"attaching to raw tracepoint {tracepoint} failed") from exc
+    links = _attach(programs, PROGRAMS) if request.attach else {}
     if request.pin_dir is not None:
         pins.pin_set(Path(request.pin_dir), maps, programs, links)
+    manifest, fds = _manifest(maps, programs, links)
+    manifest.update(
+        layout=digest.hex(),
+        started_ns=started_ns,
+        percpu_bytes_per_cpu=per_cpu,
+        pinned=request.pin_dir,
+    )
+    return manifest, fds, module
+
+
+def _attach(programs: dict[str, int], tracepoints: dict[str, str]) -> dict[str, int]:
+    """Each program on its raw tracepoint: the links' fds by tracepoint."""
+    links: dict[str, int] = {}
+    for tracepoint, fn in tracepoints.items():
+        try:
+            links[tracepoint] = syscalls.raw_tracepoint_open(programs[fn], tracepoint)
+        except OSError as exc:
+            raise _wrap(exc, f"attaching to raw tracepoint {tracepoint} failed") from exc
+    return links
+
+
+def _manifest(
+    maps: dict[str, int], programs: dict[str, int], links: dict[str, int]
+) -> tuple[dict[str, Any], list[int]]:
+    """What the loader hands over: the fds in one list, and their indexes by name."""
     fds: list[int] = []
 
     def index(fd: int) -> int:
         fds.append(fd)
         return len(fds) - 1
 
-    manifest = {
+    manifest: dict[str, Any] = {
         "maps": {name: index(fd) for name, fd in maps.items()},
         "programs": {fn: index(fd) for fn, fd in programs.items()},
         "links": {tp: index(fd) for tp, fd in links.items()},
-        "layout": digest.hex(),
-        "started_ns": started_ns,
-        "percpu_bytes_per_cpu": per_cpu,
-        "pinned": request.pin_dir,
     }
-    return manifest, fds, module
+    return manifest, fds
 
 
 def _import_bcc() -> Any:
@@ -322,28 +337,9 @@ def load_recorder(request: LoadRequest) -> tuple[dict[str, Any], list[int], Any]
         request, RECORDER_SOURCE, RECORDER_PROGRAMS.values(), "the recorder"
     )
     maps = {name: int(module.get_table(name.encode()).map_fd) for name in RECORDER_MAPS}
-    links: dict[str, int] = {}
-    if request.attach:
-        for tracepoint, fn in RECORDER_PROGRAMS.items():
-            try:
-                links[tracepoint] = syscalls.raw_tracepoint_open(programs[fn], tracepoint)
-            except OSError as exc:
-                raise _wrap(exc, f"attaching to raw tracepoint {tracepoint} failed") from exc
-    fds: list[int] = []
-
-    def index(fd: int) -> int:
-        fds.append(fd)
-        return len(fds) - 1
-
-    manifest = {
-        "maps": {name: index(fd) for name, fd in maps.items()},
-        "programs": {fn: index(fd) for fn, fd in programs.items()},
-        "links": {tp: index(fd) for tp, fd in links.items()},
-        "layout": "",
-        "started_ns": time.time_ns(),
-        "percpu_bytes_per_cpu": 0,
-        "pinned": None,
-    }
+    links = _attach(programs, RECORDER_PROGRAMS) if request.attach else {}
+    manifest, fds = _manifest(maps, programs, links)
+    manifest.update(layout="", started_ns=time.time_ns(), percpu_bytes_per_cpu=0, pinned=None)
     return manifest, fds, module
 
 
