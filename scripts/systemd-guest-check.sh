@@ -11,7 +11,7 @@
 #     bookworm` from the archive this host's apt uses, plus linux-image-amd64,
 #     linux-headers-amd64 (matching the kernel, so the package's headers dependency is
 #     met as on an up-to-date host), bpftool and curl for the check itself (cached as a
-#     tarball, see --cache). The .deb goes to /root; what `apt install` will need from
+#     tarball, see --cache). The .deb goes to GUEST_DEB_DIR; what `apt install` will need from
 #     the archive (python3-bpfcc, python3-click, ...) is downloaded into apt's cache in
 #     a chroot, because the guest has no network. Nothing is installed.
 #  3. Boot 1 (pcpu-guest-check.service, after multi-user.target: a host that has booted):
@@ -260,7 +260,7 @@ else
   say "reusing cached guest tree $CACHE ($(date -r "$CACHE" +%F\ %T))"
 fi
 
-# 2b. This run's tree: the .deb in /root, what installing it will fetch in apt's cache.
+# 2b. This run's tree: the .deb in GUEST_DEB_DIR, what installing it will fetch in apt's cache.
 remove_tree "$TREE"
 mkdir -p "$TREE"
 tar --numeric-owner -C "$TREE" -xpf "$CACHE"
@@ -272,14 +272,16 @@ say "guest kernel $KVER; /lib/modules/$KVER/build -> $KBUILD"
 DEBS=("$DEBDIR"/pcpu-bpf_*_all.deb)
 if [ ${#DEBS[@]} -ne 1 ] || [ ! -s "${DEBS[0]}" ]; then die "expected one package in $DEBDIR"; fi
 DEB=$(basename "${DEBS[0]}")
-install -m 0644 "${DEBS[0]}" "$TREE/root/$DEB"
+# Where the guest finds the package, as an administrator's download would sit.
+GUEST_DEB_DIR=/var/local/pcpu-guest-check
+install -D -m 0644 "${DEBS[0]}" "$TREE$GUEST_DEB_DIR/$DEB"
 mount_tree "$TREE"
 # The guest has no network: fetch now (through this host's) what `apt install` will take
 # from the archive. The cached package lists first; fresh ones if those have gone stale.
-say "apt-get install --download-only /root/$DEB (in the tree)"
-if ! in_tree "$TREE" apt-get install -y -q --download-only "/root/$DEB" >"$LOGDIR/download.log" 2>&1; then
+say "apt-get install --download-only $GUEST_DEB_DIR/$DEB (in the tree)"
+if ! in_tree "$TREE" apt-get install -y -q --download-only "$GUEST_DEB_DIR/$DEB" >"$LOGDIR/download.log" 2>&1; then
   { in_tree "$TREE" apt-get update -q \
-    && in_tree "$TREE" apt-get install -y -q --download-only "/root/$DEB"; } >>"$LOGDIR/download.log" 2>&1 \
+    && in_tree "$TREE" apt-get install -y -q --download-only "$GUEST_DEB_DIR/$DEB"; } >>"$LOGDIR/download.log" 2>&1 \
     || { tail -n 30 "$LOGDIR/download.log" >&2; die "downloading the package's dependencies failed"; }
 fi
 say "in apt's cache for the guest: $(find "$TREE/var/cache/apt/archives" -name '*.deb' | wc -l) packages"
@@ -317,7 +319,7 @@ TTYVHangup=no
 [Install]
 WantedBy=multi-user.target
 EOF
-printf 'WAIT=%s\nDEB=%s\n' "$WAIT" "$DEB" >"$TREE/etc/default/pcpu-guest-check"
+printf 'WAIT=%s\nDEB=%s\nDEB_DIR=%s\n' "$WAIT" "$DEB" "$GUEST_DEB_DIR" >"$TREE/etc/default/pcpu-guest-check"
 cat >"$TREE/usr/local/sbin/pcpu-guest-check" <<'EOF'
 #!/bin/bash
 # Runs in the guest at each boot (pcpu-guest-check.service); output goes to the serial
@@ -451,9 +453,9 @@ if [ "$PHASE" = 1 ]; then
   note "boot 1 (no pcpu-bpf): multi-user.target reached $(at multi-user.target) s after the kernel started"
   dmesg | grep -E 'percpu: Embedded' | sed 's/^/GUEST: /'
 
-  sec "cd /root && apt install ./$DEB"
+  sec "cd $DEB_DIR && apt install ./$DEB"
   dpkg-query -W -f '${Package}\n' | sort >"$STATE/packages-before"
-  (cd /root && apt install -y "./$DEB") 2>&1 | grep -vE '^(Reading|Building|Selecting|Preparing|\(Reading)'
+  (cd "$DEB_DIR" && apt install -y "./$DEB") 2>&1 | grep -vE '^(Reading|Building|Selecting|Preparing|\(Reading)'
   rc=${PIPESTATUS[0]}
   dpkg-query -W -f '${Package}\n' | sort >"$STATE/packages-after"
   new=$(comm -13 "$STATE/packages-before" "$STATE/packages-after" | tr '\n' ' ')
@@ -534,7 +536,7 @@ if [ "$PHASE" = 1 ]; then
 
   sec "apt install --reinstall ./$DEB: the upgrade path (the postinst restarts a running service)"
   pid=$(prop MainPID); since_ts=$(date '+%F %T')
-  (cd /root && apt install --reinstall -y "./$DEB") 2>&1 | grep -E '^(Setting up|Unpacking|E:|W:)'
+  (cd "$DEB_DIR" && apt install --reinstall -y "./$DEB") 2>&1 | grep -E '^(Setting up|Unpacking|E:|W:)'
   rc=${PIPESTATUS[0]}
   state=$(wait_active)
   note "apt install --reinstall: exit $rc; pcpu-bpf $state, MainPID $(prop MainPID) (was $pid); $(journalctl -u pcpu-bpf --since "$since_ts" --no-pager -o cat | grep -c 'adopted the pinned set') adoption(s) logged"
@@ -627,7 +629,7 @@ if [ "$PHASE" = 2 ]; then
   # Anything named after it on the root file system, but the check's own files and the
   # .deb the administrator downloaded.
   strays=$(find / -xdev \( -name '*pcpu-bpf*' -o -name '*pcpu_bpf*' \) 2>/dev/null \
-    | grep -vE '^/(root/pcpu-bpf_[^/]*\.deb|usr/local/sbin/pcpu-guest-check|etc/default/pcpu-guest-check|etc/systemd/system/(multi-user\.target\.wants/)?pcpu-guest-check\.service|var/lib/pcpu-guest-check(/.*)?)$')
+    | grep -vE '^/(var/local/pcpu-guest-check/pcpu-bpf_[^/]*\.deb|usr/local/sbin/pcpu-guest-check|etc/default/pcpu-guest-check|etc/systemd/system/(multi-user\.target\.wants/)?pcpu-guest-check\.service|var/lib/pcpu-guest-check(/.*)?)$')
   note "other paths named pcpu-bpf or pcpu_bpf: $(echo "$strays" | grep -c .) $(echo "$strays" | tr '\n' ' ' | cut -c1-300)"
   [ -z "$strays" ] || bad "paths left: $(echo "$strays" | tr '\n' ' ' | cut -c1-300)"
   note "user: $(getent passwd pcpu-bpf || echo none); group: $(getent group pcpu-bpf || echo none); in /etc/shadow, gshadow: $(grep -c '^pcpu-bpf:' /etc/shadow /etc/gshadow | tr '\n' ' ')"
