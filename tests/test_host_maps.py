@@ -90,9 +90,9 @@ def test_cgroup_storages_are_counted_as_they_are_attached() -> None:
 @pytest.mark.privileged
 def test_the_daemons_family_names_map_type_and_program() -> None:
     cpus = read_possible_cpus()
-    reader = HostStatsReader(lambda: KernelStats(), possible_cpus=cpus, max_bpf_maps=10**6)
+    reader = HostStatsReader(possible_cpus=cpus, max_bpf_maps=10**6)
     with owned_maps():
-        stats = reader()
+        stats = reader.add_owners(KernelStats())
     assert "bpf_maps" not in stats.errors and stats.bpf_maps is not None
     registry = CollectorRegistry()
     registry.register(PcpuCollector(lambda: full_snapshot(kernel_stats=stats)))
@@ -139,8 +139,9 @@ def test_without_cap_sys_admin_the_part_is_unavailable_and_said_once(
         raise PermissionError(1, "bpf(BPF_PROG_GET_NEXT_ID): Operation not permitted")
 
     monkeypatch.setattr(host_stats, "host_maps", refused)
-    reader = HostStatsReader(lambda: KernelStats(meminfo_percpu_bytes=4096), possible_cpus=2)
-    first, second = reader(), reader()
+    reader = HostStatsReader(possible_cpus=2)
+    kernel = KernelStats(meminfo_percpu_bytes=4096)
+    first, second = reader.add_owners(kernel), reader.add_owners(kernel)
     assert first.bpf_maps is None and first.meminfo_percpu_bytes == 4096
     assert "CAP_SYS_ADMIN" in first.errors["bpf_maps"] == second.errors["bpf_maps"]
     assert caplog.records == []

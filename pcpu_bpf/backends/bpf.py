@@ -136,14 +136,17 @@ class BpfBackend(Backend):
             nr_possible_cpus=self.possible_cpus,
         )
         self._symbolize = _symbolizer(symbolizer)
-        # The kernel's own figures: percpu_stats and meminfo, then every BPF map of the host
-        # and the cgroups, in the one throttled read below.
-        self._read_kernel_stats = kernel_stats or HostStatsReader(
-            _default_kernel_stats(),
-            possible_cpus=self.possible_cpus,
-            max_bpf_maps=max_bpf_maps,
-            max_cgroups=max_cgroups,
-        )
+        # The kernel's own figures: percpu_stats and meminfo, read between two readings of
+        # the site records (one moment, for the breakdown); then every BPF map of the host
+        # and the cgroups, after that bracket; all in the one throttled read below.
+        self._read_kernel_stats = kernel_stats or _default_kernel_stats()
+        self._host: HostStatsReader | None = None
+        if kernel_stats is None:
+            self._host = HostStatsReader(
+                possible_cpus=self.possible_cpus,
+                max_bpf_maps=max_bpf_maps,
+                max_cgroups=max_cgroups,
+            )
         self._min_age = min_age
         self._walk_failed = False
         self._memcg_extension = self._fields_available.get(
@@ -195,11 +198,6 @@ class BpfBackend(Backend):
     def tracking_started(self) -> float:
         """When the set began counting, in seconds since the epoch (CLOCK_REALTIME)."""
         return self._live().started_ns / 1e9
-
-    @property
-    def percpu_bytes(self) -> int:
-        """Percpu memory the loaded set holds, on all possible CPUs."""
-        return self._live().percpu_bytes_per_cpu * self.possible_cpus
 
     def _live(self) -> LoadedSet:
         if self._set is None:
@@ -270,6 +268,10 @@ class BpfBackend(Backend):
                 log.warning("cannot walk the live table, no ages: %s", exc)
             self._walk_failed = True
         tables, slots, ks, unsettled = self._read_settled(loaded)
+        if ks is not None and self._host is not None:
+            # Outside the bracket: listing the host's maps and walking the cgroups takes
+            # its time, and the breakdown needs none of it.
+            ks = self._host.add_owners(ks)
         stats = ks.percpu_stats if ks is not None else None
         units = nr_units(stats, self.possible_cpus)
         names = {slot: site_key(key, self._symbolize) for slot, key in slots.items()}

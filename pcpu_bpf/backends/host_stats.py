@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 from pcpu_bpf.bpf.host_maps import host_maps
@@ -58,25 +57,23 @@ def cgroup_stats(
 
 
 class HostStatsReader:
-    """``kernel()``'s KernelStats with the BPF maps' and the cgroups' parts added."""
+    """The BPF maps' and the cgroups' parts, added to a reading of the kernel's stats."""
 
     def __init__(
         self,
-        kernel: Callable[[], KernelStats],
         *,
         possible_cpus: int,
         max_bpf_maps: int = DEFAULT_MAX_BPF_MAPS,
         max_cgroups: int = DEFAULT_MAX_CGROUPS,
         mountinfo: str | Path = "/proc/self/mountinfo",
     ) -> None:
-        self._kernel = kernel
         self._possible = possible_cpus
         self._max_bpf_maps = max_bpf_maps
         self._max_cgroups = max_cgroups
         self._mountinfo = mountinfo
 
-    def __call__(self) -> KernelStats:
-        stats = self._kernel()
+    def add_owners(self, stats: KernelStats) -> KernelStats:
+        """``stats`` with the BPF maps' and the cgroups' parts read now."""
         errors = dict(stats.errors)
         maps: dict[BpfMapOwner, int] | None = None
         groups: CgroupStats | None = None
