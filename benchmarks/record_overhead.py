@@ -68,7 +68,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--maps", type=int, default=2000, help="maps per repetition (16 each)")
-    ap.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "pcpu-record-bench.jsonl"))
+    # Default: a file in a fresh private directory (root writes it; no fixed name in /tmp).
+    ap.add_argument("--out", default=None, help="where the recording goes")
     ap.add_argument(
         "--recorder-first",
         action="store_true",
@@ -76,6 +77,8 @@ def main() -> int:
         "the order they were attached, and the first pays more: run both orders)",
     )
     args = ap.parse_args()
+    if args.out is None:
+        args.out = str(Path(tempfile.mkdtemp(prefix="pcpu-record-bench-")) / "recording.jsonl")
     if os.geteuid() != 0:
         print("needs root", file=sys.stderr)
         return 2

@@ -179,7 +179,7 @@ def calibrate(seconds: float, max_workers: int, nice: int) -> tuple[int, list[st
     return best, lines
 
 
-def settle(url: str, timeout: float = 300.0) -> None:
+def settle(timeout: float = 300.0) -> None:
     """Wait until the kworkers have freed the closed maps: live allocations stop moving."""
     deadline = time.monotonic() + timeout
     last = -1
@@ -260,7 +260,7 @@ def main() -> int:
                 time.sleep(max(0.0, next_scrape - time.monotonic()))
         done: list[ChurnCounts] = [c.stop(timeout=120) for c in churns]
         ran = time.monotonic() - t0
-        settle(url)
+        settle()
         last = bracketed(url)
         final = sample(proc.pid, time.monotonic() - t0)
     finally:

@@ -173,7 +173,7 @@ def read_sites(
         ) = _RECORD.unpack(raw)
         if allocs == 0:
             continue  # a slot being filled, or one a race between two CPUs left empty
-        key = (addr, bool(atomic), bool(reserved))
+        key = address_key((addr, atomic, reserved))
         slots[slot] = key
         out[key] = SiteValue(
             allocations=allocs,

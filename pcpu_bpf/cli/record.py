@@ -66,7 +66,7 @@ def _sigterm_stops() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _header(recorder_cpus: int) -> RecordingHeader:
+def _header() -> RecordingHeader:
     """What the header says about the machine, read just after the programs attached."""
     try:
         geometry = dataclasses.asdict(host_geometry()[0])
@@ -188,7 +188,7 @@ def _record(
     recorder: Recorder, out: TextIO, duration: float, max_events: int, max_bytes: int
 ) -> tuple[int, int, str]:
     """Write the header, the events and the end line; (events, lost, why it stopped)."""
-    header = header_line(_header(recorder.nr_possible_cpus)) + "\n"
+    header = header_line(_header()) + "\n"
     out.write(header)
     out.flush()  # the header says the programs are attached: readers wait for it
     written = len(header.encode())

@@ -17,6 +17,7 @@ from typing import Any
 
 from pcpu_bpf.errors import RecordingError
 from pcpu_bpf.model.events import (
+    TRACEPOINTS,
     Event,
     PercpuAlloc,
     PercpuAllocFail,
@@ -35,7 +36,6 @@ from pcpu_bpf.recording.data import (
 FORMAT_NAME = "pcpu-bpf-recording"
 VERSION = 1
 _U64 = (1 << 64) - 1
-_OWNER_KEYS = ("pid", "tgid", "comm", "cgroup")
 
 
 # ---- writing ------------------------------------------------------------------------
@@ -110,10 +110,6 @@ def end_line(*, events: int, lost: int, reason: str, timestamp: float | None = N
     return json.dumps(obj, separators=(",", ":"))
 
 
-def _hex(value: int | None) -> str | None:
-    return None if value is None else f"{value:#x}"
-
-
 # ---- reading ------------------------------------------------------------------------
 
 
@@ -127,16 +123,13 @@ class _Line:
     def fail(self, what: str) -> RecordingError:
         return RecordingError(f"line {self.number}: {what}")
 
-    def has(self, key: str) -> bool:
-        return self.obj.get(key) is not None
-
-    def integer(self, key: str, *, optional: bool = False, signed: bool = False) -> int | None:
+    def integer(self, key: str, *, optional: bool = False) -> int | None:
         v = self.obj.get(key)
         if v is None:
             if optional:
                 return None
             raise self.fail(f"{self._type()} has no {key!r}")
-        if isinstance(v, bool) or not isinstance(v, int) or (v < 0 and not signed) or v > _U64:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0 or v > _U64:
             raise self.fail(f"{key!r} must be a non-negative integer, not {_show(v)}")
         return v
 
@@ -220,13 +213,7 @@ _READERS: dict[str, Callable[[_Line], Event]] = {
     "percpu_create_chunk": lambda x: PercpuCreateChunk(x.required_address("base_addr")),
     "percpu_destroy_chunk": lambda x: PercpuDestroyChunk(x.required_address("base_addr")),
 }
-_TYPE_OF: dict[type, str] = {
-    PercpuAlloc: "percpu_alloc_percpu",
-    PercpuFree: "percpu_free_percpu",
-    PercpuAllocFail: "percpu_alloc_percpu_fail",
-    PercpuCreateChunk: "percpu_create_chunk",
-    PercpuDestroyChunk: "percpu_destroy_chunk",
-}
+_TYPE_OF: dict[type, str] = {cls: name for name, cls in TRACEPOINTS.items()}
 
 
 def _load(number: int, raw: str) -> _Line:

@@ -392,7 +392,10 @@ class _Steered:
         me = self.events[i]
         mine = me.event
         assert isinstance(mine, PercpuAlloc)
-        for j in later[bisect.bisect_right(later, i) :]:
+        # By index, not a slice: the look stops within LATE_ALLOC_EVENTS, and copying the
+        # rest of a long chunk's list at every event made replays quadratic.
+        for at in range(bisect.bisect_right(later, i), len(later)):
+            j = later[at]
             rec = self.events[j]
             if j - i > LATE_ALLOC_EVENTS or (
                 me.timestamp is not None
@@ -426,7 +429,8 @@ class _Steered:
             return
         frees = [off]  # this free and the same task's that follow it, not applied yet
         around = self.events_in[k]
-        for j in around[bisect.bisect_right(around, f) :]:
+        for at in range(bisect.bisect_right(around, f), len(around)):
+            j = around[at]
             rec = self.events[j]
             if (
                 j - f > LATE_ALLOC_EVENTS
