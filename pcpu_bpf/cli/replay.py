@@ -10,14 +10,12 @@ import click
 from pcpu_bpf.errors import PcpuError
 from pcpu_bpf.kernel.percpu_stats import render_percpu_stats
 from pcpu_bpf.recording import read_recording
-from pcpu_bpf.sim.geometry import CONFIG_L, CONFIG_S, Geometry
-from pcpu_bpf.sim.host import host_geometry
+from pcpu_bpf.sim.geometry import CONFIG_L, Geometry
+from pcpu_bpf.sim.host import NAMED_GEOMETRIES, host_geometry, named_geometry
 from pcpu_bpf.sim.pictures import chunk_map
 from pcpu_bpf.sim.replay import ReplayReport, WorkloadResult, recorded_geometry, replay
 from pcpu_bpf.top.chunks import chunk_lines
 from pcpu_bpf.units import human_bytes
-
-NAMED = {"default": CONFIG_L, "small": CONFIG_S}
 
 EPILOG = """\b
 GEOMETRY is a name (default, small, host), field=value changes, or both:
@@ -33,20 +31,11 @@ Examples:
 """
 
 
-def _named(name: str) -> Geometry:
-    if name == "host":
-        try:
-            return host_geometry()[0]
-        except OSError as exc:
-            raise PcpuError(f"geometry host needs the live percpu_stats and sysfs: {exc}") from exc
-    return NAMED[name]
-
-
 def parse_geometry(spec: str, base: Geometry) -> Geometry:
     """NAME[,field=value...] or field=value,... applied to ``base``."""
     head, _, rest = spec.partition(",")
-    if head.strip() in (*NAMED, "host"):
-        return _named(head.strip()).changed(rest)
+    if head.strip() in (*NAMED_GEOMETRIES, "host"):
+        return named_geometry(head.strip())[0].changed(rest)
     return base.changed(spec)
 
 

@@ -11,14 +11,12 @@ from pcpu_bpf.errors import PcpuError
 from pcpu_bpf.model.snapshot import Snapshot
 from pcpu_bpf.model.snapshot_json import snapshot_to_dict
 from pcpu_bpf.sim.allocator import BalancePolicy
-from pcpu_bpf.sim.geometry import CONFIG_L, CONFIG_S, Geometry
-from pcpu_bpf.sim.host import host_geometry
+from pcpu_bpf.sim.geometry import Geometry
+from pcpu_bpf.sim.host import NAMED_GEOMETRIES, named_geometry
 from pcpu_bpf.sim.request import AllocRequest, RequestOutcome
 from pcpu_bpf.sim.scenarios import SCENARIOS
 from pcpu_bpf.sim.simulation import OPS_PER_SECOND, Simulation
 from pcpu_bpf.units import human_bytes
-
-GEOMETRIES = {"default": CONFIG_L, "small": CONFIG_S}
 
 EPILOG = """\b
 Examples:
@@ -58,7 +56,7 @@ def _check_balance(ctx: click.Context, param: click.Parameter, value: str | None
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option(
     "--geometry",
-    type=click.Choice(["default", "small", "host"]),
+    type=click.Choice([*NAMED_GEOMETRIES, "host"]),
     default="default",
     show_default=True,
     help="Machine geometry: this project's reference 2-CPU box, a small 4-CPU box with a "
@@ -116,12 +114,7 @@ def simulate(
 
 
 def _geometry(name: str) -> Geometry:
-    if name != "host":
-        return GEOMETRIES[name]
-    try:
-        geo, assumptions = host_geometry()
-    except OSError as exc:
-        raise PcpuError(f"--geometry host needs the live percpu_stats and sysfs: {exc}") from exc
+    geo, assumptions = named_geometry(name)
     for a in assumptions:
         click.echo(f"geometry host: assuming {a}", err=True)
     return geo

@@ -4,10 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pcpu_bpf.errors import ScenarioError
+from pcpu_bpf.errors import PcpuError, ScenarioError
 from pcpu_bpf.kernel.percpu_stats import read_percpu_stats
 from pcpu_bpf.kernel.procfs import parse_possible_cpus
-from pcpu_bpf.sim.geometry import Geometry
+from pcpu_bpf.sim.geometry import CONFIG_L, CONFIG_S, Geometry
+
+# The geometries `--geometry` names, besides "host" (this machine's).
+NAMED_GEOMETRIES: dict[str, Geometry] = {"default": CONFIG_L, "small": CONFIG_S}
+
+
+def named_geometry(name: str) -> tuple[Geometry, list[str]]:
+    """A geometry by name (NAMED_GEOMETRIES, or "host"), and what it assumes."""
+    if name != "host":
+        return NAMED_GEOMETRIES[name], []
+    try:
+        return host_geometry()
+    except OSError as exc:
+        raise PcpuError(f"--geometry host needs the live percpu_stats and sysfs: {exc}") from exc
 
 
 def host_geometry(
