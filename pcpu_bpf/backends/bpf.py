@@ -48,7 +48,7 @@ from pcpu_bpf.errors import BackendUnavailable, StatsParseError
 from pcpu_bpf.kernel.procfs import kernel_release, read_possible_cpus
 from pcpu_bpf.kernel.shared_read import SharedRead
 from pcpu_bpf.model.ages import AgeFold
-from pcpu_bpf.model.breakdown import Breakdown, BreakdownInputs, breakdown, nr_units
+from pcpu_bpf.model.breakdown import Breakdown, nr_units
 from pcpu_bpf.model.kernel_stats import KernelStats
 from pcpu_bpf.model.layout import (
     DEFAULT_LIVE_CAPACITY,
@@ -65,11 +65,11 @@ from pcpu_bpf.model.tables import (
     SiteAddressKey,
     SnapshotContext,
     Tables,
+    breakdown_of,
     map_usage,
     percpu_events,
     site_key,
     tables_to_snapshot,
-    traced_live_per_unit,
 )
 
 log = logging.getLogger(__name__)
@@ -275,22 +275,12 @@ class BpfBackend(Backend):
         stats = ks.percpu_stats if ks is not None else None
         units = nr_units(stats, self.possible_cpus)
         names = {slot: site_key(key, self._symbolize) for slot, key in slots.items()}
-        parts = None
-        if ks is not None and ks.meminfo_percpu_bytes is not None:
-            parts = breakdown(
-                BreakdownInputs(
-                    meminfo_bytes=ks.meminfo_percpu_bytes,
-                    nr_units=units,
-                    traced_live_per_unit=traced_live_per_unit(tables),
-                    profiler_bytes=loaded.percpu_bytes_per_cpu * units,
-                    percpu_stats=stats,
-                )
-            )
-            if unsettled:
-                # A broken bound then need not be the arithmetic's: the kernel moved.
-                note = " (percpu events came in during the read)"
-                violations = tuple(v + note for v in parts.violations)
-                parts = replace(parts, violations=violations, settled=False)
+        parts = breakdown_of(tables, ks, units, loaded.percpu_bytes_per_cpu)
+        if parts is not None and unsettled:
+            # A broken bound then need not be the arithmetic's: the kernel moved.
+            note = " (percpu events came in during the read)"
+            violations = tuple(v + note for v in parts.violations)
+            parts = replace(parts, violations=violations, settled=False)
         ages = fold.ages(nr_units=units, site_of=names.get) if walked else None
         return _SlowRead(ks, units, ages, parts, tables)
 

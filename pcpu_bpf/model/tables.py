@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from pcpu_bpf.model.breakdown import Breakdown
+from pcpu_bpf.model.breakdown import Breakdown, BreakdownInputs, breakdown
 from pcpu_bpf.model.chunk_map import ChunkMap
 from pcpu_bpf.model.kernel_stats import KernelStats
 from pcpu_bpf.model.layout import (
@@ -132,6 +132,24 @@ def site_key(key: SiteAddressKey, symbolize: Callable[[int], str]) -> SiteKey:
 def traced_live_per_unit(tables: Tables) -> int:
     """Live traced bytes of one unit outside the reserved chunk: the breakdown's input."""
     return sum(v.live_bytes for key, v in tables.sites.items() if not is_reserved(key))
+
+
+def breakdown_of(
+    tables: Tables, ks: KernelStats | None, nr_units: int, profiler_per_cpu: int | None
+) -> Breakdown | None:
+    """meminfo's Percpu in parts, from the tables and a reading of the kernel's stats of
+    one moment; None without meminfo. Both backends call it, so they split alike."""
+    if ks is None or ks.meminfo_percpu_bytes is None:
+        return None
+    return breakdown(
+        BreakdownInputs(
+            meminfo_bytes=ks.meminfo_percpu_bytes,
+            nr_units=nr_units,
+            traced_live_per_unit=traced_live_per_unit(tables),
+            profiler_bytes=None if profiler_per_cpu is None else profiler_per_cpu * nr_units,
+            percpu_stats=ks.percpu_stats,
+        )
+    )
 
 
 def percpu_events(tables: Tables) -> int:

@@ -7,7 +7,7 @@ import random
 from pcpu_bpf.kernel.percpu_stats import parse_percpu_stats, render_percpu_stats
 from pcpu_bpf.model.ages import AgeFold
 from pcpu_bpf.model.aggregation import Aggregator
-from pcpu_bpf.model.breakdown import BreakdownInputs, breakdown, nr_units
+from pcpu_bpf.model.breakdown import nr_units
 from pcpu_bpf.model.events import ALL_FIELDS, GFP_ATOMIC, GFP_KERNEL, Event
 from pcpu_bpf.model.kernel_stats import KernelStats
 from pcpu_bpf.model.layout import DEFAULT_LIVE_CAPACITY, DEFAULT_SITE_CAPACITY
@@ -16,9 +16,9 @@ from pcpu_bpf.model.symbolizer import Symbolizer
 from pcpu_bpf.model.tables import (
     SiteAddressKey,
     SnapshotContext,
+    breakdown_of,
     map_usage,
     site_key,
-    traced_live_per_unit,
 )
 from pcpu_bpf.sim.allocator import Allocator
 from pcpu_bpf.sim.geometry import CONFIG_L, Geometry
@@ -133,17 +133,7 @@ class Simulation:
         ks = self.kernel_stats(timestamp)
         units = nr_units(ks.percpu_stats, self.geometry.nr_possible_cpus)
         profiler = self.profiler_bytes_per_cpu
-        parts = None
-        if ks.meminfo_percpu_bytes is not None:
-            parts = breakdown(
-                BreakdownInputs(
-                    meminfo_bytes=ks.meminfo_percpu_bytes,
-                    nr_units=units,
-                    traced_live_per_unit=traced_live_per_unit(tables),
-                    profiler_bytes=None if profiler is None else profiler * units,
-                    percpu_stats=ks.percpu_stats,
-                )
-            )
+        parts = breakdown_of(tables, ks, units, profiler)
         fold: AgeFold[SiteAddressKey] = AgeFold(self.now(), min_age=self.min_age)
         fold.add((e.key, e.size, e.alloc_time) for e in self.aggregator.live_entries())
         ctx = SnapshotContext(
