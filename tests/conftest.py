@@ -90,6 +90,19 @@ def privileged_unavailable() -> str | None:
     return None
 
 
+@pytest.fixture
+def pin_dir(request: pytest.FixtureRequest) -> Generator[Path, None, None]:
+    """A pin directory of this test's own in bpffs, emptied (programs detached) after it."""
+    from pcpu_bpf.bpf.pins import remove_set
+
+    path = Path(f"/sys/fs/bpf/pcpu-bpf-test-{os.getpid()}-{request.node.name[:40]}")
+    path = path.with_name(path.name.replace("[", "-").replace("]", ""))
+    try:
+        yield path
+    finally:
+        remove_set(path)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _remove_test_pins() -> Generator[None, None, None]:
     """Whatever the session's daemons left pinned is removed (their programs detach)."""

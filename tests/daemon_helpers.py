@@ -51,6 +51,15 @@ def prog_ids(pid: int) -> set[int]:
     return ids
 
 
+def collector_success(samples: Samples) -> dict[str, float]:
+    """pcpu_collector_success by collector."""
+    return {
+        dict(labels)["collector"]: v
+        for (name, labels), v in samples.items()
+        if name == "pcpu_collector_success"
+    }
+
+
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [PCPU_BPF, *args],

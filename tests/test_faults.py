@@ -11,17 +11,16 @@ never pulls the backend from under a scrape.
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from daemon_helpers import Daemon, Samples, parse
+from daemon_helpers import Daemon, Samples, collector_success, parse
 from waiting import wait_until
 
 from pcpu_bpf.backends.base import Backend
@@ -34,23 +33,6 @@ from pcpu_bpf.model.snapshot import Snapshot
 
 SITE = "bpf_map_alloc_percpu"
 LOADER = "pcpu_bpf.bpf.loader"
-
-
-@pytest.fixture
-def pin_dir(request: pytest.FixtureRequest) -> Iterator[Path]:
-    path = Path(f"/sys/fs/bpf/pcpu-bpf-test-{os.getpid()}-{request.node.name[:40]}")
-    try:
-        yield path
-    finally:
-        pins.remove_set(path)
-
-
-def success(samples: Samples) -> dict[str, float]:
-    return {
-        dict(labels)["collector"]: v
-        for (name, labels), v in samples.items()
-        if name == "pcpu_collector_success"
-    }
 
 
 def site_allocations(samples: Samples) -> float:
@@ -113,7 +95,7 @@ def test_debugfs_and_tracefs_unmounted_under_a_running_daemon(pin_dir: Path) -> 
             "the map's allocations with debugfs and tracefs gone",
             lambda s: site_allocations(s) - site_allocations(before) >= 37,
         )
-        assert set(success(after).values()) == {1}, success(after)
+        assert set(collector_success(after).values()) == {1}, collector_success(after)
         assert after[("pcpu_stats_chunks", frozenset())] >= 1
         code, log = daemon.stop()
     finally:
@@ -132,7 +114,7 @@ def test_a_daemon_started_without_debugfs_degrades_then_recovers(pin_dir: Path) 
     try:
         daemon.wait_ready()
         gone = scrape_until(daemon, "a scrape", lambda s: True)
-        assert success(gone) == {
+        assert collector_success(gone) == {
             "snapshot": 1,
             "tracing": 1,
             "meminfo": 1,
@@ -150,9 +132,9 @@ def test_a_daemon_started_without_debugfs_degrades_then_recovers(pin_dir: Path) 
         )
         nsenter(daemon.proc.pid, "mount", "-t", "debugfs", "nodev", "/sys/kernel/debug")
         back = scrape_until(
-            daemon, "percpu_stats to recover", lambda s: success(s)["percpu_stats"] == 1
+            daemon, "percpu_stats to recover", lambda s: collector_success(s)["percpu_stats"] == 1
         )
-        assert set(success(back).values()) == {1}
+        assert set(collector_success(back).values()) == {1}
         code, log = daemon.stop()
     finally:
         daemon.close()

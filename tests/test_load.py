@@ -13,16 +13,13 @@ created a per-CPU map. Figures at a larger scale: benchmarks/load.py, docs/relia
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from churn import Churn
-from daemon_helpers import Daemon, Samples, parse
+from daemon_helpers import Daemon, Samples, collector_success, parse
 from load_run import foreign_allocations, function_range, scrape_rounds, site_value
 from waiting import wait_until
-
-from pcpu_bpf.bpf import pins
 
 pytestmark = pytest.mark.privileged
 
@@ -31,15 +28,6 @@ SCRAPERS, ROUNDS = 50, 4
 # The daemon's RSS after the first round (imports done, buffers grown) against the most
 # it reaches over the later rounds.
 RSS_GROWTH_BOUND = 8 << 20
-
-
-@pytest.fixture
-def pin_dir() -> Iterator[Path]:
-    path = Path(f"/sys/fs/bpf/pcpu-bpf-test-{os.getpid()}-load")
-    try:
-        yield path
-    finally:
-        pins.remove_set(path)
 
 
 def site(samples: Samples, family: str) -> float:
@@ -58,11 +46,7 @@ def dropped(samples: Samples) -> float:
 
 def every_part_served(body: str) -> str | None:
     samples = parse(body)
-    bad = {
-        dict(labels)["collector"]: v
-        for (name, labels), v in samples.items()
-        if name == "pcpu_collector_success" and v != 1
-    }
+    bad = {part: v for part, v in collector_success(samples).items() if v != 1}
     return f"collector_success {bad}" if bad else None
 
 

@@ -4,7 +4,6 @@ does not fit is replaced and says so; the daemon never maps bcc or LLVM."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,16 +19,6 @@ SITE = frozenset(
 )
 # A value size nothing else on the host asks for in the window.
 VALUE_SIZE, ENTRIES = 1000, 37
-
-
-@pytest.fixture
-def pin_dir(request: pytest.FixtureRequest) -> Iterator[Path]:
-    path = Path(f"/sys/fs/bpf/pcpu-bpf-test-{os.getpid()}-{request.node.name[:40]}")
-    path = path.with_name(path.name.replace("[", "-").replace("]", ""))
-    try:
-        yield path
-    finally:
-        pins.remove_set(path)
 
 
 def site(samples: Samples, family: str) -> float:

@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from daemon_helpers import Daemon, parse
+from daemon_helpers import Daemon, collector_success, parse
 from test_daemon_guard import CountingReader, SimReadingKernelStats, request, status
 from waiting import wait_until
 
@@ -67,11 +67,7 @@ def test_a_root_daemon_keeps_only_what_listing_bpf_maps_needs_and_every_collecto
     kept = {"CapPrm": sys_admin, "CapEff": sys_admin, "CapBnd": sys_admin}
     assert all(sets == kept for sets in threads.values()), threads
     assert "running with capabilities CAP_SYS_ADMIN; dropped" in log, log
-    success = {
-        dict(labels)["collector"]: v
-        for (name, labels), v in after.items()
-        if name == "pcpu_collector_success"
-    }
+    success = collector_success(after)
     assert success == {
         "snapshot": 1,
         "tracing": 1,

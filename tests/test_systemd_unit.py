@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from daemon_helpers import PCPU_BPF, free_port, parse
+from daemon_helpers import PCPU_BPF, collector_success, free_port, parse
 
 from pcpu_bpf.bpf.pins import remove_set
 from pcpu_bpf.cli.serve import serve_command
@@ -311,11 +311,7 @@ def serve_as_unit(pin_dir: Path) -> str:
             if proc.poll() is None:
                 proc.kill()
             _, err = proc.communicate()
-    success = {
-        dict(labels)["collector"]: v
-        for (name, labels), v in samples.items()
-        if name == "pcpu_collector_success"
-    }
+    success = collector_success(samples)
     # Listing the host's BPF maps needs CAP_SYS_ADMIN, which the unit does not grant: that
     # part is reported unavailable, once, and everything else is served.
     assert success == {
