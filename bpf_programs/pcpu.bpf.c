@@ -11,12 +11,19 @@
  * pcpu_site_count. Records are shared by all CPUs: atomic adds.
  *
  * The per-CPU counters: each slot has one writer program, and a program never nests on
- * its own CPU, so plain += is safe there. */
+ * its own CPU, so plain += is safe there.
+ *
+ * Owners (OWNERS=1): at a call site inside a known helper (pcpu_helpers, filled by the
+ * loader from kallsyms), the kernel stack goes into a per-CPU scratch element (a stack
+ * that big on the program's own stack would cost a private stack of percpu memory) and
+ * the site is keyed by the first frame above the call site's that lies in no helper. */
 BPF_TABLE("hash", u64, struct live_entry, pcpu_live, LIVE_CAPACITY);
 BPF_TABLE("hash", struct site_key, u32, pcpu_site_slots, SITE_CAPACITY);
 BPF_TABLE("array", u32, struct site_record, pcpu_sites, SITE_CAPACITY);
 BPF_TABLE("array", u32, u64, pcpu_site_count, 1);
 BPF_TABLE("percpu_array", u32, struct counters, pcpu_counters, 1);
+BPF_TABLE("array", u32, struct helper_ranges, pcpu_helpers, 1);
+BPF_TABLE("percpu_array", u32, struct owner_stack, pcpu_owner_stack, 1);
 
 static __always_inline struct counters *counters(void)
 {
@@ -77,18 +84,75 @@ static __always_inline int new_site(struct site_key *key, u32 *slot)
     return 0;
 }
 
+#if OWNERS
+/* Whether addr lies in a known helper's code: a bounded scan of the loader's ranges. */
+static __always_inline int in_helper(struct helper_ranges *h, u64 addr)
+{
+    u32 i;
+
+    for (i = 0; i < MAX_HELPER_RANGES; i++) {
+        if (i >= h->nr)
+            break;
+        if (addr >= h->start[i] && addr < h->end[i])
+            return 1;
+    }
+    return 0;
+}
+
+/* The owner of an allocation at call_site: 0 when the call site is no helper; else the
+ * first frame above the call site's own that is no helper, or 0 with the reason counted. */
+static __always_inline u64 owner_of(struct bpf_raw_tracepoint_args *ctx, u64 call_site,
+                                    struct counters *c)
+{
+    u32 zero = 0, i, found = 0;
+    struct helper_ranges *h = pcpu_helpers.lookup(&zero);
+    struct owner_stack *s;
+    long n;
+
+    if (!h || !in_helper(h, call_site))
+        return 0;
+    s = pcpu_owner_stack.lookup(&zero);
+    if (!s)
+        return 0;
+    /* The flags are only the frames to skip (under 256, the skip field). */
+    n = bpf_get_stack(ctx, s->ip, sizeof(s->ip), OWNER_STACK_SKIP);
+    if (n <= 0) {
+        c->v[OWNER_UNRESOLVED_AT + OWNER_NO_STACK] += 1;
+        return 0;
+    }
+    for (i = 0; i < OWNER_STACK_DEPTH; i++) {
+        u64 ip = s->ip[i];
+
+        if (i * 8 >= n || !ip)
+            break;
+        if (!found) {
+            found = ip == call_site;
+            continue;
+        }
+        if (!in_helper(h, ip))
+            return ip;
+    }
+    c->v[OWNER_UNRESOLVED_AT + (found ? OWNER_ONLY_HELPERS : OWNER_SITE_NOT_ON_STACK)] += 1;
+    return 0;
+}
+#endif
+
 /* The slot of this allocation's site, found or handed out; -1 when the site table is
  * full. The key lives only in here: its stack is reused for the live entry after, and a
  * stack under 64 bytes gets no private stack from the JIT, which would cost percpu
  * memory (bpf/footprint.py). */
-static __always_inline s64 site_slot(struct bpf_raw_tracepoint_args *ctx)
+static __always_inline s64 site_slot(struct bpf_raw_tracepoint_args *ctx, struct counters *c)
 {
     struct site_key key = {};
     u32 slot, *found;
 
 #ifdef ARG_ALLOC_CALL_SITE
     key.call_site = ctx->args[ARG_ALLOC_CALL_SITE];
+#if OWNERS
+    key.owner = owner_of(ctx, key.call_site, c);
 #endif
+#endif
+    key.cgroup_id = bpf_get_current_cgroup_id();
     key.atomic = (u8)ctx->args[ARG_ALLOC_IS_ATOMIC] != 0;
     key.reserved = (u8)ctx->args[ARG_ALLOC_RESERVED] != 0;
     found = pcpu_site_slots.lookup(&key);
@@ -126,7 +190,7 @@ int on_alloc(struct bpf_raw_tracepoint_args *ctx)
     c->v[SIZES_AT + size_slot(size)] += 1;
     c->v[SIZES_AT + SIZE_SUM_SLOT] += size;
 
-    slot = site_slot(ctx);
+    slot = site_slot(ctx, c);
     if (slot < 0) {
         c->v[DROPS_AT + DROP_SITE_TABLE_FULL] += 1;
         return 0;

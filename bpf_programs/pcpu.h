@@ -1,8 +1,13 @@
 /* Keys and values of the maps, as pcpu_bpf/bpf/maps.py decodes them (the struct formats
  * of pcpu_bpf/model/layout.py; the loader checks their sizes against the maps). */
 
+/* A site: where the allocation was asked for (call_site), who it is for (owner: the first
+ * caller outside the known helpers, 0 for a call site that is no helper or when owners are
+ * off) and from which cgroup (the allocating task's cgroup v2 id). */
 struct site_key {
     u64 call_site;
+    u64 owner;
+    u64 cgroup_id;
     u8 atomic;
     u8 reserved;
     u8 pad[6];
@@ -13,19 +18,20 @@ struct site_key {
  * sizes requested_bytes - dropped_bytes - freed_bytes: one unit's bytes, as the live
  * entries keep them. The memcg extension is counted for tracked allocations only.
  * What allocations write and what frees write sit in two 64-byte halves: a free on one
- * CPU then does not take the cache line an allocation on another CPU is writing. */
+ * CPU then does not take the cache line an allocation on another CPU is writing. The key,
+ * written once before the slot is published, shares the frees' half. */
 struct site_record {
     struct site_key key;
+    u64 frees;
+    u64 freed_bytes;
+    u64 freed_extension_bytes;
+    u64 pad_free;
     u64 allocations;
     u64 requested_bytes;
     u64 dropped;
     u64 dropped_bytes;
     u64 extension_bytes;
-    u64 pad_alloc;
-    u64 frees;
-    u64 freed_bytes;
-    u64 freed_extension_bytes;
-    u64 pad_free[5];
+    u64 pad_alloc[3];
 };
 
 /* What the live table remembers of an allocation: when it was made (CLOCK_BOOTTIME ns),
@@ -37,6 +43,18 @@ struct live_entry {
     u32 extension;
     u32 slot;
     u32 pad;
+};
+
+/* The known helpers' code, [start, end) each, as the loader found them in kallsyms. */
+struct helper_ranges {
+    u64 nr;
+    u64 start[MAX_HELPER_RANGES];
+    u64 end[MAX_HELPER_RANGES];
+};
+
+/* A kernel stack as bpf_get_stack writes it: return addresses, innermost first. */
+struct owner_stack {
+    u64 ip[OWNER_STACK_DEPTH];
 };
 
 /* Every small counter, one element per CPU, groups at the *_AT offsets. */

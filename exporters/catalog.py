@@ -96,8 +96,8 @@ def _labels(kinds: tuple[type, ...], is_dataclass: bool, key: Any) -> LabelValue
 NAME = Key((str,))
 FLAGS = Key((bool, bool))
 PAIR = Key((str, str))
-SITE = Key((str, bool, bool), SiteKey)
-AGE = Key((str, bool, bool, str), AgeKey)
+SITE = Key((str, bool, bool, str), SiteKey)
+AGE = Key((str, bool, bool, str, str), AgeKey)
 MAP_OWNER = Key((str, str, str), BpfMapOwner)
 
 
@@ -260,7 +260,18 @@ def _stat(*path: str) -> Binding:
     return Scalar(("kernel_stats", "percpu_stats", *path))
 
 
-_SITE_LABELS = ("call_site", "atomic", "reserved")
+_SITE_LABELS = ("call_site", "atomic", "reserved", "owner")
+
+
+def _cgroup(attr: str) -> Binding:
+    return Table(("cgroups",), NAME, attr)
+
+
+_CGROUP_HELP = (
+    " By the allocating task's cgroup v2 path (on a hybrid host the unified hierarchy's), "
+    '" (deleted)" appended once the cgroup is removed; the --max-cgroups cgroups with the '
+    'most live bytes, the rest summed as cgroup="(other)".'
+)
 _BPF = ("bpf",)
 
 CATALOG: tuple[Family, ...] = (
@@ -298,7 +309,10 @@ CATALOG: tuple[Family, ...] = (
         "pcpu_allocations_total",
         COUNTER,
         "Percpu allocations since tracing began, by kernel function that asked "
-        "(call_site), atomic (no sleeping) and reserved-chunk use.",
+        "(call_site), atomic (no sleeping), reserved-chunk use and owner: for a call site "
+        "that is a generic helper (percpu_counter, percpu_ref, BPF map, netdev, cgroup "
+        "allocators), the first caller on the stack that is none, with pcpu-bpf serve "
+        "--owners; else the call site.",
         _SITE_LABELS,
         TRACING,
         _site("allocations"),
@@ -394,6 +408,52 @@ CATALOG: tuple[Family, ...] = (
         TRACING,
         Table(("ages", "bytes_by_age"), AGE),
         one_unit=ALL_UNITS,
+    ),
+    Family(
+        "pcpu_cgroup_allocations_total",
+        COUNTER,
+        "Percpu allocations since tracing began, by cgroup." + _CGROUP_HELP,
+        ("cgroup",),
+        TRACING,
+        _cgroup("allocations"),
+    ),
+    Family(
+        "pcpu_cgroup_frees_total",
+        COUNTER,
+        "Frees of traced percpu allocations, by the cgroup that allocated them." + _CGROUP_HELP,
+        ("cgroup",),
+        TRACING,
+        _cgroup("frees"),
+    ),
+    Family(
+        "pcpu_cgroup_live_allocations",
+        GAUGE,
+        "Traced percpu allocations not freed yet, by the cgroup that made them." + _CGROUP_HELP,
+        ("cgroup",),
+        TRACING,
+        _cgroup("live_allocations"),
+    ),
+    Family(
+        "pcpu_cgroup_live_bytes",
+        GAUGE,
+        "Percpu bytes held by live traced allocations, on all units, by the cgroup that made "
+        "them (a dying memory cgroup's own percpu statistics are made by whoever created "
+        "it, and count there)." + _CGROUP_HELP,
+        ("cgroup",),
+        TRACING,
+        _cgroup("live_bytes"),
+        one_unit=ALL_UNITS,
+    ),
+    Family(
+        "pcpu_owner_unresolved_total",
+        COUNTER,
+        "Allocations at a known helper whose owner was not found (with --owners), by reason: "
+        "no_stack (the stack could not be taken), site_not_on_stack (the call site's frame "
+        "is not among the frames taken), only_helpers (every frame taken above it is a "
+        "helper). Their owner label is the call site.",
+        ("reason",),
+        TRACING,
+        Table(("owner_unresolved",), NAME),
     ),
     Family(
         "pcpu_untracked_frees_total",

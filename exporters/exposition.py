@@ -69,6 +69,11 @@ def read_exposition(text: str, timestamp: float) -> Snapshot:
         raise PcpuError(f"an incomplete pcpu-bpf exposition: {exc}") from None
 
 
+# Labels an earlier daemon's families lack: they read empty, the key's default (a site
+# without an owner label is owned by its call site).
+LATER_LABELS = frozenset({"owner"})
+
+
 def _load(draft: Draft, name: str, labels: dict[str, str], value: float) -> None:
     family = _SAMPLE_FAMILY.get(name)
     if family is None:
@@ -80,7 +85,10 @@ def _load(draft: Draft, name: str, labels: dict[str, str], value: float) -> None
         else:
             binding.load(draft, (), value)
         return
-    binding.load(draft, tuple(labels[label] for label in family.labels), value)
+    values = tuple(
+        labels.get(label, "") if label in LATER_LABELS else labels[label] for label in family.labels
+    )
+    binding.load(draft, values, value)
 
 
 def _histograms(draft: Draft) -> None:

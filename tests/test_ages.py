@@ -37,9 +37,9 @@ def test_raw_keys_fold_into_their_site_and_empty_bands_are_left_out() -> None:
     ages = fold([(1, 4, now - 10), (2, 4, now - 700), (3, 12, now - 1), (9, 4, 0.0)], now)
     assert ages.oldest_seconds == {A: 700.0, B: 1.0}  # raw key 9 names no site: left out
     assert ages.bytes_by_age == {
-        AgeKey("a", False, False, "1m"): 8,
-        AgeKey("a", False, False, "1h"): 8,
-        AgeKey("b", True, False, "1m"): 24,
+        AgeKey("a", False, False, "a", "1m"): 8,
+        AgeKey("a", False, False, "a", "1h"): 8,
+        AgeKey("b", True, False, "b", "1m"): 24,
     }
     assert ages.min_age is None and ages.old_allocations == {}
 
@@ -55,7 +55,7 @@ def test_clock_ticks_per_second() -> None:
     now_ns = 5_000 * 10**9
     ages = fold([(1, 4, now_ns - 90 * 10**9)], now_ns, per_second=1e9)
     assert ages.oldest_seconds == {A: pytest.approx(90.0)}
-    assert list(ages.bytes_by_age) == [AgeKey("a", False, False, "1h")]
+    assert list(ages.bytes_by_age) == [AgeKey("a", False, False, "a", "1h")]
 
 
 def test_the_simulated_leak_ages() -> None:

@@ -18,6 +18,7 @@ from pcpu_bpf.model.breakdown import (
     kernel_live_per_unit,
     nr_units,
 )
+from pcpu_bpf.model.tables import is_reserved
 from pcpu_bpf.sim.chunk import BLOCK_BITS, MIN_ALLOC_SIZE
 from pcpu_bpf.sim.geometry import CONFIG_L, CONFIG_S, Geometry
 from pcpu_bpf.sim.scenarios import BOOT, PROFILER, SCENARIOS
@@ -92,7 +93,7 @@ def truth(sim: Simulation) -> dict[str, int]:
                 empty += PAGE_SIZE
             else:
                 free_in_used += (BLOCK_BITS - bin(chunk.amap[page]).count("1")) * MIN_ALLOC_SIZE
-    traced = sum(e.size for e in sim.aggregator.live_entries() if not e.key[2])
+    traced = sum(e.size for e in sim.aggregator.live_entries() if not is_reserved(e.key))
     before = sim.profiler_bytes_per_cpu is not None
     profiler = sum(r.size for r in PROFILER) if before else 0
     untraced = sum(-(-r.size // 4) * 4 for r in BOOT) if before else 0

@@ -39,7 +39,7 @@ def test_only_bytes_families_say_whose_bytes() -> None:
 def test_every_per_site_family_has_the_same_labels() -> None:
     per_site = [f for f in CATALOG if isinstance(f.binding, Table) and f.binding.key == SITE]
     assert len(per_site) == 9
-    assert {f.labels for f in per_site} == {("call_site", "atomic", "reserved")}
+    assert {f.labels for f in per_site} == {("call_site", "atomic", "reserved", "owner")}
 
 
 def test_flags_are_spelled_alike_wherever_they_appear() -> None:

@@ -186,7 +186,7 @@ def test_leak_two_tables(runner: CliRunner, deps: TopDeps, clock: FakeClock) -> 
     for table in found:
         assert table[1].startswith("Percpu ") and " chunks " in table[1]
         assert table[2].startswith("static ") and table[2].endswith(" explained 100%")
-        assert " own 1.1K " in table[2]  # the simulated profiler's maps, 580 B x 2 CPUs
+        assert " own 1.3K " in table[2]  # the simulated profiler's maps, 684 B x 2 CPUs
         assert table[3].startswith("traced live ")
         assert "leaky_driver_open" in "\n".join(rows(table))
     # The leak grows: its live count in the second table exceeds the first.
@@ -907,7 +907,7 @@ def test_smoke_on_the_live_kernel() -> None:
     assert lines[1].split("  ")[1] == "bpf"
     assert " window " in lines[1] and " from attach " in lines[1]  # measured since attach
     assert lines[2].startswith("Percpu ") and "kernel live allocs" in lines[2]
-    assert "explained" in lines[3] and " 1.1K " in lines[3]  # own: 580 B x 2 CPUs
+    assert "explained" in lines[3] and " 1.1K " in lines[3]  # own: 684 B x 2 CPUs
     assert lines[4].startswith("traced live ") and " since " in lines[4]
     assert any(line.startswith("CALL SITE") for line in lines)
     row = next(line.split() for line in lines if line.startswith("bpf_map_alloc_percpu "))

@@ -48,14 +48,24 @@ def full_snapshot(**changes: object) -> Snapshot:
         sites={
             SiteKey("mm_init", False, False): SiteRecord(3, 48, 96, 1, 32, 2, 64, 64),
             SiteKey("mm_init", True, False): SiteRecord(1, 16, 32, 0, 0, 1, 32, 32),
-            SiteKey("bpf_map_alloc_percpu"): SiteRecord(2, 2000, 4000, 0, 0, 2, 4000, 4000),
+            SiteKey("bpf_map_alloc_percpu", owner="array_map_alloc"): SiteRecord(
+                2, 2000, 4000, 0, 0, 2, 4000, 4000
+            ),
         },
+        cgroups={
+            "/": SiteRecord(4, 64, 128, 1, 32, 3, 96),
+            "/system.slice/agent.service (deleted)": SiteRecord(2, 2000, 4000, 0, 0, 2, 4000),
+        },
+        owner_unresolved={"only_helpers": 2},
         ages=LiveAges(
-            oldest_seconds={SiteKey("mm_init"): 4000.5, SiteKey("bpf_map_alloc_percpu"): 2.0},
+            oldest_seconds={
+                SiteKey("mm_init"): 4000.5,
+                SiteKey("bpf_map_alloc_percpu", owner="array_map_alloc"): 2.0,
+            },
             bytes_by_age={
-                AgeKey("mm_init", False, False, "1m"): 32,
-                AgeKey("mm_init", False, False, "1d"): 32,
-                AgeKey("bpf_map_alloc_percpu", False, False, "1m"): 4000,
+                AgeKey("mm_init", False, False, "mm_init", "1m"): 32,
+                AgeKey("mm_init", False, False, "mm_init", "1d"): 32,
+                AgeKey("bpf_map_alloc_percpu", False, False, "array_map_alloc", "1m"): 4000,
             },
         ),
         breakdown=Breakdown({"static": 4 << 20, "traced_live": 4096, "unexplained": 4 << 20}),
@@ -164,6 +174,11 @@ EXPECTED_TYPES = {
     "pcpu_bpf_map_percpu_bytes": "gauge",
     "pcpu_cgroup_dying_descendants": "gauge",
     "pcpu_cgroup_memory_percpu_bytes": "gauge",
+    "pcpu_cgroup_allocations": "counter",
+    "pcpu_cgroup_frees": "counter",
+    "pcpu_cgroup_live_allocations": "gauge",
+    "pcpu_cgroup_live_bytes": "gauge",
+    "pcpu_owner_unresolved": "counter",
 }
 
 
@@ -195,11 +210,11 @@ def test_values_in_base_units() -> None:
     assert (
         get(
             "pcpu_allocations_total",
-            {"call_site": "mm_init", "atomic": "true", "reserved": "false"},
+            {"call_site": "mm_init", "atomic": "true", "reserved": "false", "owner": "mm_init"},
         )
         == 1
     )
-    plain = {"atomic": "false", "reserved": "false"}
+    plain = {"atomic": "false", "reserved": "false", "owner": "mm_init"}
     assert get("pcpu_allocated_bytes_total", {"call_site": "mm_init", **plain}) == 96
     assert get("pcpu_memcg_extension_bytes", {"call_site": "mm_init", **plain}) == 64
     assert get("pcpu_live_oldest_age_seconds", {"call_site": "mm_init", **plain}) == 4000.5
@@ -211,7 +226,14 @@ def test_values_in_base_units() -> None:
     )
     assert get("pcpu_requested_bytes_total", {"call_site": "mm_init", **plain}) == 48
     assert get("pcpu_untracked_frees_total") == 7
-    assert get("pcpu_live_bytes", {"call_site": "bpf_map_alloc_percpu", **plain}) == 4000
+    owned = {**plain, "call_site": "bpf_map_alloc_percpu", "owner": "array_map_alloc"}
+    assert get("pcpu_live_bytes", owned) == 4000
+    assert get("pcpu_cgroup_live_bytes", {"cgroup": "/system.slice/agent.service (deleted)"}) == (
+        4000
+    )
+    assert get("pcpu_cgroup_allocations_total", {"cgroup": "/"}) == 4
+    assert get("pcpu_owner_unresolved_total", {"reason": "only_helpers"}) == 2
+    assert get("pcpu_owner_unresolved_total", {"reason": "no_stack"}) == 0
     assert get("pcpu_bpf_program_run_seconds_total", {"program": "pcpu_alloc"}) == 2.5
     assert get("pcpu_bpf_program_recursion_misses_total", {"program": "pcpu_alloc"}) == 1
     assert get("pcpu_stats_free_unit_bytes") == 10000
@@ -265,7 +287,9 @@ def test_kernel_stats_only_when_present() -> None:
 
 
 def test_sim_backend_without_programs_omits_bpf_families() -> None:
-    sim_like = full_snapshot(programs=None, maps=None, kernel_stats=KernelStats(STATS, 8 << 20))
+    sim_like = full_snapshot(
+        programs=None, maps=None, kernel_stats=KernelStats(STATS, 8 << 20), cgroups=None
+    )
     names = set(scrape(PcpuCollector(lambda: sim_like)))
     assert not {n for n in names if n.startswith(("pcpu_bpf_", "pcpu_cgroup_"))}
 

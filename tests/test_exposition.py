@@ -84,8 +84,17 @@ def exposition(snapshot: Snapshot) -> str:
 
 def what_the_exposition_carries(snap: Snapshot) -> Snapshot:
     """``snap`` without what /metrics does not carry: per-chunk lines, error reasons, the
-    chunk map."""
-    snap = dataclasses.replace(snap, chunk_map=None)
+    chunk map, the per-cgroup figures but four."""
+    cgroups = {
+        name: SiteRecord(
+            allocations=r.allocations,
+            frees=r.frees,
+            live_allocations=r.live_allocations,
+            live_bytes=r.live_bytes,
+        )
+        for name, r in (snap.cgroups or {}).items()
+    }
+    snap = dataclasses.replace(snap, chunk_map=None, cgroups=cgroups)
     ks = snap.kernel_stats
     if ks is None:
         return snap

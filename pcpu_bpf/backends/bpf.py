@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -45,6 +45,7 @@ from pcpu_bpf.bpf.maps import (
 from pcpu_bpf.bpf.pins import LoadedSet
 from pcpu_bpf.bpf.tracefs import read_layout
 from pcpu_bpf.errors import BackendUnavailable, StatsParseError
+from pcpu_bpf.kernel.cgroups import CgroupPaths, unified_root
 from pcpu_bpf.kernel.procfs import kernel_release, read_possible_cpus
 from pcpu_bpf.kernel.shared_read import SharedRead
 from pcpu_bpf.model.ages import AgeFold
@@ -55,6 +56,7 @@ from pcpu_bpf.model.layout import (
     DEFAULT_SITE_CAPACITY,
     MAX_TABLE_CAPACITY,
 )
+from pcpu_bpf.model.owners import DEFAULT_OWNERS, helper_set
 from pcpu_bpf.model.snapshot import (
     LiveAges,
     ProgramStats,
@@ -106,7 +108,11 @@ class BpfBackend(Backend):
         min_age: float | None = None,
         max_bpf_maps: int = DEFAULT_MAX_BPF_MAPS,
         max_cgroups: int = DEFAULT_MAX_CGROUPS,
+        owners: bool = DEFAULT_OWNERS,
+        helpers: Sequence[str] = (),
     ) -> None:
+        """``owners``: find the owner behind the known helpers (DEFAULT_HELPERS and
+        ``helpers``) from kernel stacks, at a cost per allocation at a helper."""
         check_capacity("live_capacity", live_capacity)
         check_limit("max_bpf_maps", max_bpf_maps)
         check_limit("max_cgroups", max_cgroups)
@@ -134,8 +140,15 @@ class BpfBackend(Backend):
             live_capacity=live_capacity,
             site_capacity=site_capacity,
             nr_possible_cpus=self.possible_cpus,
+            owners=owners,
         )
+        helper_names = tuple(sorted(helper_set(helpers))) if owners else ()
         self._symbolize = _symbolizer(symbolizer)
+        # The allocating tasks' cgroups by path; a walk of the unified hierarchy when an
+        # id is new, at most once a second.
+        self._max_cgroups = max_cgroups
+        self._cgroup_paths = CgroupPaths(_unified_root())
+        self._cgroup_lock = threading.Lock()
         # The kernel's own figures: percpu_stats and meminfo, read between two readings of
         # the site records (one moment, for the breakdown); then every BPF map of the host
         # and the cgroups, after that bracket; all in the one throttled read below.
@@ -149,6 +162,7 @@ class BpfBackend(Backend):
             )
         self._min_age = min_age
         self._walk_failed = False
+        self._cgroup_walk_failed = False
         self._memcg_extension = self._fields_available.get(
             ("percpu_alloc_percpu", "bytes_alloc"), False
         )
@@ -166,7 +180,8 @@ class BpfBackend(Backend):
         self._reading = threading.RLock()
         if pin_dir is not None:
             pins.check_pin_dir(Path(pin_dir))
-            self._set = _adopt(Path(pin_dir), layout_digest(directory, defines), self._capacities)
+            digest = layout_digest(directory, defines, helper_names)
+            self._set = _adopt(Path(pin_dir), digest, self._capacities)
             self.adopted = self._set is not None
         if self._set is None:
             compile_env_check(self._release)
@@ -175,6 +190,7 @@ class BpfBackend(Backend):
                 defines,
                 attach=attach,
                 pin_dir=str(pin_dir) if pin_dir is not None else None,
+                helpers=helper_names,
             )
             self._set = spawn_loader(request)
         # When the counters began, on the Snapshots' clock (monotonic).
@@ -246,8 +262,23 @@ class BpfBackend(Backend):
             memcg_extension=self._memcg_extension,
             ages=slow.ages,
             breakdown=slow.breakdown,
+            cgroup_labels=self._cgroup_labels,
+            max_cgroups=self._max_cgroups,
         )
         return tables_to_snapshot(tables, self._symbolize, ctx)
+
+    def _cgroup_labels(self, ids: Iterable[int]) -> Mapping[int, str]:
+        """Each cgroup id's path (CgroupPaths); "id:<id>" for all when the hierarchy
+        cannot be read (logged once), so the figures stay, unnamed."""
+        wanted = list(ids)
+        with self._cgroup_lock:
+            try:
+                return self._cgroup_paths.labels(wanted)
+            except OSError as exc:
+                if not self._cgroup_walk_failed:
+                    log.warning("cannot walk the cgroups, ids stay unnamed: %s", exc)
+                self._cgroup_walk_failed = True
+                return {i: f"id:{i}" for i in wanted}
 
     def expire_kernel_read(self) -> None:
         self._slow.expire()
@@ -406,6 +437,13 @@ def _symbolizer(given: Symbolize | _Resolver | None) -> Symbolize:
     if callable(given):
         return given
     return given.resolve
+
+
+def _unified_root() -> Path | None:
+    try:
+        return unified_root()
+    except OSError:
+        return None
 
 
 def _default_kernel_stats() -> Callable[[], KernelStats]:

@@ -50,8 +50,13 @@ from pcpu_bpf.model.layout import (
     COUNTER_OFFSETS,
     DROP_REASONS,
     FAILURE_ATOMIC_WEIGHT,
+    HELPER_RANGES_FORMAT,
+    MAX_HELPER_RANGES,
     NR_COUNTERS,
     NR_SIZE_SLOTS,
+    OWNER_STACK_DEPTH,
+    OWNER_STACK_SKIP,
+    OWNER_UNRESOLVED_REASONS,
     RECORD_ATOMIC,
     RECORD_HAS_BYTES_ALLOC,
     RECORD_HAS_CALL_SITE,
@@ -118,9 +123,14 @@ def program_defines(
     live_capacity: int,
     site_capacity: int,
     nr_possible_cpus: int,
+    owners: bool = False,
 ) -> dict[str, int]:
     """Every define the C needs, name -> value; the C defines none of these itself."""
     defines = {
+        "OWNERS": int(owners),
+        "OWNER_STACK_SKIP": OWNER_STACK_SKIP,
+        "OWNER_STACK_DEPTH": OWNER_STACK_DEPTH,
+        "MAX_HELPER_RANGES": MAX_HELPER_RANGES,
         "LIVE_CAPACITY": live_capacity,
         "SITE_CAPACITY": site_capacity,
         "NR_POSSIBLE_CPUS": nr_possible_cpus,
@@ -134,6 +144,7 @@ def program_defines(
     }
     defines |= {f"{group.upper()}_AT": at for group, at in COUNTER_OFFSETS.items()}
     defines |= {f"DROP_{reason.upper()}": i for i, reason in enumerate(DROP_REASONS)}
+    defines |= {f"OWNER_{why.upper()}": i for i, why in enumerate(OWNER_UNRESOLVED_REASONS)}
     for event, prefix in _DEFINE_PREFIX.items():
         names = layout.fields[event]
         for field in REQUIRED_FIELDS[event] + OPTIONAL_FIELDS.get(event, ()):
@@ -168,8 +179,9 @@ def build_cflags(bpf_dir: Path, defines: dict[str, int]) -> list[str]:
     return [f"-I{bpf_dir}", *(f"-D{name}={value}" for name, value in defines.items())]
 
 
-def layout_digest(bpf_dir: Path, defines: dict[str, int]) -> bytes:
-    """sha256 of the C source, its header and every define: equal digests, equal maps."""
+def layout_digest(bpf_dir: Path, defines: dict[str, int], helpers: Iterable[str] = ()) -> bytes:
+    """sha256 of the C source, its header, every define and the helpers the owners are
+    found behind: equal digests, equal maps (and equal owners)."""
     h = hashlib.sha256()
     for name in (SOURCE, HEADER):
         path = bpf_dir / name
@@ -179,6 +191,8 @@ def layout_digest(bpf_dir: Path, defines: dict[str, int]) -> bytes:
             raise ProgramLoadError(f"BPF source {path} unreadable: {exc.strerror}") from None
     h.update(json.dumps(sorted(defines.items())).encode())
     h.update(META_FORMAT.encode())
+    if defines.get("OWNERS"):
+        h.update(json.dumps(sorted(helpers)).encode())
     return h.digest()
 
 
@@ -200,6 +214,7 @@ class LoadRequest:
     attach: bool = True
     pin_dir: str | None = None
     program: str = "profiler"  # or "recorder": record.bpf.c, never pinned
+    helpers: tuple[str, ...] = ()  # with OWNERS: the functions owners are found behind
 
     def to_json(self) -> str:
         return json.dumps(
@@ -209,6 +224,7 @@ class LoadRequest:
                 "attach": self.attach,
                 "pin_dir": self.pin_dir,
                 "program": self.program,
+                "helpers": list(self.helpers),
             }
         )
 
@@ -221,6 +237,7 @@ class LoadRequest:
             d["attach"],
             d["pin_dir"],
             d.get("program", "profiler"),
+            tuple(d.get("helpers", ())),
         )
 
 
@@ -275,8 +292,10 @@ def load(request: LoadRequest) -> tuple[dict[str, Any], list[int], Any]:
     )
     # os.cpu_count() is the CPUs online, what htab_map_alloc sizes its counter by.
     per_cpu = bytes_per_cpu(infos.values(), len(programs), os.cpu_count() or 1)
+    if request.defines.get("OWNERS"):
+        _fill_helpers(maps["pcpu_helpers"], request.helpers)
     started_ns = time.time_ns()
-    digest = layout_digest(Path(request.bpf_dir), request.defines)
+    digest = layout_digest(Path(request.bpf_dir), request.defines, request.helpers)
     syscalls.update_elem(
         maps[META_MAP], struct.pack("<I", 0), struct.pack(META_FORMAT, digest, started_ns, per_cpu)
     )
@@ -291,6 +310,34 @@ def load(request: LoadRequest) -> tuple[dict[str, Any], list[int], Any]:
         pinned=request.pin_dir,
     )
     return manifest, fds, module
+
+
+def _fill_helpers(fd: int, helpers: Iterable[str]) -> None:
+    """Write the code ranges of ``helpers`` (from /proc/kallsyms) into pcpu_helpers."""
+    from pcpu_bpf.model.symbolizer import Symbolizer
+
+    try:
+        symbols = Symbolizer.from_file("/proc/kallsyms")
+    except OSError as exc:
+        raise BackendUnavailable(f"owners need /proc/kallsyms: {exc}") from exc
+    if symbols.is_restricted:
+        raise BackendUnavailable(f"owners need the addresses of /proc/kallsyms: {PRIVILEGE_FIX}")
+    ranges = symbols.ranges(helpers)
+    if len(ranges) > MAX_HELPER_RANGES:
+        raise ProgramLoadError(
+            f"the helpers have {len(ranges)} code ranges in kallsyms, the programs take at "
+            f"most {MAX_HELPER_RANGES}: name fewer helpers"
+        )
+    pad = [0] * (MAX_HELPER_RANGES - len(ranges))
+    value = struct.pack(
+        HELPER_RANGES_FORMAT,
+        len(ranges),
+        *(start for start, _ in ranges),
+        *pad,
+        *(end for _, end in ranges),
+        *pad,
+    )
+    syscalls.update_elem(fd, struct.pack("<I", 0), value)
 
 
 def _attach(programs: dict[str, int], tracepoints: dict[str, str]) -> dict[str, int]:

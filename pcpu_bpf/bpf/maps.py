@@ -25,9 +25,12 @@ from pcpu_bpf.model.layout import (
     COUNTER_GROUPS,
     COUNTER_OFFSETS,
     DROP_REASONS,
+    HELPER_RANGES_FORMAT,
     LIVE_ENTRY_FORMAT,
     NR_COUNTERS,
     NR_SIZE_SLOTS,
+    OWNER_STACK_DEPTH,
+    OWNER_UNRESOLVED_REASONS,
     SITE_KEY_FORMAT,
     SITE_RECORD_FORMAT,
     SIZE_SUM_SLOT,
@@ -43,7 +46,15 @@ PROGRAMS: dict[str, str] = {
     "percpu_destroy_chunk": "on_destroy_chunk",
 }
 # The maps of pcpu.bpf.c, and the layout record the loader adds beside them.
-BPF_MAPS = ("pcpu_live", "pcpu_site_slots", "pcpu_sites", "pcpu_site_count", "pcpu_counters")
+BPF_MAPS = (
+    "pcpu_live",
+    "pcpu_site_slots",
+    "pcpu_sites",
+    "pcpu_site_count",
+    "pcpu_counters",
+    "pcpu_helpers",
+    "pcpu_owner_stack",
+)
 META_MAP = "pcpu_meta"
 
 _MASK = (1 << 64) - 1
@@ -85,6 +96,12 @@ MAP_SPECS: dict[str, MapSpec] = {
     "pcpu_sites": MapSpec(syscalls.BPF_MAP_TYPE_ARRAY, 4, _RECORD.size, "sites"),
     "pcpu_site_count": MapSpec(syscalls.BPF_MAP_TYPE_ARRAY, 4, 8, "one"),
     "pcpu_counters": MapSpec(syscalls.BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8 * NR_COUNTERS, "one"),
+    "pcpu_helpers": MapSpec(
+        syscalls.BPF_MAP_TYPE_ARRAY, 4, struct.calcsize(HELPER_RANGES_FORMAT), "one"
+    ),
+    "pcpu_owner_stack": MapSpec(
+        syscalls.BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8 * OWNER_STACK_DEPTH, "one"
+    ),
     "pcpu_meta": MapSpec(syscalls.BPF_MAP_TYPE_ARRAY, 4, struct.calcsize(META_FORMAT), "one"),
 }
 
@@ -151,29 +168,18 @@ def _live(n: int) -> int:
 def read_sites(
     records_fd: int, count_fd: int, capacity: int
 ) -> tuple[dict[SiteAddressKey, SiteValue], dict[int, SiteAddressKey]]:
-    """The site records in use: (call_site, atomic, reserved) -> SiteValue, and the
-    slot -> key map the live entries' slots resolve through."""
+    """The site records in use: their raw keys -> SiteValue, and the slot -> key map the
+    live entries' slots resolve through."""
     raw_count = syscalls.lookup_elem(count_fd, _key(0), 8)
     handed_out = struct.unpack("<Q", raw_count)[0] if raw_count else 0
     out: dict[SiteAddressKey, SiteValue] = {}
     slots: dict[int, SiteAddressKey] = {}
     for slot, raw in enumerate(_records(records_fd, min(handed_out, capacity))):
-        (
-            addr,
-            atomic,
-            reserved,
-            allocs,
-            req,
-            dropped,
-            dropped_b,
-            ext,
-            frees,
-            freed_b,
-            freed_ext,
-        ) = _RECORD.unpack(raw)
+        fields = _RECORD.unpack(raw)
+        frees, freed_b, freed_ext, allocs, req, dropped, dropped_b, ext = fields[_KEY_FIELDS:]
         if allocs == 0:
             continue  # a slot being filled, or one a race between two CPUs left empty
-        key = address_key((addr, atomic, reserved))
+        key = address_key(fields[:_KEY_FIELDS])
         slots[slot] = key
         out[key] = SiteValue(
             allocations=allocs,
@@ -238,5 +244,8 @@ def read_tables_and_slots(
         chunk_creations=chunks[CHUNK_CREATED],
         chunk_destructions=chunks[CHUNK_DESTROYED],
         dropped=dict(zip(DROP_REASONS, _group(counters, "drops"), strict=True)),
+        owner_unresolved=dict(
+            zip(OWNER_UNRESOLVED_REASONS, _group(counters, "owner_unresolved"), strict=True)
+        ),
         live_entries=sum(s.live_allocations for s in sites.values()),
     ), slots

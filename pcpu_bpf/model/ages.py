@@ -90,7 +90,7 @@ class AgeFold(Generic[K]):
             oldest[site] = max(oldest.get(site, 0.0), age)
             for i, name in enumerate(BAND_NAMES):
                 if acc[_BANDS + i]:
-                    band = AgeKey(site.call_site, site.atomic, site.reserved, name)
+                    band = AgeKey(site.call_site, site.atomic, site.reserved, site.owner, name)
                     by_age[band] = by_age.get(band, 0) + int(acc[_BANDS + i]) * nr_units
             if self.min_age is not None:
                 old_count[site] = old_count.get(site, 0) + int(acc[_OLD_COUNT])

@@ -25,6 +25,7 @@ from pcpu_bpf.model.layout import (
     failure_index,
     size_slot,
 )
+from pcpu_bpf.model.owners import Ranges, owner_address
 from pcpu_bpf.model.snapshot import Snapshot
 from pcpu_bpf.model.tables import (
     LiveEntry,
@@ -46,10 +47,13 @@ class Aggregator:
         live_capacity: int = DEFAULT_LIVE_CAPACITY,
         site_capacity: int = DEFAULT_SITE_CAPACITY,
         clock: Callable[[], float] = lambda: 0.0,
+        helper_ranges: Ranges | None = None,
     ) -> None:
         """``clock`` stamps each live entry (the programs use CLOCK_BOOTTIME); the
-        simulator passes its simulated time."""
+        simulator passes its simulated time. ``helper_ranges``: owners on, behind the
+        helpers whose code these are (None: off, as the programs without OWNERS)."""
         self._symbolize = symbolize
+        self._helper_ranges = helper_ranges
         self._possible_cpus = possible_cpus
         self._live_capacity = live_capacity
         self._site_capacity = site_capacity
@@ -92,7 +96,12 @@ class Aggregator:
         size = ev.size & KEPT_MASK
         t.sizes.counts[size_slot(ev.size)] += 1
         t.sizes.sum += ev.size
-        key = (call_site, ev.is_atomic, ev.reserved)
+        owner = 0
+        if self._helper_ranges is not None and call_site:
+            owner, unresolved = owner_address(call_site, ev.stack, self._helper_ranges)
+            if unresolved is not None:
+                t.owner_unresolved[unresolved] += 1
+        key = (call_site, owner, ev.cgroup_id, ev.is_atomic, ev.reserved)
         site = t.sites.get(key)
         if site is None:
             if len(t.sites) >= self._site_capacity:

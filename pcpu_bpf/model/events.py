@@ -23,6 +23,10 @@ GFP_NOWAIT = 0x2800
 GFP_BPF_MAP = GFP_USER | GFP_NOWARN | GFP_ACCOUNT
 
 
+ROOT_CGROUP_ID = 1  # the root cgroup's kernfs id
+CONTEXT_FIELDS = ("stack", "cgroup_id")  # PercpuAlloc's fields that no tracepoint has
+
+
 @dataclass(frozen=True, slots=True)
 class PercpuAlloc:
     """percpu:percpu_alloc_percpu: one successful allocation."""
@@ -37,6 +41,11 @@ class PercpuAlloc:
     ptr: int
     bytes_alloc: int | None
     gfp_flags: int | None
+    # Not tracepoint fields: what the programs read beside them. The kernel stack as
+    # bpf_get_stack gives it (innermost first, the program's frame dropped; empty: none
+    # taken) and the allocating task's cgroup v2 id.
+    stack: tuple[int, ...] = ()
+    cgroup_id: int = ROOT_CGROUP_ID
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,5 +94,8 @@ TRACEPOINTS: dict[str, type[Event]] = {
 
 # Every (tracepoint, field) of the 6.18 formats, in the kernel's order.
 ALL_FIELDS: tuple[tuple[str, str], ...] = tuple(
-    (event, name) for event, cls in TRACEPOINTS.items() for name in cls.__dataclass_fields__
+    (event, name)
+    for event, cls in TRACEPOINTS.items()
+    for name in cls.__dataclass_fields__
+    if name not in CONTEXT_FIELDS
 )

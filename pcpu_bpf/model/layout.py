@@ -17,14 +17,30 @@ SIZE_SUM_SLOT = NR_SIZE_SLOTS
 # Reasons a tracking table refused an entry, in the order of their counter slots.
 DROP_REASONS: tuple[str, ...] = ("live_table_full", "site_table_full")
 
-# Default capacities of the live-allocation table and the call-site table.
+# Default capacities of the live-allocation table and the site table. A site is a call
+# site, as seen from one cgroup, with one owner: a few times the call sites.
 DEFAULT_LIVE_CAPACITY = 262_144
-DEFAULT_SITE_CAPACITY = 4_096
+DEFAULT_SITE_CAPACITY = 16_384
 # The most entries the kernel gives a hash or per-CPU hash map: htab_map_alloc
 # (kernel/bpf/hashtab.c) rounds max_entries up to a power of two of buckets and refuses
 # more than U32_MAX / sizeof(struct bucket) (16 bytes) of them. Within it, the
 # preallocated entries must also fit in memory (the kernel answers ENOMEM otherwise).
 MAX_TABLE_CAPACITY = 1 << 27
+
+# Owners (pcpu_bpf/model/owners.py): at a call site inside a known helper, the programs
+# take the kernel stack (bpf_get_stack, into a per-CPU scratch element) and key the site
+# by the first frame above the call site's that lies in no helper. OWNER_STACK_SKIP drops
+# the program's own frame; the call site is found in the stack by its address, so the
+# tracepoint's plumbing frames (bpf_trace_run*, on some kernels __traceiter_*) do no harm.
+OWNER_STACK_SKIP = 1
+OWNER_STACK_DEPTH = 10  # frames kept: plumbing, the allocator, the helpers, the owner
+MAX_HELPER_RANGES = 32  # address ranges of helper code the programs compare frames with
+# Why an allocation at a helper got no owner (its site's owner is then the call site).
+OWNER_UNRESOLVED_REASONS: tuple[str, ...] = (
+    "no_stack",  # bpf_get_stack failed
+    "site_not_on_stack",  # the call site's frame is not among the frames taken
+    "only_helpers",  # every frame above it, up to OWNER_STACK_DEPTH, is a helper
+)
 
 # Slots of the chunk counter: chunks created, chunks destroyed.
 CHUNK_CREATED, CHUNK_DESTROYED = 0, 1
@@ -42,6 +58,7 @@ COUNTER_GROUPS: tuple[tuple[str, int], ...] = (
     ("chunks", max(CHUNK_CREATED, CHUNK_DESTROYED) + 1),
     ("drops", len(DROP_REASONS)),
     ("untracked_frees", 1),
+    ("owner_unresolved", len(OWNER_UNRESOLVED_REASONS)),
 )
 
 
@@ -59,15 +76,18 @@ NR_COUNTERS = COUNTER_OFFSETS.pop("end")
 
 # Struct layouts the reader decodes (bpf_programs/pcpu.h), as Python struct formats; the
 # loader checks each against the map's key and value size before reading anything.
-# struct site_key: call_site, atomic, reserved. A new key field goes here and in pcpu.h's
-# struct and its filling in on_alloc; in tables.py, SiteAddressKey, address_key() and
-# site_key(); the key the reference aggregator makes of an event; SiteKey and
-# the catalog's SITE labels. Nothing else unpacks a key by position.
-SITE_KEY_FORMAT = "<QBB6x"
-# struct site_record: the key and 5 counters written by allocations (allocations,
-# requested_bytes, dropped, dropped_bytes, extension_bytes), then in the second 64-byte
-# half the 3 written by frees (frees, freed_bytes, freed_extension_bytes).
-SITE_RECORD_FORMAT = SITE_KEY_FORMAT + "5Q8x3Q40x"
+# struct site_key: call_site, owner (0: none), cgroup_id, atomic, reserved. A new key
+# field goes here and in pcpu.h's struct and its filling in on_alloc; in tables.py,
+# SiteAddressKey, address_key() and site_key(); the key the reference aggregator makes of
+# an event; SiteKey and the catalog's SITE labels. Nothing else unpacks a key by position.
+SITE_KEY_FORMAT = "<QQQBB6x"
+# struct site_record: the key (written once) and the 3 counters written by frees (frees,
+# freed_bytes, freed_extension_bytes), 64 bytes; then in the second 64-byte half the 5
+# written by allocations (allocations, requested_bytes, dropped, dropped_bytes,
+# extension_bytes).
+SITE_RECORD_FORMAT = SITE_KEY_FORMAT + "3Q8x5Q24x"
+# struct helper_ranges, the one element of pcpu_helpers: how many, the starts, the ends.
+HELPER_RANGES_FORMAT = f"<Q{MAX_HELPER_RANGES}Q{MAX_HELPER_RANGES}Q"
 # struct live_entry: alloc_ns (CLOCK_BOOTTIME), size, extension, slot.
 LIVE_ENTRY_FORMAT = "<QIII4x"
 # A live entry keeps an allocation's size and memcg extension in 32 bits: pcpu_alloc()

@@ -12,6 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from pcpu_bpf.model.layout import OWNER_STACK_DEPTH
+
+# Whether `pcpu-bpf serve` and pcpu-top take stacks at the helpers unless told: no. With
+# owners on, each allocation at a helper costs a stack walk, about four times a whole
+# allocation's handling without (docs/benchmarks.md, "Owners").
+DEFAULT_OWNERS = False
+
 # Functions that allocate percpu memory on behalf of their caller, as named in
 # /proc/kallsyms of 6.18 (a helper the compiler inlined is not on the stack, and not
 # needed here). Each one's owner is whoever called it.
@@ -57,3 +64,34 @@ def owner_of(call_site: str, callers: Sequence[str], helpers: frozenset[str]) ->
         if name not in helpers:
             return name
     return callers[-1] if callers else call_site
+
+
+# Where a helper's code lies: [start, end) address ranges (Symbolizer.ranges).
+Ranges = Sequence[tuple[int, int]]
+
+
+def in_ranges(addr: int, ranges: Ranges) -> bool:
+    """Whether ``addr`` lies in one of ``ranges``."""
+    return any(start <= addr < end for start, end in ranges)
+
+
+def owner_address(call_site: int, stack: Sequence[int], ranges: Ranges) -> tuple[int, str | None]:
+    """What the programs key an allocation at address ``call_site`` by, from its kernel
+    stack (return addresses, innermost first, as bpf_get_stack gives them after
+    OWNER_STACK_SKIP): (owner address, None), or (0, why) when the call site is a helper
+    and no owner was found, or (0, None) when the call site is no helper. The owner is the
+    first frame above the call site's own (found by address) that lies in no helper."""
+    if not in_ranges(call_site, ranges):
+        return 0, None
+    if not stack:
+        return 0, "no_stack"
+    found = False
+    for ip in stack[:OWNER_STACK_DEPTH]:
+        if not ip:
+            break
+        if not found:
+            found = ip == call_site
+            continue
+        if not in_ranges(ip, ranges):
+            return ip, None
+    return 0, "only_helpers" if found else "site_not_on_stack"

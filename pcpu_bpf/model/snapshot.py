@@ -16,7 +16,12 @@ from pcpu_bpf.model.breakdown import Breakdown
 from pcpu_bpf.model.chunk_map import ChunkMap
 from pcpu_bpf.model.events import ALL_FIELDS
 from pcpu_bpf.model.kernel_stats import KernelStats
-from pcpu_bpf.model.layout import DROP_REASONS, NR_SIZE_SLOTS, SIZE_BUCKETS
+from pcpu_bpf.model.layout import (
+    DROP_REASONS,
+    NR_SIZE_SLOTS,
+    OWNER_UNRESOLVED_REASONS,
+    SIZE_BUCKETS,
+)
 
 # The call-site label of an allocation on a kernel without the call_site field.
 UNKNOWN_SITE = "unknown"
@@ -49,11 +54,18 @@ class SizeHistogram:
 
 @dataclass(frozen=True, slots=True, order=True)
 class SiteKey:
-    """Who allocated, and how: the label set of every per-site figure."""
+    """Who allocated, and how: the label set of every per-site figure. ``owner`` is whom
+    a generic helper allocated for (model/owners.py); the call site itself where it is
+    no helper or no owner was found (the default)."""
 
     call_site: str
     atomic: bool = False
     reserved: bool = False
+    owner: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.owner:
+            object.__setattr__(self, "owner", self.call_site)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +110,7 @@ class AgeKey:
     call_site: str
     atomic: bool
     reserved: bool
+    owner: str
     age: str
 
 
@@ -156,6 +169,11 @@ class Snapshot:
     chunk_creations: int = 0
     chunk_destructions: int = 0
     dropped: Mapping[str, int] = field(default_factory=_frozen)
+    # Allocations at a known helper whose owner was not found, by reason (model/layout.py).
+    owner_unresolved: Mapping[str, int] = field(default_factory=_frozen)
+    # Per cgroup of the allocating task (its path; " (deleted)" once removed): the site
+    # records summed, the largest by live bytes and "(other)". None: not known here.
+    cgroups: Mapping[str, SiteRecord] | None = None
     # Optional parts: None where the backend has no such data.
     kernel_stats: KernelStats | None = None
     # (event, field) -> does this kernel's tracepoint have it
@@ -183,6 +201,12 @@ class Snapshot:
         object.__setattr__(self, "failures", _frozen({**failures, **self.failures}))
         dropped = dict.fromkeys(DROP_REASONS, 0)
         object.__setattr__(self, "dropped", _frozen({**dropped, **self.dropped}))
+        unresolved = dict.fromkeys(OWNER_UNRESOLVED_REASONS, 0)
+        object.__setattr__(
+            self, "owner_unresolved", _frozen({**unresolved, **self.owner_unresolved})
+        )
+        if self.cgroups is not None:
+            object.__setattr__(self, "cgroups", _frozen(self.cgroups))
         if self.fields_available is not None:
             known = dict.fromkeys(ALL_FIELDS, False)
             object.__setattr__(

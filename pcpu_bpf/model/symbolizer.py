@@ -115,6 +115,16 @@ class Symbolizer:
         name = self._blob[self._offsets[i] : self._offsets[i + 1]]
         return name.decode() if name else None
 
+    def ranges(self, names: Iterable[str]) -> list[tuple[int, int]]:
+        """The code of the functions ``names``, as [start, end) address ranges, in address
+        order; a name kallsyms lists more than once (static functions) has several."""
+        wanted = set(names)
+        return [
+            (self._starts[i], self._starts[i + 1])
+            for i in range(len(self._starts) - 1)
+            if self._name(i) in wanted
+        ]
+
     def resolve(self, addr: int | None) -> str:
         """Name of the function containing ``addr``; a hex label if none, "unknown" for None."""
         label = self._cache.get(addr)

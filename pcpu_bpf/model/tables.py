@@ -8,7 +8,7 @@ Snapshot through `tables_to_snapshot`, which is where addresses become function 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from pcpu_bpf.model.breakdown import Breakdown, BreakdownInputs, breakdown
@@ -18,8 +18,10 @@ from pcpu_bpf.model.layout import (
     DROP_REASONS,
     NR_FAILURE_CLASSES,
     NR_SIZE_SLOTS,
+    OWNER_UNRESOLVED_REASONS,
     failure_index,
 )
+from pcpu_bpf.model.ranking import OTHER
 from pcpu_bpf.model.snapshot import (
     UNKNOWN_SITE,
     LiveAges,
@@ -31,9 +33,12 @@ from pcpu_bpf.model.snapshot import (
     Snapshot,
 )
 
-# The key of the site table: (call_site address, atomic, reserved); address 0 = the
-# kernel has no call_site field.
-SiteAddressKey = tuple[int, bool, bool]
+# The key of the site table: (call_site address, owner address, cgroup v2 id, atomic,
+# reserved); call site 0 = the kernel has no call_site field, owner 0 = none (the call
+# site is no helper, or owners are off, or the stack did not tell).
+SiteAddressKey = tuple[int, int, int, bool, bool]
+# Labels cgroup ids: id -> path (" (deleted)" for a removed one), for the ids asked.
+CgroupLabels = Callable[[Iterable[int]], Mapping[int, str]]
 
 
 @dataclass(slots=True)
@@ -86,6 +91,9 @@ class Tables:
     chunk_creations: int = 0
     chunk_destructions: int = 0
     dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
+    owner_unresolved: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(OWNER_UNRESOLVED_REASONS, 0)
+    )
     live_entries: int = 0
 
 
@@ -109,24 +117,34 @@ class SnapshotContext:
     ages: LiveAges | None = None
     breakdown: Breakdown | None = None
     chunk_map: ChunkMap | None = None
+    # Names the cgroups of the site keys; None: no per-cgroup figures.
+    cgroup_labels: CgroupLabels | None = None
+    max_cgroups: int = 1  # cgroups with figures of their own; the rest sum to "(other)"
 
 
 def address_key(values: tuple[int, ...]) -> SiteAddressKey:
     """The raw site key from the fields of struct site_key (SITE_KEY_FORMAT), as read."""
-    call_site, atomic, reserved = values
-    return (call_site, bool(atomic), bool(reserved))
+    call_site, owner, cgroup_id, atomic, reserved = values
+    return (call_site, owner, cgroup_id, bool(atomic), bool(reserved))
 
 
 def is_reserved(key: SiteAddressKey) -> bool:
     """Whether the allocations under ``key`` came from the reserved chunk."""
+    return key[4]
+
+
+def cgroup_of(key: SiteAddressKey) -> int:
+    """The cgroup v2 id of the task that made the allocations under ``key``."""
     return key[2]
 
 
 def site_key(key: SiteAddressKey, symbolize: Callable[[int], str]) -> SiteKey:
-    """The label set of a raw site key: its address named (the one place a key field
-    becomes a label, with SITE_KEY_FORMAT and SiteKey)."""
-    addr, atomic, reserved = key
-    return SiteKey(UNKNOWN_SITE if addr == 0 else symbolize(addr), atomic, reserved)
+    """The label set of a raw site key: its addresses named (the one place a key field
+    becomes a label, with SITE_KEY_FORMAT and SiteKey). The cgroup is not in it: the
+    per-site figures are summed over cgroups, the per-cgroup ones over sites."""
+    addr, owner, _cgroup, atomic, reserved = key
+    call_site = UNKNOWN_SITE if addr == 0 else symbolize(addr)
+    return SiteKey(call_site, atomic, reserved, symbolize(owner) if owner else call_site)
 
 
 def traced_live_per_unit(tables: Tables) -> int:
@@ -178,6 +196,7 @@ def tables_to_snapshot(
 ) -> Snapshot:
     """Fold addresses into function names and freeze the tables into a Snapshot."""
     sites: dict[SiteKey, SiteRecord] = {}
+    by_cgroup: dict[int, SiteRecord] = {}
     for raw, v in sorted(tables.sites.items()):
         key = site_key(raw, symbolize)  # the symbolizer caches: one lookup per address
         u = ctx.nr_units
@@ -192,6 +211,8 @@ def tables_to_snapshot(
             memcg_extension_bytes=v.live_extension_bytes if ctx.memcg_extension else None,
         )
         sites[key] = sites[key] + record if key in sites else record
+        cgroup = cgroup_of(raw)
+        by_cgroup[cgroup] = by_cgroup[cgroup] + record if cgroup in by_cgroup else record
     failures = {
         (atomic, reserved): tables.failures[failure_index(atomic, reserved)]
         for atomic in (False, True)
@@ -209,6 +230,10 @@ def tables_to_snapshot(
         chunk_creations=tables.chunk_creations,
         chunk_destructions=tables.chunk_destructions,
         dropped=dict(tables.dropped),
+        owner_unresolved=dict(tables.owner_unresolved),
+        cgroups=None
+        if ctx.cgroup_labels is None
+        else top_cgroups(by_cgroup, ctx.cgroup_labels, ctx.max_cgroups),
         kernel_stats=ctx.kernel_stats,
         fields_available=ctx.fields_available,
         programs=ctx.programs,
@@ -219,3 +244,19 @@ def tables_to_snapshot(
         breakdown=ctx.breakdown,
         chunk_map=ctx.chunk_map,
     )
+
+
+def top_cgroups(
+    by_id: Mapping[int, SiteRecord], labels: CgroupLabels, n: int
+) -> dict[str, SiteRecord]:
+    """Per cgroup, by label: the ``n`` with the most live bytes (ties by label), the rest
+    summed under "(other)". Ids that label alike (none should) are summed."""
+    named: dict[str, SiteRecord] = {}
+    for cgroup_id, label in labels(by_id).items():
+        record = by_id[cgroup_id]
+        named[label] = named[label] + record if label in named else record
+    ranked = sorted(named.items(), key=lambda kv: (-kv[1].live_bytes, kv[0]))
+    out = dict(ranked[:n])
+    if len(ranked) > n:
+        out[OTHER] = sum((r for _, r in ranked[n:]), SiteRecord())
+    return out

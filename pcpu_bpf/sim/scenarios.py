@@ -23,6 +23,7 @@ from pcpu_bpf.model.events import (
     GFP_KERNEL_ACCOUNT,
     GFP_NOWAIT,
 )
+from pcpu_bpf.model.layout import NR_COUNTERS, OWNER_STACK_DEPTH
 from pcpu_bpf.sim.allocator import Allocator
 
 # Functions the scenarios allocate from, with made-up but kallsyms-shaped addresses.
@@ -361,12 +362,16 @@ def fragmentation(w: Workload) -> Steps:
 # the first processes and mounts, the root and system memory cgroups).
 BOOT = NETNS + FORK * 12 + MEMCG * 2 + (Request("alloc_vfsmnt", 8, 8, offset=0xE7),) * 30
 # The profiler's own percpu memory, allocated by its loader before its programs attach
-# (the breakdown's profiler part): the per-CPU counters element (41 u64s), each of the
-# five programs' run statistics and recursion guard, and each of the two preallocated
-# hash maps' free-list heads, element count, spare-element pointer and percpu_counter
-# (bpf/footprint.py; 580 bytes per CPU, tests/test_breakdown.py checks the sum).
+# (the breakdown's profiler part): the per-CPU counters element and the owners' stack
+# scratch element, each of the five programs' run statistics and recursion guard, and
+# each of the two preallocated hash maps' free-list heads, element count, spare-element
+# pointer and percpu_counter (bpf/footprint.py; 684 bytes per CPU, tests/test_breakdown.py
+# checks the sum).
 PROFILER = (
-    (Request("bpf_map_alloc_percpu", 328, 8, GFP_BPF_MAP, 0x59),)
+    (
+        Request("bpf_map_alloc_percpu", 8 * NR_COUNTERS, 8, GFP_BPF_MAP, 0x59),
+        Request("bpf_map_alloc_percpu", 8 * OWNER_STACK_DEPTH, 8, GFP_BPF_MAP, 0x59),
+    )
     + (Request("bpf_prog_alloc_no_stats", 32, 8), Request("bpf_prog_alloc_no_stats", 4, 4)) * 5
     + (
         Request("pcpu_freelist_init", 16, 8),

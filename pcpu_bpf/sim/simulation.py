@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 
+from pcpu_bpf.kernel.cgroups import ROOT_PATH
 from pcpu_bpf.kernel.percpu_stats import parse_percpu_stats, render_percpu_stats
 from pcpu_bpf.model.ages import AgeFold
 from pcpu_bpf.model.aggregation import Aggregator
 from pcpu_bpf.model.breakdown import nr_units
-from pcpu_bpf.model.events import ALL_FIELDS, GFP_ATOMIC, GFP_KERNEL, Event
+from pcpu_bpf.model.events import ALL_FIELDS, GFP_ATOMIC, GFP_KERNEL, ROOT_CGROUP_ID, Event
 from pcpu_bpf.model.kernel_stats import KernelStats
 from pcpu_bpf.model.layout import DEFAULT_LIVE_CAPACITY, DEFAULT_SITE_CAPACITY
 from pcpu_bpf.model.snapshot import Snapshot
@@ -32,6 +34,11 @@ SIM_KERNEL = "simulated-6.18"
 # Workload steps per simulated second: the sim backend's pace, and the clock of
 # `pcpu-bpf simulate`'s Snapshot.
 OPS_PER_SECOND = 2000.0
+
+
+def sim_cgroup_labels(ids: Iterable[int]) -> dict[int, str]:
+    """The simulated tasks all run in the root cgroup."""
+    return {i: ROOT_PATH if i == ROOT_CGROUP_ID else f"id:{i}" for i in ids}
 
 
 class Simulation:
@@ -150,5 +157,6 @@ class Simulation:
             ages=fold.ages(nr_units=units, site_of=lambda k: site_key(k, self.symbolizer.resolve)),
             breakdown=parts,
             chunk_map=chunk_map(self.allocator),
+            cgroup_labels=sim_cgroup_labels,
         )
         return self.aggregator.snapshot(ctx)
