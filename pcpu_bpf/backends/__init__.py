@@ -36,6 +36,8 @@ class BackendOptions:
     min_age: float | None = None  # bpf, sim: also count what is at least this old
     max_bpf_maps: int | None = None  # bpf: series of pcpu_bpf_map_percpu_bytes before (other)
     max_cgroups: int | None = None  # bpf: cgroups with series of their own
+    owners: bool | None = None  # bpf: find the owner behind the known helpers (stacks)
+    helpers: tuple[str, ...] | None = None  # bpf: helpers beyond DEFAULT_HELPERS
 
     def given(self) -> dict[str, Any]:
         """The options that were set, by name."""
@@ -55,6 +57,8 @@ TAKES: dict[str, tuple[str, ...]] = {
         "min_age",
         "max_bpf_maps",
         "max_cgroups",
+        "owners",
+        "helpers",
     ),
     "sim": ("scenario", "seed", "live_capacity", "site_capacity", "min_age"),
     "remote": ("url",),

@@ -69,9 +69,9 @@ class _OneLineError(click.ClickException):
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def _opt(name: str, **kwargs: Any) -> Callable[[_F], _F]:
-    envvar = "PCPU_SERVE_" + name.lstrip("-").replace("-", "_").upper()
-    return click.option(name, envvar=envvar, show_envvar=True, **kwargs)
+def _opt(name: str, *decls: str, **kwargs: Any) -> Callable[[_F], _F]:
+    envvar = "PCPU_SERVE_" + name.split("/")[0].lstrip("-").replace("-", "_").upper()
+    return click.option(name, *decls, envvar=envvar, show_envvar=True, **kwargs)
 
 
 @click.command("serve", epilog=EPILOG)
@@ -127,8 +127,25 @@ def _opt(name: str, **kwargs: Any) -> Callable[[_F], _F]:
     type=click.IntRange(min=1),
     default=None,
     metavar="N",
-    help="Cgroups with series of their own, the N holding the most percpu memory; the "
-    f'rest summed as cgroup="(other)" (bpf only) [default: {DEFAULT_MAX_CGROUPS}].',
+    help="Cgroups with series of their own, the N holding the most percpu memory (traced "
+    "live bytes for pcpu_cgroup_live_bytes and the other traced families, the memory "
+    "controller's charge for pcpu_cgroup_memory_percpu_bytes); the rest summed as "
+    f'cgroup="(other)" (bpf only) [default: {DEFAULT_MAX_CGROUPS}].',
+)
+@_opt(
+    "--owners/--no-owners",
+    default=None,
+    help="Name the owner behind generic helpers (the owner label: the first caller on the "
+    "kernel stack that is no helper), at the cost of a stack walk per allocation at a "
+    "helper (bpf only) [default: off].",
+)
+@_opt(
+    "--helper",
+    "helpers",
+    multiple=True,
+    metavar="FUNCTION",
+    help="A kernel function that allocates on behalf of its caller, beyond the built-in "
+    "list (docs/metrics.md, Owners); repeat for more (with --owners).",
 )
 @_opt(
     "--min-read-interval",
@@ -208,6 +225,7 @@ def serve_command(
     # --check leaves nothing behind: it loads its own set and detaches it.
     if backend == "bpf" and not check:
         options["pin_dir"] = pin_dir
+    options["helpers"] = tuple(options["helpers"]) or None
     backend_options = BackendOptions(**options)
     for name in ignored_options(backend, backend_options):
         log.warning("--%s does not apply to backend %s; ignored", name.replace("_", "-"), backend)

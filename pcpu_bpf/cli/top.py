@@ -15,7 +15,7 @@ from pcpu_bpf.cli.params import Seconds
 from pcpu_bpf.errors import BackendUnavailable, PcpuError, ProgramLoadError, ScenarioError
 from pcpu_bpf.top.keys import Keyboard, is_terminal
 from pcpu_bpf.top.run import DEFAULT_LIMIT, TopDeps, TopOptions, run_top
-from pcpu_bpf.top.view import DEFAULT_SORT, SORT_KEYS
+from pcpu_bpf.top.view import DEFAULT_GROUPING, DEFAULT_SORT, GROUPINGS, SORT_KEYS
 
 EXAMPLES = f"""\b
 Header:
@@ -112,6 +112,21 @@ def _quiet_broken_pipe() -> None:
     "without any are left out.",
 )
 @click.option(
+    "--by",
+    type=click.Choice(GROUPINGS),
+    default=DEFAULT_GROUPING,
+    metavar="ROW",
+    help="What a row is: call_site (default; with the owner behind a generic helper, "
+    "where it differs), owner (every call site that allocated for it) or cgroup (of the "
+    "allocating tasks).",
+)
+@click.option(
+    "--owners/--no-owners",
+    default=None,
+    help="Name the owner behind generic helpers from kernel stacks (live kernel; a stack "
+    "walk per allocation at a helper) [default: on with --by owner].",
+)
+@click.option(
     "--sizes", is_flag=True, help="Draw the requested sizes as a histogram instead of the table."
 )
 @click.option(
@@ -159,6 +174,8 @@ def main(
     live: bool,
     sort: str,
     min_age: float | None,
+    by: str,
+    owners: bool | None,
     sizes: bool,
     chunks: bool,
     limit: int,
@@ -188,15 +205,23 @@ def main(
             "--min-age walks the live table, which a daemon does not export; with --from, "
             "query its age bands (pcpu_live_by_age_bytes) instead"
         )
+    if min_age is not None and by == "cgroup":
+        raise click.UsageError("--min-age counts by site; the live table keeps no cgroup ages")
+    if from_url is not None and owners is not None:
+        raise click.UsageError("--owners is the daemon's (pcpu-bpf serve --owners) with --from")
     if from_url is not None and (_explicit(ctx, "backend") or scenario is not None):
         raise click.UsageError("--from reads a daemon; it takes no --backend or --scenario")
     if scenario is not None and backend == "bpf":
         raise click.UsageError("--scenario applies to the sim backend only")
     out = sys.stdout
     try:
-        source = _open(
-            deps, "remote" if from_url is not None else backend, scenario, from_url, min_age
+        options = BackendOptions(
+            scenario=scenario,
+            url=from_url,
+            min_age=min_age,
+            owners=owners if owners is not None else (True if by == "owner" else None),
         )
+        source = _open(deps, "remote" if from_url is not None else backend, options)
         opts = TopOptions(
             interval=interval,
             count=count if count is not None else (None if live else 1),
@@ -207,6 +232,7 @@ def main(
             source=source.label,
             sizes=sizes,
             min_age=min_age,
+            by=by,
             chunks=chunks,
             block_glyphs=_utf8_terminal(out),
         )
@@ -232,14 +258,12 @@ def _utf8_terminal(out: object) -> bool:
     return bool(isatty and isatty()) and encoding == "utf8"
 
 
-def _open(
-    deps: TopDeps, backend: str, scenario: str | None, url: str | None, min_age: float | None
-) -> Backend:
+def _open(deps: TopDeps, backend: str, options: BackendOptions) -> Backend:
     """Open the chosen source through the one chooser; failures are one line."""
     try:
         return open_backend(
             backend,
-            BackendOptions(scenario=scenario, url=url, min_age=min_age),
+            options,
             on_fallback=lambda why: click.echo(f"pcpu-top: {why}", err=True),
             constructors=deps.constructors,
         )

@@ -10,10 +10,10 @@ what is left):
 | `--live` | AVG (or GROWTH) gives way to TREND 8, the sparkline | 22 |
 | `--min-age` | LIVE and LIVE BYTES become OLD and OLD BYTES | as above |
 
-The seventh slot is the one that changes with the mode. A column naming who owns an
-allocation (when it differs from the call site) has no room beside these at 80
-columns: it belongs in that slot, or in a view keyed by owner (`--by owner`) where it
-takes the place of CALL SITE.
+The seventh slot is the one that changes with the mode. When some call site's owner
+differs from it (a generic helper, with owners on), CALL SITE and the seventh slot give
+way to CALL SITE 15 and OWNER 15: who allocated, and for whom. `--by owner` and
+`--by cgroup` put the owner or the cgroup in the place of CALL SITE.
 """
 
 from __future__ import annotations
@@ -125,6 +125,7 @@ class Layout:
     trends: Mapping[str, Sequence[int]] = field(default_factory=dict)
     help_line: str | None = None  # the keys, under the table
     start_event: str = "start"  # what began the window of a fresh trace ("attach")
+    label_header: str = "CALL SITE"  # what a row is: CALL SITE, OWNER or CGROUP
 
 
 def _cell(value: float | None, fmt: Any) -> str:
@@ -297,14 +298,33 @@ def table_lines(
     layout = layout or Layout()
     cols = columns(detail, min_age=min_age)
     width = site_width(detail)
-    head = f"{'CALL SITE':<{width}}" + "".join(f" {c.header:>{c.width}}" for c in cols)
+    name = layout.label_header
+    if any(r.owner is not None and r.owner != r.label for r in rows):
+        # Who allocated and for whom, in the room of the call site and the seventh slot.
+        cols = tuple(c for c in cols if c.header != DETAIL[detail].header)
+        both = width + DETAIL[detail].width + 1
+        width = (both - 1) // 2
+        name = f"{name:<{width}} {'OWNER':<{both - 1 - width}}"
+        labels = {
+            id(r): f"{fit(r.label, width):<{width}} {_owner(r, both - 1 - width)}" for r in rows
+        }
+        width = both
+    else:
+        labels = {id(r): fit(r.label, width) for r in rows}
+    head = f"{name:<{width}}" + "".join(f" {c.header:>{c.width}}" for c in cols)
     out = [head]
     for r in rows:
         cells = _cells(r, layout, detail)
-        line = f"{fit(r.label, width):<{width}}"
+        line = f"{labels[id(r)]:<{width}}"
         line += "".join(f" {fit(cells[c.cell], c.width):>{c.width}}" for c in cols)
         out.append(line)
     return out
+
+
+def _owner(r: Row, width: int) -> str:
+    """A row's owner cell: blank where it is the call site itself."""
+    owner = "" if r.owner is None or r.owner == r.label else r.owner
+    return f"{fit(owner, width):<{width}}"
 
 
 def _bucket_label(i: int) -> str:
@@ -386,9 +406,16 @@ def _round(x: float) -> float:
 
 
 def render_json(
-    view: View, *, sort: str = DEFAULT_SORT, limit: int = 0, source: str = "", time: str = ""
+    view: View,
+    *,
+    sort: str = DEFAULT_SORT,
+    limit: int = 0,
+    source: str = "",
+    time: str = "",
+    label_key: str = "call_site",
 ) -> str:
-    """One JSON document (one line) for the interval; failure classes are listed apart."""
+    """One JSON document (one line) for the interval; failure classes are listed apart.
+    ``label_key``: what a row's label is (call_site, owner or cgroup)."""
     t = view.totals
     sites = [r for r in sort_rows(view.rows, sort) if r.fail_class is None and not r.untracked]
     if limit:
@@ -433,7 +460,8 @@ def render_json(
         },
         "sites": [
             {
-                "call_site": r.label,
+                label_key: r.label,
+                **({"owner": r.owner} if r.owner is not None else {}),
                 "allocations_per_second": _round(r.allocs_per_s or 0.0),
                 "frees_per_second": _round(r.frees_per_s or 0.0),
                 "allocated_bytes_per_second": _round(r.alloc_bytes_per_s or 0.0),

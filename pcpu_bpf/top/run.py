@@ -22,7 +22,7 @@ from pcpu_bpf.model.snapshot import Snapshot
 from pcpu_bpf.top.chunks import ASCII_GLYPHS, BLOCK_GLYPHS, render_chunks, render_chunks_json
 from pcpu_bpf.top.keys import KeySource, NoKeys
 from pcpu_bpf.top.render import DETAIL, Layout, render_json, render_text
-from pcpu_bpf.top.view import DEFAULT_SORT, View, build_view
+from pcpu_bpf.top.view import DEFAULT_GROUPING, DEFAULT_SORT, View, build_view
 
 # Home the cursor and clear the screen: the live view redraws in place like top(1).
 CLEAR = "\x1b[H\x1b[2J"
@@ -73,6 +73,7 @@ class TopOptions:
     source: str = ""  # names the data source on the first header line
     sizes: bool = False  # the size distribution instead of the call-site table
     min_age: float | None = None  # only allocations live at least this long
+    by: str = DEFAULT_GROUPING  # what a row is (view.GROUPINGS)
     chunks: bool = False  # the chunk view instead of the call-site table
     block_glyphs: bool = False  # draw pages with block characters (a UTF-8 terminal)
 
@@ -123,7 +124,9 @@ def run_top(
             if not _wait(keys, opts, deps, out, screen, backend, reading):
                 return
             after = backend.snapshot()
-            view = build_view(before, after, from_start=from_start, min_age=opts.min_age)
+            view = build_view(
+                before, after, from_start=from_start, min_age=opts.min_age, by=opts.by
+            )
             _remember(screen, view)
             screen.view, screen.clock = view, deps.clock_text()
             if opts.chunks:
@@ -136,6 +139,7 @@ def run_top(
                         limit=opts.limit,
                         source=opts.source,
                         time=deps.iso_time(),
+                        label_key=opts.by,
                     )
                     + "\n"
                 )
@@ -201,6 +205,7 @@ def _draw(
         trends=screen.trends,
         help_line=f"{HELP_LINE}  (sorted by {screen.sort})" if reading else None,
         start_event=backend.start_event,
+        label_header=LABEL_HEADERS[opts.by],
     )
     text = render_text(
         screen.view,
@@ -213,6 +218,10 @@ def _draw(
     )
     # Redraw in place only on a terminal; elsewhere frames follow one another, plain.
     out.write((CLEAR if opts.live and terminal else "\n") + text)
+
+
+# The first column's header, by what a row is.
+LABEL_HEADERS = {"call_site": "CALL SITE", "owner": "OWNER", "cgroup": "CGROUP"}
 
 
 def _write_chunks(snapshot: Snapshot, out: TextIO, opts: TopOptions, deps: TopDeps) -> None:

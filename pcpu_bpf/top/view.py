@@ -10,7 +10,14 @@ import math
 from dataclasses import dataclass, field
 
 from pcpu_bpf.model.breakdown import NEEDS_PERCPU_STATS, Breakdown
-from pcpu_bpf.model.snapshot import LiveAges, SiteRecord, SizeHistogram, Snapshot
+from pcpu_bpf.model.snapshot import LiveAges, SiteKey, SiteRecord, SizeHistogram, Snapshot
+
+# What a row is: a call site (with the owner behind it, where that differs), an owner
+# (every call site that allocated for it), or the cgroup of the allocating tasks.
+GROUPINGS = ("call_site", "owner", "cgroup")
+DEFAULT_GROUPING = "call_site"
+# A row's key: its label, and the owner behind a call site (None in the other groupings).
+GroupKey = tuple[str, str | None]
 
 SORT_KEYS = ("live-bytes", "allocs", "frees", "bytes", "fails", "growth", "age")
 DEFAULT_SORT = "live-bytes"
@@ -21,6 +28,7 @@ class Row:
     """One table row: a call site, or a failure class (the kernel's fail event has no site)."""
 
     label: str
+    owner: str | None = None  # for a call-site row: whom it allocated for
     allocs_per_s: float | None = None
     frees_per_s: float | None = None
     alloc_bytes_per_s: float | None = None
@@ -96,35 +104,65 @@ def _rate(delta: float, elapsed: float) -> float:
     return delta / elapsed if elapsed > 0 else 0.0
 
 
-def _by_name(ages: LiveAges | None) -> tuple[dict[str, float], dict[str, int], dict[str, int]]:
-    """Oldest age, and allocations and bytes at least min_age old, by call site."""
-    oldest: dict[str, float] = {}
-    old_count: dict[str, int] = {}
-    old_bytes: dict[str, int] = {}
-    if ages is not None:
+def _group_of(key: SiteKey, by: str) -> GroupKey:
+    return (key.call_site, key.owner) if by == "call_site" else (key.owner, None)
+
+
+def groups(snap: Snapshot, by: str) -> dict[GroupKey, SiteRecord]:
+    """The Snapshot's site records summed per row of grouping ``by`` (GROUPINGS)."""
+    if by == "cgroup":
+        return {(name, None): r for name, r in (snap.cgroups or {}).items()}
+    out: dict[GroupKey, SiteRecord] = {}
+    for key, record in snap.sites.items():
+        g = _group_of(key, by)
+        out[g] = out[g] + record if g in out else record
+    return out
+
+
+def _ages_by(
+    ages: LiveAges | None, by: str
+) -> tuple[dict[GroupKey, float], dict[GroupKey, int], dict[GroupKey, int]]:
+    """Oldest age, and allocations and bytes at least min_age old, by row (none by cgroup:
+    the live table's ages are per site)."""
+    oldest: dict[GroupKey, float] = {}
+    old_count: dict[GroupKey, int] = {}
+    old_bytes: dict[GroupKey, int] = {}
+    if ages is not None and by != "cgroup":
         for key, age in ages.oldest_seconds.items():
-            oldest[key.call_site] = max(oldest.get(key.call_site, 0.0), age)
+            g = _group_of(key, by)
+            oldest[g] = max(oldest.get(g, 0.0), age)
         for key, n in ages.old_allocations.items():
-            old_count[key.call_site] = old_count.get(key.call_site, 0) + n
+            g = _group_of(key, by)
+            old_count[g] = old_count.get(g, 0) + n
         for key, n in ages.old_bytes.items():
-            old_bytes[key.call_site] = old_bytes.get(key.call_site, 0) + n
+            g = _group_of(key, by)
+            old_bytes[g] = old_bytes.get(g, 0) + n
     return oldest, old_count, old_bytes
 
 
 def build_view(
-    before: Snapshot, after: Snapshot, *, from_start: bool = False, min_age: float | None = None
+    before: Snapshot,
+    after: Snapshot,
+    *,
+    from_start: bool = False,
+    min_age: float | None = None,
+    by: str = DEFAULT_GROUPING,
 ) -> View:
     """Rows and totals for the interval from ``before`` to ``after``.
 
     ``from_start``: ``before`` is the moment tracing began. ``min_age``: rows count only
     live allocations at least that many seconds old (``after.ages`` must have been
-    walked for it), and sites without any, and rows of events, are left out.
+    walked for it), and sites without any, and rows of events, are left out. ``by``: what
+    a row is (GROUPINGS).
     """
+    if by not in GROUPINGS:
+        raise ValueError(f"unknown grouping {by!r}; choose one of {', '.join(GROUPINGS)}")
     elapsed = after.timestamp - before.timestamp
-    oldest, old_count, old_bytes = _by_name(after.ages)
+    oldest, old_count, old_bytes = _ages_by(after.ages, by)
     rows: list[Row] = []
-    for name, s1 in after.by_call_site.items():
-        s0 = before.by_call_site.get(name, SiteRecord())
+    earlier = groups(before, by)
+    for name, s1 in groups(after, by).items():
+        s0 = earlier.get(name, SiteRecord())
         allocs = increase(s0.allocations, s1.allocations)
         frees = increase(s0.frees, s1.frees)
         live, live_bytes = s1.live_allocations, s1.live_bytes
@@ -137,7 +175,8 @@ def build_view(
             continue
         rows.append(
             Row(
-                label=name,
+                label=name[0],
+                owner=name[1],
                 allocs_per_s=_rate(allocs, elapsed),
                 frees_per_s=_rate(frees, elapsed),
                 alloc_bytes_per_s=_rate(increase(s0.allocated_bytes, s1.allocated_bytes), elapsed),
@@ -265,5 +304,6 @@ def sort_rows(rows: tuple[Row, ...] | list[Row], sort: str) -> list[Row]:
             -_key(r.allocs_per_s),
             -_key(r.failures),
             r.label,
+            r.owner or "",
         ),
     )
