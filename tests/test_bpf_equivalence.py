@@ -15,8 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cgroup_v2 import cgroup_id, own_cgroup
 from prog_test_run import run_raw_tp
 
+from pcpu_bpf.backends.host_stats import DEFAULT_MAX_CGROUPS
 from pcpu_bpf.bpf.loader import PROGRAMS
 from pcpu_bpf.bpf.tracefs import read_layout
 from pcpu_bpf.model.ages import AgeFold
@@ -31,8 +33,8 @@ from pcpu_bpf.model.events import (
     PercpuDestroyChunk,
     PercpuFree,
 )
-from pcpu_bpf.model.snapshot import SiteKey, Snapshot
-from pcpu_bpf.model.tables import SnapshotContext
+from pcpu_bpf.model.snapshot import Snapshot
+from pcpu_bpf.model.tables import SnapshotContext, site_key
 from pcpu_bpf.sim.allocator import Allocator
 from pcpu_bpf.sim.geometry import CONFIG_S
 
@@ -172,6 +174,11 @@ def test_bpf_equals_reference_aggregator(kernel, seed: int) -> None:
     events = edge + sim_stream(seed) + edge[-1:]
     if version == "5.15":
         events = [without_new_fields(e) for e in events]
+    # The programs key each allocation by the running task's cgroup: this process's.
+    home = cgroup_id(own_cgroup())
+    events = [
+        dataclasses.replace(e, cgroup_id=home) if isinstance(e, PercpuAlloc) else e for e in events
+    ]
     agg = Aggregator(
         fake_symbolize,
         possible_cpus=backend.possible_cpus,
@@ -197,6 +204,8 @@ def test_bpf_equals_reference_aggregator(kernel, seed: int) -> None:
         timestamp=0.0,
         nr_units=backend.possible_cpus,  # no percpu_stats here: the possible CPUs
         memcg_extension=version == "6.18",
+        cgroup_labels=lambda ids: {i: own_cgroup() for i in ids},
+        max_cgroups=DEFAULT_MAX_CGROUPS,
     )
     assert normalized(snap) == normalized(agg.snapshot(ctx))
     # The age walk reads the live table back: every entry was made a moment ago, so all
@@ -205,7 +214,7 @@ def test_bpf_equals_reference_aggregator(kernel, seed: int) -> None:
     fold.add((e.key, e.size, 0.0) for e in agg.live_entries())
     sim_ages = fold.ages(
         nr_units=backend.possible_cpus,
-        site_of=lambda k: SiteKey(fake_symbolize(k[0]) if k[0] else "unknown", k[1], k[2]),
+        site_of=lambda k: site_key(k, fake_symbolize),
     )
     assert snap.ages is not None
     assert snap.ages.bytes_by_age == sim_ages.bytes_by_age
