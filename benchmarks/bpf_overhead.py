@@ -31,6 +31,7 @@ from pcpu_bpf.bpf import syscalls
 
 HERE = Path(__file__).parent
 COMPARED = "pcpu-bpf (compared)"  # the row of --compare-bpf-dir
+OWNERS = "pcpu-bpf --owners"  # the row of --owners: a second set, stacks at helpers
 STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 
 
@@ -51,8 +52,10 @@ def netns_churn(n: int) -> list[float]:
 
 
 @contextmanager
-def profiler(live_capacity: int = 262_144) -> Iterator[Callable[[], dict[str, tuple[int, int]]]]:
-    with BpfBackend(live_capacity=live_capacity, kernel_stats=lambda: None) as b:
+def profiler(
+    live_capacity: int = 262_144, owners: bool = False
+) -> Iterator[Callable[[], dict[str, tuple[int, int]]]]:
+    with BpfBackend(live_capacity=live_capacity, kernel_stats=lambda: None, owners=owners) as b:
         fds = b.program_fds
 
         def sample() -> dict[str, tuple[int, int]]:
@@ -175,6 +178,7 @@ def per_event_cost(
     live_capacity: int,
     compare: Path | None = None,
     compare_first: bool = False,
+    owners: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Median ns per event, per tool and event, all attached together. Programs on one
     tracepoint run in the order they were attached, and the first pays more (about 1.15x
@@ -192,6 +196,8 @@ def per_event_cost(
         tools = {"pcpu-bpf": p, "do-nothing": n, "bpftrace": t}
         if o is not None:
             tools[COMPARED] = o
+        if owners:
+            tools[OWNERS] = stack.enter_context(profiler(live_capacity, owners=True))
         for _ in range(reps):
             before = {k: s() for k, s in tools.items()}
             workload(maps, netns)
@@ -259,6 +265,11 @@ def main() -> int:
         action="store_true",
         help="attach the compared programs before pcpu-bpf's (they then run first)",
     )
+    ap.add_argument(
+        "--owners",
+        action="store_true",
+        help="also attach a second set with owners on (stacks at the helpers) in part 1",
+    )
     args = ap.parse_args()
     if os.geteuid() != 0 or shutil.which("bpftrace") is None or shutil.which("bpftool") is None:
         print("needs root, bpftrace and bpftool (apt install bpftrace bpftool)", file=sys.stderr)
@@ -269,7 +280,13 @@ def main() -> int:
         caps = args.live_capacity or [262_144, 65_536, 4096]
         costs = {
             c: per_event_cost(
-                args.reps, args.maps, args.netns, c, args.compare_bpf_dir, args.compare_first
+                args.reps,
+                args.maps,
+                args.netns,
+                c,
+                args.compare_bpf_dir,
+                args.compare_first,
+                args.owners,
             )
             for c in caps
         }
@@ -282,7 +299,7 @@ def main() -> int:
         print(f"## per-event cost, live table {cap} (median of {args.reps}; ns per event)")
         print("| program | alloc | free |")
         print("| --- | ---: | ---: |")
-        for tool in ("do-nothing", "pcpu-bpf", COMPARED, "bpftrace"):
+        for tool in ("do-nothing", "pcpu-bpf", OWNERS, COMPARED, "bpftrace"):
             if tool not in cost:
                 continue
             c = cost[tool]
@@ -293,6 +310,8 @@ def main() -> int:
             print(f"{ev}: pcpu-bpf / do-nothing = {p / n:.2f}x, pcpu-bpf / bpftrace = {p / t:.2f}x")
             if COMPARED in cost:
                 print(f"{ev}: pcpu-bpf / {COMPARED} = {p / cost[COMPARED][ev]:.2f}x")
+            if OWNERS in cost:
+                print(f"{ev}: {OWNERS} / pcpu-bpf = {cost[OWNERS][ev] / p:.2f}x")
         print()
     if slow is None:
         return 0

@@ -32,6 +32,15 @@ static __always_inline struct counters *counters(void)
     return pcpu_counters.lookup(&zero);
 }
 
+/* Add one to a per-CPU counter, on a path too rare to keep the element in a register. */
+static __always_inline void count(u32 at)
+{
+    struct counters *c = counters();
+
+    if (c && at < NR_COUNTERS)
+        c->v[at] += 1;
+}
+
 /* All in 64 bits, the bound checked on the value returned: with a u32 result LLVM
  * compares one zero-extended copy and indexes with another, whose range the verifier of
  * Linux 6.1 does not know ("R0 unbounded memory access"). */
@@ -85,11 +94,15 @@ static __always_inline int new_site(struct site_key *key, u32 *slot)
 }
 
 #if OWNERS
-/* Whether addr lies in a known helper's code: a bounded scan of the loader's ranges. */
-static __always_inline int in_helper(struct helper_ranges *h, u64 addr)
+/* Whether addr lies in a known helper's code: a bounded scan of the loader's ranges.
+ * Looked up at each call (an array lookup the verifier inlines), not kept in a register. */
+static __always_inline int in_helper(u64 addr)
 {
-    u32 i;
+    u32 zero = 0, i;
+    struct helper_ranges *h = pcpu_helpers.lookup(&zero);
 
+    if (!h)
+        return 0;
     for (i = 0; i < MAX_HELPER_RANGES; i++) {
         if (i >= h->nr)
             break;
@@ -100,39 +113,43 @@ static __always_inline int in_helper(struct helper_ranges *h, u64 addr)
 }
 
 /* The owner of an allocation at call_site: 0 when the call site is no helper; else the
- * first frame above the call site's own that is no helper, or 0 with the reason counted. */
-static __always_inline u64 owner_of(struct bpf_raw_tracepoint_args *ctx, u64 call_site,
-                                    struct counters *c)
+ * first frame above the call site's own that is no helper, or 0 with the reason counted.
+ * Few values live at once: every one more is a spill, and a stack of 64 bytes or more
+ * costs the program a private stack of percpu memory. bpf_get_stack zeroes the frames
+ * it did not fill. */
+static __always_inline u64 owner_of(struct bpf_raw_tracepoint_args *ctx, u64 call_site)
 {
-    u32 zero = 0, i, found = 0;
-    struct helper_ranges *h = pcpu_helpers.lookup(&zero);
+    u32 zero = 0, i, at = OWNER_STACK_DEPTH;
     struct owner_stack *s;
-    long n;
 
-    if (!h || !in_helper(h, call_site))
+    if (!in_helper(call_site))
         return 0;
     s = pcpu_owner_stack.lookup(&zero);
     if (!s)
         return 0;
-    /* The flags are only the frames to skip (under 256, the skip field). */
-    n = bpf_get_stack(ctx, s->ip, sizeof(s->ip), OWNER_STACK_SKIP);
-    if (n <= 0) {
-        c->v[OWNER_UNRESOLVED_AT + OWNER_NO_STACK] += 1;
+    if (bpf_get_stack(ctx, s->ip, sizeof(s->ip), OWNER_STACK_SKIP) <= 0) {
+        count(OWNER_UNRESOLVED_AT + OWNER_NO_STACK);
         return 0;
     }
     for (i = 0; i < OWNER_STACK_DEPTH; i++) {
+        if (s->ip[i] == call_site) {
+            at = i;
+            break;
+        }
+    }
+    if (at == OWNER_STACK_DEPTH) {
+        count(OWNER_UNRESOLVED_AT + OWNER_SITE_NOT_ON_STACK);
+        return 0;
+    }
+    for (i = at + 1; i < OWNER_STACK_DEPTH; i++) {
         u64 ip = s->ip[i];
 
-        if (i * 8 >= n || !ip)
+        if (!ip)
             break;
-        if (!found) {
-            found = ip == call_site;
-            continue;
-        }
-        if (!in_helper(h, ip))
+        if (!in_helper(ip))
             return ip;
     }
-    c->v[OWNER_UNRESOLVED_AT + (found ? OWNER_ONLY_HELPERS : OWNER_SITE_NOT_ON_STACK)] += 1;
+    count(OWNER_UNRESOLVED_AT + OWNER_ONLY_HELPERS);
     return 0;
 }
 #endif
@@ -141,17 +158,15 @@ static __always_inline u64 owner_of(struct bpf_raw_tracepoint_args *ctx, u64 cal
  * full. The key lives only in here: its stack is reused for the live entry after, and a
  * stack under 64 bytes gets no private stack from the JIT, which would cost percpu
  * memory (bpf/footprint.py). */
-static __always_inline s64 site_slot(struct bpf_raw_tracepoint_args *ctx, struct counters *c)
+static __always_inline s64 site_slot(struct bpf_raw_tracepoint_args *ctx, u64 owner)
 {
     struct site_key key = {};
     u32 slot, *found;
 
 #ifdef ARG_ALLOC_CALL_SITE
     key.call_site = ctx->args[ARG_ALLOC_CALL_SITE];
-#if OWNERS
-    key.owner = owner_of(ctx, key.call_site, c);
 #endif
-#endif
+    key.owner = owner;
     key.cgroup_id = bpf_get_current_cgroup_id();
     key.atomic = (u8)ctx->args[ARG_ALLOC_IS_ATOMIC] != 0;
     key.reserved = (u8)ctx->args[ARG_ALLOC_RESERVED] != 0;
@@ -180,26 +195,32 @@ int on_alloc(struct bpf_raw_tracepoint_args *ctx)
     struct live_entry *old;
     struct site_record *site;
     struct counters *c;
-    u64 size = ctx->args[ARG_ALLOC_SIZE];
+    u64 owner = 0;
     s64 slot;
     int err;
 
     c = counters();
     if (!c)
         return 0;
-    c->v[SIZES_AT + size_slot(size)] += 1;
-    c->v[SIZES_AT + SIZE_SUM_SLOT] += size;
+    c->v[SIZES_AT + size_slot(ctx->args[ARG_ALLOC_SIZE])] += 1;
+    c->v[SIZES_AT + SIZE_SUM_SLOT] += ctx->args[ARG_ALLOC_SIZE];
 
-    slot = site_slot(ctx, c);
+    /* Nothing is kept in a register across the stack walk (the size is read again, the
+     * counters looked up again): each value kept would be a spill, and a stack of 64
+     * bytes or more costs the program a private stack of percpu memory. */
+#if OWNERS && defined(ARG_ALLOC_CALL_SITE)
+    owner = owner_of(ctx, ctx->args[ARG_ALLOC_CALL_SITE]);
+#endif
+    slot = site_slot(ctx, owner);
     if (slot < 0) {
-        c->v[DROPS_AT + DROP_SITE_TABLE_FULL] += 1;
+        count(DROPS_AT + DROP_SITE_TABLE_FULL);
         return 0;
     }
     {
         /* Read as u64, never through void *: ptr is void __seg_gs * on 6.18, and LLVM
          * aborts on that address-space cast. */
         u64 ptr = ctx->args[ARG_ALLOC_PTR];
-        struct live_entry entry = {.size = size, .slot = slot};
+        struct live_entry entry = {.size = ctx->args[ARG_ALLOC_SIZE], .slot = slot};
 
         /* entry.slot doubles as the array key. */
         site = pcpu_sites.lookup(&entry.slot);
@@ -210,7 +231,8 @@ int on_alloc(struct bpf_raw_tracepoint_args *ctx)
         /* Percpu bytes are the size on every unit; bytes_alloc adds the memcg extension
          * (slab memory, not Percpu), counted apart. Without bytes_alloc there is none. */
 #ifdef ARG_ALLOC_BYTES_ALLOC
-        entry.extension = ctx->args[ARG_ALLOC_BYTES_ALLOC] - size * NR_POSSIBLE_CPUS;
+        entry.extension =
+            ctx->args[ARG_ALLOC_BYTES_ALLOC] - ctx->args[ARG_ALLOC_SIZE] * NR_POSSIBLE_CPUS;
 #endif
         /* CLOCK_BOOTTIME: it counts through suspend (a leak ages while the machine
          * sleeps), never jumps with the wall clock, and is the same for every process,
@@ -226,7 +248,7 @@ int on_alloc(struct bpf_raw_tracepoint_args *ctx)
             err = pcpu_live.update(&ptr, &entry);
         }
         if (err) {
-            c->v[DROPS_AT + DROP_LIVE_TABLE_FULL] += 1;
+            count(DROPS_AT + DROP_LIVE_TABLE_FULL);
             __sync_fetch_and_add(&site->dropped, 1);
             __sync_fetch_and_add(&site->dropped_bytes, entry.size);
             return 0;

@@ -121,8 +121,8 @@ def site_value(pin_dir: Path, start: int, end: int) -> tuple[SiteValue, int]:
         for fd in fds.values():
             syscalls.close(fd)
     total = SiteValue()
-    for (addr, _, _), v in tables.sites.items():
-        if start <= addr < end:
+    for key, v in tables.sites.items():
+        if start <= key[0] < end:  # the call site's address
             total = SiteValue(
                 **{f.name: getattr(total, f.name) + getattr(v, f.name) for f in _FIELDS}
             )

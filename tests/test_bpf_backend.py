@@ -32,7 +32,7 @@ from pcpu_bpf.model.events import (
     PercpuDestroyChunk,
     PercpuFree,
 )
-from pcpu_bpf.model.layout import size_slot
+from pcpu_bpf.model.layout import DEFAULT_SITE_CAPACITY, size_slot
 from pcpu_bpf.model.snapshot import SiteKey, SiteRecord, Snapshot
 from pcpu_bpf.model.tables import Tables
 
@@ -144,7 +144,7 @@ def test_snapshot_optional_parts(backend) -> None:
         "on_destroy_chunk",
     }
     assert s.maps is not None
-    assert s.maps["live"].capacity == 262_144 and s.maps["sites"].capacity == 4096
+    assert s.maps["live"].capacity == 262_144 and s.maps["sites"].capacity == DEFAULT_SITE_CAPACITY
     assert 10 <= s.maps["live"].entries < s.maps["live"].capacity
     assert s.kernel_stats is not None and s.kernel_stats.percpu_stats is not None
 

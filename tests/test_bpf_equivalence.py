@@ -18,7 +18,6 @@ import pytest
 from cgroup_v2 import cgroup_id, own_cgroup
 from prog_test_run import run_raw_tp
 
-from pcpu_bpf.backends.host_stats import DEFAULT_MAX_CGROUPS
 from pcpu_bpf.bpf.loader import PROGRAMS
 from pcpu_bpf.bpf.tracefs import read_layout
 from pcpu_bpf.model.ages import AgeFold
@@ -33,6 +32,7 @@ from pcpu_bpf.model.events import (
     PercpuDestroyChunk,
     PercpuFree,
 )
+from pcpu_bpf.model.ranking import DEFAULT_MAX_CGROUPS
 from pcpu_bpf.model.snapshot import Snapshot
 from pcpu_bpf.model.tables import SnapshotContext, site_key
 from pcpu_bpf.sim.allocator import Allocator

@@ -177,7 +177,7 @@ def fill_from_user_space(fd: int, keys: Iterator[bytes], value: bytes) -> int:
 
 
 def site_keys() -> Iterator[bytes]:
-    return (struct.pack(SITE_KEY_FORMAT, (1 << 40) + i, 0, 0) for i in range(1000))
+    return (struct.pack(SITE_KEY_FORMAT, (1 << 40) + i, 0, 1, 0, 0) for i in range(1000))
 
 
 def live_keys() -> Iterator[bytes]:

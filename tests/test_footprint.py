@@ -17,6 +17,7 @@ from pcpu_bpf.bpf.tracefs import read_layout
 from pcpu_bpf.kernel.percpu_stats import read_percpu_stats
 from pcpu_bpf.kernel.procfs import read_possible_cpus
 from pcpu_bpf.model.layout import DEFAULT_LIVE_CAPACITY, DEFAULT_SITE_CAPACITY
+from pcpu_bpf.model.owners import helper_set
 
 pytestmark = pytest.mark.privileged
 
@@ -55,17 +56,22 @@ def held_sizes(trace: str) -> dict[str, int]:
     return held
 
 
-def defaults() -> dict[str, int]:
+def defaults(owners: bool = False) -> dict[str, int]:
     return program_defines(
         read_layout(),
         live_capacity=DEFAULT_LIVE_CAPACITY,
         site_capacity=DEFAULT_SITE_CAPACITY,
         nr_possible_cpus=read_possible_cpus(),
+        owners=owners,
     )
 
 
-def test_computed_percpu_bytes_equal_what_a_load_allocates() -> None:
-    request = LoadRequest(str(default_bpf_dir()), defaults(), attach=False)
+@pytest.mark.parametrize("owners", [False, True], ids=["owners-off", "owners-on"])
+def test_computed_percpu_bytes_equal_what_a_load_allocates(owners: bool) -> None:
+    """What the loader computes is what the kernel allocates: with owners on too, whose
+    stack walk must not push a program into a private stack (percpu memory)."""
+    helpers = tuple(sorted(helper_set())) if owners else ()
+    request = LoadRequest(str(default_bpf_dir()), defaults(owners), attach=False, helpers=helpers)
     with percpu_trace(os.getpid()) as inst:
         manifest, fds, module = load(request)
         try:

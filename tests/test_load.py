@@ -56,27 +56,34 @@ def test_fifty_scrapers_beside_churn_no_error_flat_memory_exact_counts(pin_dir: 
     try:
         daemon.wait_ready()
         maps, netns = Churn("maps", gated=True), Churn("netns", gated=True)
-        with foreign_allocations(start, end, [os.getpid(), maps.pid]) as foreign:
-            base, base_dropped = site_value(pin_dir, start, end)
-            maps.go()
-            netns.go()
-            try:
-                load = scrape_rounds(
-                    daemon.url, daemon.proc.pid, SCRAPERS, ROUNDS, every_part_served
+        try:
+            with foreign_allocations(start, end, [os.getpid(), maps.pid]) as foreign:
+                base, base_dropped = site_value(pin_dir, start, end)
+                maps.go()
+                netns.go()
+                try:
+                    load = scrape_rounds(
+                        daemon.url, daemon.proc.pid, SCRAPERS, ROUNDS, every_part_served
+                    )
+                finally:
+                    own, churned = maps.stop(), netns.stop()
+
+                def freed() -> Samples | None:
+                    # Every allocation of the churn is freed as a tracked free of the site, or
+                    # was dropped from a full live table (the host may be busier than the test).
+                    s = parse(daemon.scrape())
+                    frees = site(s, "pcpu_frees_total") - base.frees
+                    return s if frees + dropped(s) - base_dropped >= own.allocations else None
+
+                final = wait_until(
+                    freed, what=f"the frees of the churn's {own.allocations} allocations"
                 )
-            finally:
-                own, churned = maps.stop(), netns.stop()
-
-            def freed() -> Samples | None:
-                # Every allocation of the churn is freed as a tracked free of the site, or
-                # was dropped from a full live table (the host may be busier than the test).
-                s = parse(daemon.scrape())
-                frees = site(s, "pcpu_frees_total") - base.frees
-                return s if frees + dropped(s) - base_dropped >= own.allocations else None
-
-            final = wait_until(
-                freed, what=f"the frees of the churn's {own.allocations} allocations"
-            )
+        finally:
+            # Stopped already, unless something failed before: never leave churn running.
+            for churn in (maps, netns):
+                if churn.proc.poll() is None:
+                    churn.proc.kill()
+                    churn.proc.wait()
         code, log = daemon.stop()
     finally:
         daemon.close()

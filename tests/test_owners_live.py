@@ -73,7 +73,13 @@ def test_a_cgroups_maps_are_its_own_and_owned_by_the_map_creation_path(owned) ->
     with fresh_cgroup(name) as path:
         fds = [syscalls.create_percpu_array(64, n) for n in ENTRIES]
     try:
-        after = owned.snapshot()
+        # A new cgroup id is named by the next walk of the hierarchy (at most one a
+        # second): until then it reads "id:<id>".
+        def named() -> Snapshot | None:
+            s = owned.snapshot()
+            return s if path in (s.cgroups or {}) else None
+
+        after = wait_until(named, interval=0.2, what=f"a snapshot naming {path}")
         # Exactly what the workload made, and nothing else, is the cgroup's.
         mine = _cgroup(after, path)
         assert mine.allocations == sum(ENTRIES), after.cgroups

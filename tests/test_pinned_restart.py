@@ -15,7 +15,12 @@ from pcpu_bpf.bpf import pins, syscalls
 pytestmark = pytest.mark.privileged
 
 SITE = frozenset(
-    {("call_site", "bpf_map_alloc_percpu"), ("atomic", "false"), ("reserved", "false")}
+    {
+        ("call_site", "bpf_map_alloc_percpu"),
+        ("atomic", "false"),
+        ("reserved", "false"),
+        ("owner", "bpf_map_alloc_percpu"),
+    }
 )
 # A value size nothing else on the host asks for in the window.
 VALUE_SIZE, ENTRIES = 1000, 37

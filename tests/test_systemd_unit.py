@@ -93,7 +93,7 @@ def test_pin_directory_may_be_missing_when_the_namespace_is_set_up() -> None:
 def test_env_file_names_every_option() -> None:
     text = (SYSTEMD / "pcpu-bpf.env").read_text()
     envvars = [p.envvar for p in serve_command.params if getattr(p, "envvar", None)]
-    assert len(envvars) == 14
+    assert len(envvars) == 16
     for name in envvars:
         assert re.search(rf"^#?\s*\(?.*{name}\b", text, re.M), name
     assert "\nPCPU" not in text  # everything commented: defaults unless the admin decides

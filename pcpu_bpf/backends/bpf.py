@@ -20,11 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 from pcpu_bpf.backends.base import Backend
-from pcpu_bpf.backends.host_stats import (
-    DEFAULT_MAX_BPF_MAPS,
-    DEFAULT_MAX_CGROUPS,
-    HostStatsReader,
-)
+from pcpu_bpf.backends.host_stats import DEFAULT_MAX_BPF_MAPS, HostStatsReader
 from pcpu_bpf.bpf import pins, syscalls
 from pcpu_bpf.bpf.handoff import spawn_loader
 from pcpu_bpf.bpf.loader import (
@@ -57,6 +53,7 @@ from pcpu_bpf.model.layout import (
     MAX_TABLE_CAPACITY,
 )
 from pcpu_bpf.model.owners import DEFAULT_OWNERS, helper_set
+from pcpu_bpf.model.ranking import DEFAULT_MAX_CGROUPS
 from pcpu_bpf.model.snapshot import (
     LiveAges,
     ProgramStats,

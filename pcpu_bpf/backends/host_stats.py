@@ -16,12 +16,11 @@ from pcpu_bpf.bpf.host_maps import host_maps
 from pcpu_bpf.errors import StatsParseError
 from pcpu_bpf.kernel import cgroups
 from pcpu_bpf.model.kernel_stats import BpfMapOwner, CgroupStats, KernelStats
-from pcpu_bpf.model.ranking import OTHER, top_n
+from pcpu_bpf.model.ranking import DEFAULT_MAX_CGROUPS, OTHER, top_n
 
 BPF_MAPS, CGROUPS = "bpf_maps", "cgroups"
 # Series per family for the largest owners; the rest is summed under OTHER.
 DEFAULT_MAX_BPF_MAPS = 20
-DEFAULT_MAX_CGROUPS = 20
 _NEEDS_ADMIN = "listing every BPF map on the host needs CAP_SYS_ADMIN"
 
 

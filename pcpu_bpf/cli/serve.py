@@ -17,7 +17,7 @@ from pcpu_bpf.backends import (
     ignored_options,
     open_backend,
 )
-from pcpu_bpf.backends.host_stats import DEFAULT_MAX_BPF_MAPS, DEFAULT_MAX_CGROUPS
+from pcpu_bpf.backends.host_stats import DEFAULT_MAX_BPF_MAPS
 from pcpu_bpf.bpf.pins import DEFAULT_PIN_DIR
 from pcpu_bpf.cli.params import Seconds
 from pcpu_bpf.daemon.http_server import DEFAULT_MAX_CONNECTIONS, Limits
@@ -33,6 +33,7 @@ from pcpu_bpf.model.layout import (
     DEFAULT_SITE_CAPACITY,
     MAX_TABLE_CAPACITY,
 )
+from pcpu_bpf.model.ranking import DEFAULT_MAX_CGROUPS
 from pcpu_bpf.model.snapshot import Snapshot
 from pcpu_bpf.sim.scenarios import SCENARIOS
 

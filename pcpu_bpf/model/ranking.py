@@ -10,6 +10,8 @@ K = TypeVar("K")
 # The label value of what the N largest leave over. Parentheses never occur in a BPF
 # object name, and a cgroup path starts with "/": it cannot be a real owner's name.
 OTHER = "(other)"
+# Cgroups with series of their own unless --max-cgroups says otherwise.
+DEFAULT_MAX_CGROUPS = 20
 
 
 def top_n(

@@ -21,7 +21,7 @@ from pcpu_bpf.model.layout import (
     OWNER_UNRESOLVED_REASONS,
     failure_index,
 )
-from pcpu_bpf.model.ranking import OTHER
+from pcpu_bpf.model.ranking import DEFAULT_MAX_CGROUPS, OTHER
 from pcpu_bpf.model.snapshot import (
     UNKNOWN_SITE,
     LiveAges,
@@ -119,7 +119,8 @@ class SnapshotContext:
     chunk_map: ChunkMap | None = None
     # Names the cgroups of the site keys; None: no per-cgroup figures.
     cgroup_labels: CgroupLabels | None = None
-    max_cgroups: int = 1  # cgroups with figures of their own; the rest sum to "(other)"
+    # Cgroups with figures of their own; the rest sum to "(other)".
+    max_cgroups: int = DEFAULT_MAX_CGROUPS
 
 
 def address_key(values: tuple[int, ...]) -> SiteAddressKey:

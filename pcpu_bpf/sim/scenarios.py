@@ -11,10 +11,11 @@ true`, forks, per-CPU BPF maps); the memcg sizes are plausible, not measured.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from pcpu_bpf.errors import ScenarioError
+from pcpu_bpf.kernel.cgroups import DELETED
 from pcpu_bpf.model.events import (
     GFP_ACCOUNT,
     GFP_ATOMIC,
@@ -22,6 +23,7 @@ from pcpu_bpf.model.events import (
     GFP_KERNEL,
     GFP_KERNEL_ACCOUNT,
     GFP_NOWAIT,
+    ROOT_CGROUP_ID,
 )
 from pcpu_bpf.model.layout import NR_COUNTERS, OWNER_STACK_DEPTH
 from pcpu_bpf.sim.allocator import Allocator
@@ -113,12 +115,44 @@ MEMCG = (
 )
 
 
+class SimCgroups:
+    """The simulated host's cgroups: an id per cgroup made (never reused, as the kernel's),
+    its path, and which were removed; labelled as the live backend labels them."""
+
+    FIRST_ID = 1000  # ids of the cgroups a scenario makes; the root's is ROOT_CGROUP_ID
+
+    def __init__(self) -> None:
+        self._paths: dict[int, str] = {ROOT_CGROUP_ID: "/"}
+        self._removed: set[int] = set()
+        self._next = self.FIRST_ID
+
+    def make(self, path: str) -> int:
+        """A new cgroup at ``path``: its id."""
+        cgroup_id, self._next = self._next, self._next + 1
+        self._paths[cgroup_id] = path
+        return cgroup_id
+
+    def remove(self, cgroup_id: int) -> None:
+        self._removed.add(cgroup_id)
+
+    def labels(self, ids: Iterable[int]) -> dict[int, str]:
+        """Each id's path, " (deleted)" once removed; "id:<id>" for one never made."""
+        out = {}
+        for i in ids:
+            path = self._paths.get(i)
+            out[i] = f"id:{i}" if path is None else path + (DELETED if i in self._removed else "")
+        return out
+
+
 class Workload:
-    """What a scenario drives: the allocator, a seeded RNG, and its own live objects."""
+    """What a scenario drives: the allocator, a seeded RNG, its own live objects, and the
+    cgroups of the simulated tasks (``cgroup``: the one allocating now)."""
 
     def __init__(self, allocator: Allocator, rng: random.Random) -> None:
         self.allocator = allocator
         self.rng = rng
+        self.cgroups = SimCgroups()
+        self.cgroup = ROOT_CGROUP_ID
 
     def alloc(self, req: Request, *, gfp: int | None = None) -> int | None:
         """Allocate for `req`; None when the allocator failed (a fail event was emitted)."""
@@ -251,6 +285,7 @@ def bpf_maps(w: Workload) -> Steps:
 
 
 LEAK_EVERY = 2000  # steps between two leaked allocations
+LEAK_POD_OPENS = 8  # opens by one pod before it is restarted (removed, made anew)
 
 
 def leak(w: Workload) -> Steps:
@@ -259,19 +294,31 @@ def leak(w: Workload) -> Steps:
     The driver is opened at step 250 and then every LEAK_EVERY (2,000) steps: once a
     second at the sim daemon's 2,000 ops/s, so the 262,144-entry live table (minus
     steady's ~400) fills after about 261,700 s, three days. Step n has seen
-    (n - 250) // 2000 + 1 leaks, whatever the seed.
+    (n - 250) // 2000 + 1 leaks, whatever the seed. The driver is opened by a pod's
+    tasks (cgroup /kubepods/leaky-pod-N), restarted every LEAK_POD_OPENS opens: the
+    leaked allocations of each removed pod stay, with its cgroup marked deleted.
     """
     background = steady(w)
     leaky = Request("leaky_driver_open", 192, 8, GFP_KERNEL_ACCOUNT, offset=0x3C)
     until_open = 250
+    pods = 1
+    pod = w.cgroups.make(f"/kubepods/leaky-pod-{pods}")
+    opens = 0
     while True:
         until_open -= 1
         if until_open:
             yield next(background)
-        else:
-            w.alloc(leaky)
-            until_open = LEAK_EVERY
-            yield
+            continue
+        if opens == LEAK_POD_OPENS:
+            w.cgroups.remove(pod)
+            pods, opens = pods + 1, 0
+            pod = w.cgroups.make(f"/kubepods/leaky-pod-{pods}")
+        w.cgroup = pod
+        w.alloc(leaky)
+        w.cgroup = ROOT_CGROUP_ID
+        opens += 1
+        until_open = LEAK_EVERY
+        yield
 
 
 # bpf_mem_cache refills (kernel/bpf/memalloc.c alloc_bulk(), from irq_work) of per-CPU

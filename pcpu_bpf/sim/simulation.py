@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
-from collections.abc import Iterable
 
-from pcpu_bpf.kernel.cgroups import ROOT_PATH
 from pcpu_bpf.kernel.percpu_stats import parse_percpu_stats, render_percpu_stats
 from pcpu_bpf.model.ages import AgeFold
 from pcpu_bpf.model.aggregation import Aggregator
 from pcpu_bpf.model.breakdown import nr_units
-from pcpu_bpf.model.events import ALL_FIELDS, GFP_ATOMIC, GFP_KERNEL, ROOT_CGROUP_ID, Event
+from pcpu_bpf.model.events import (
+    ALL_FIELDS,
+    GFP_ATOMIC,
+    GFP_KERNEL,
+    ROOT_CGROUP_ID,
+    Event,
+    PercpuAlloc,
+)
 from pcpu_bpf.model.kernel_stats import KernelStats
 from pcpu_bpf.model.layout import DEFAULT_LIVE_CAPACITY, DEFAULT_SITE_CAPACITY
 from pcpu_bpf.model.snapshot import Snapshot
@@ -34,11 +40,6 @@ SIM_KERNEL = "simulated-6.18"
 # Workload steps per simulated second: the sim backend's pace, and the clock of
 # `pcpu-bpf simulate`'s Snapshot.
 OPS_PER_SECOND = 2000.0
-
-
-def sim_cgroup_labels(ids: Iterable[int]) -> dict[int, str]:
-    """The simulated tasks all run in the root cgroup."""
-    return {i: ROOT_PATH if i == ROOT_CGROUP_ID else f"id:{i}" for i in ids}
 
 
 class Simulation:
@@ -85,6 +86,8 @@ class Simulation:
         self.allocator = Allocator(
             geometry, balance=balance or self.scenario.balance, sink=self._on_event
         )
+        # The scenario's tasks and their cgroups (made before any event can come in).
+        self.workload = Workload(self.allocator, random.Random(seed))
         self.profiler_bytes_per_cpu: int | None = None
         if before_tracing:
             boot = Workload(self.allocator, random.Random(seed))
@@ -94,7 +97,7 @@ class Simulation:
                 boot.alloc(req)
             self.profiler_bytes_per_cpu = sum(req.size for req in PROFILER)
             self.tracing = True
-        self._steps = self.scenario.run(Workload(self.allocator, random.Random(seed)))
+        self._steps = self.scenario.run(self.workload)
 
     def now(self) -> float:
         """Simulated seconds since the scenario began."""
@@ -104,6 +107,9 @@ class Simulation:
         if not self.tracing:
             return
         self.events += 1
+        cgroup = self.workload.cgroup
+        if cgroup != ROOT_CGROUP_ID and isinstance(event, PercpuAlloc):
+            event = dataclasses.replace(event, cgroup_id=cgroup)  # the program's helper call
         self.aggregator.apply(event)
 
     def advance(self, ops: int) -> None:
@@ -157,6 +163,6 @@ class Simulation:
             ages=fold.ages(nr_units=units, site_of=lambda k: site_key(k, self.symbolizer.resolve)),
             breakdown=parts,
             chunk_map=chunk_map(self.allocator),
-            cgroup_labels=sim_cgroup_labels,
+            cgroup_labels=self.workload.cgroups.labels,
         )
         return self.aggregator.snapshot(ctx)
