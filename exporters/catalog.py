@@ -464,7 +464,9 @@ CATALOG: tuple[Family, ...] = (
         "pcpu_tracking_dropped_total",
         COUNTER,
         "Allocations not tracked because a table was full; raise --live-capacity or "
-        "--site-capacity if this grows.",
+        "--site-capacity if this grows. chunk_table_full counts chunks created since "
+        "tracing began that the chunk table had no room for (pcpu-top --chunks does not "
+        "draw them).",
         ("reason",),
         TRACING,
         Table(("dropped",), NAME),

@@ -18,6 +18,7 @@ import pytest
 from prog_test_run import run_raw_tp
 
 from pcpu_bpf.bpf.loader import PROGRAMS
+from pcpu_bpf.bpf.maps import read_live_records
 from pcpu_bpf.bpf.tracefs import read_layout
 from pcpu_bpf.model.ages import AgeFold
 from pcpu_bpf.model.aggregation import Aggregator
@@ -31,6 +32,7 @@ from pcpu_bpf.model.events import (
     PercpuDestroyChunk,
     PercpuFree,
 )
+from pcpu_bpf.model.layout import CHUNK_CAPACITY
 from pcpu_bpf.model.snapshot import SiteKey, Snapshot
 from pcpu_bpf.model.tables import SnapshotContext
 from pcpu_bpf.sim.allocator import Allocator
@@ -105,6 +107,22 @@ def edge_events() -> list[Event]:
     return out
 
 
+def chunk_events() -> list[Event]:
+    """More chunks than the chunk table holds, some destroyed, one destroyed that it never
+    held, a base of 0; allocations in them give each entry its offset."""
+    bases = [0xFFFFC90000000000 + (i + 1) * 0x40000 for i in range(CHUNK_CAPACITY + 3)]
+    out: list[Event] = [PercpuCreateChunk(0), PercpuDestroyChunk(0)]
+    out += [PercpuCreateChunk(b) for b in bases]  # the last 3 find the table full
+    out += [PercpuDestroyChunk(b) for b in bases[10:20]]
+    out.append(PercpuDestroyChunk(0xFFFFC9FFFFFC0000))  # created before tracing began
+    out += [PercpuCreateChunk(b) for b in bases[:3]]  # again: into the freed slots
+    shift = 0xFFFFC8FF00000000
+    for i, off in enumerate((0, 4, 4096, 0x3FFFC)):
+        base = bases[20 + i]
+        out.append(PercpuAlloc(SITES[2], False, False, 4, 4, base, off, base + off - shift, 0, 0))
+    return out
+
+
 def without_new_fields(ev: Event) -> Event:
     """The event as a kernel before 5.19 reports it."""
     if isinstance(ev, PercpuAlloc):
@@ -169,7 +187,7 @@ def test_bpf_equals_reference_aggregator(kernel, seed: int) -> None:
     edge = edge_events()
     # Edge events first, while the tables have room (a pointer allocated twice replaces
     # its entry); its last one again at the end, when the live table is full.
-    events = edge + sim_stream(seed) + edge[-1:]
+    events = edge + chunk_events() + sim_stream(seed) + edge[-1:]
     if version == "5.15":
         events = [without_new_fields(e) for e in events]
     agg = Aggregator(
@@ -185,6 +203,13 @@ def test_bpf_equals_reference_aggregator(kernel, seed: int) -> None:
     tables = backend.read_tables()
     assert tables == agg.tables
     assert tables.dropped["live_table_full"] > 0
+    assert tables.dropped["chunk_table_full"] >= 3
+    assert len(tables.traced_chunks) > CHUNK_CAPACITY - 10
+    # Entry by entry, offsets included (the chunk of an entry is ptr - off + shift).
+    live = backend.loaded_set.maps["pcpu_live"]
+    got = {p: (n, x, o) for p, _, n, x, _, o in read_live_records(live, LIVE_CAPACITY)}
+    want = {p: (e.size, e.extension, e.off) for p, e in agg.live_table().items()}
+    assert got == want
     # Without call_site every allocation is "unknown": at most 4 site keys, no site drops.
     assert (tables.dropped["site_table_full"] > 0) == (version == "6.18")
     assert tables.untracked_frees > 0

@@ -45,13 +45,14 @@ from pcpu_bpf.bpf.tracefs import (
 )
 from pcpu_bpf.errors import BackendUnavailable, ProgramLoadError
 from pcpu_bpf.model.layout import (
+    CHUNK_CAPACITY,
     CHUNK_CREATED,
     CHUNK_DESTROYED,
     COUNTER_OFFSETS,
-    DROP_REASONS,
     FAILURE_ATOMIC_WEIGHT,
     NR_COUNTERS,
     NR_SIZE_SLOTS,
+    PER_CPU_DROPS,
     RECORD_ATOMIC,
     RECORD_HAS_BYTES_ALLOC,
     RECORD_HAS_CALL_SITE,
@@ -131,9 +132,10 @@ def program_defines(
         "CHUNK_CREATED": CHUNK_CREATED,
         "CHUNK_DESTROYED": CHUNK_DESTROYED,
         "NR_COUNTERS": NR_COUNTERS,
+        "CHUNK_CAPACITY": CHUNK_CAPACITY,
     }
     defines |= {f"{group.upper()}_AT": at for group, at in COUNTER_OFFSETS.items()}
-    defines |= {f"DROP_{reason.upper()}": i for i, reason in enumerate(DROP_REASONS)}
+    defines |= {f"DROP_{reason.upper()}": i for i, reason in enumerate(PER_CPU_DROPS)}
     for event, prefix in _DEFINE_PREFIX.items():
         names = layout.fields[event]
         for field in REQUIRED_FIELDS[event] + OPTIONAL_FIELDS.get(event, ()):
