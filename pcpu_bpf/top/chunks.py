@@ -120,7 +120,8 @@ def chunk_lines(m: ChunkMap, *, glyphs: dict[str, str] = ASCII_GLYPHS) -> list[s
             )
         lines.append(line[:WIDTH])
     notes = dict.fromkeys(c.note for c in m.chunks if c.note and c.pages)
-    lines.extend(fit_line(f"* {n}") for n in notes)
+    for n in notes:
+        lines.extend(_wrap(f"* {n}"))
     if m.note:
         lines.extend(_wrap(m.note))
     if not m.chunks:
