@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from prog_test_run import run_raw_tp
 
+from pcpu_bpf.backends.bpf import PAGE_SIZE
 from pcpu_bpf.bpf.loader import PROGRAMS
 from pcpu_bpf.bpf.maps import read_live_records
 from pcpu_bpf.bpf.tracefs import read_layout
@@ -33,9 +34,10 @@ from pcpu_bpf.model.events import (
     PercpuFree,
 )
 from pcpu_bpf.model.layout import CHUNK_CAPACITY
+from pcpu_bpf.model.live_chunks import traced_chunk_map
 from pcpu_bpf.model.snapshot import SiteKey, Snapshot
 from pcpu_bpf.model.tables import SnapshotContext
-from pcpu_bpf.sim.allocator import Allocator
+from pcpu_bpf.sim.allocator import DEFAULT_PER_CPU_DELTA, Allocator
 from pcpu_bpf.sim.geometry import CONFIG_S
 
 pytestmark = pytest.mark.privileged
@@ -88,6 +90,11 @@ def sim_stream(seed: int, ops: int = 3000, warmup: int = 300) -> list[Event]:
     return events[start:]
 
 
+def base_of(ptr: int) -> int:
+    """The base_addr of a chunk whose offset 0 is ``ptr``, as the simulator makes them."""
+    return (ptr - DEFAULT_PER_CPU_DELTA) & (1 << 64) - 1
+
+
 def edge_events() -> list[Event]:
     """What the simulator never emits: every failure kind, sizes off the bucket range, a
     pointer allocated twice."""
@@ -98,12 +105,13 @@ def edge_events() -> list[Event]:
         for s in (0, 4, 5, 32768, 32769, 1 << 40)
     ]
     for i, size in enumerate((0, 1, 4, 5, 8, 9, 65536, 1 << 33)):
-        out.append(PercpuAlloc(SITES[0], False, True, size, 8, 0, 0, 0x9000 + 8 * i, size * 3, 0))
+        ptr = 0x9000 + 8 * i
+        out.append(PercpuAlloc(SITES[0], False, True, size, 8, base_of(ptr), 0, ptr, size * 3, 0))
     out.append(PercpuFree(0, 0, 0x9000))
     out.append(PercpuFree(0, 0, 0xDEAD0))  # never allocated: untracked
     # The same pointer allocated again without a free between (a free lost to a
     # recursion miss): the live entry is replaced, as the aggregator does.
-    out.append(PercpuAlloc(SITES[1], False, False, 16, 8, 0, 0, 0x9008, 64, 0))
+    out.append(PercpuAlloc(SITES[1], False, False, 16, 8, base_of(0x9008), 0, 0x9008, 64, 0))
     return out
 
 
@@ -116,10 +124,12 @@ def chunk_events() -> list[Event]:
     out += [PercpuDestroyChunk(b) for b in bases[10:20]]
     out.append(PercpuDestroyChunk(0xFFFFC9FFFFFC0000))  # created before tracing began
     out += [PercpuCreateChunk(b) for b in bases[:3]]  # again: into the freed slots
-    shift = 0xFFFFC8FF00000000
+    # The simulator's pointers: base_addr + off + per_cpu_delta, as these.
     for i, off in enumerate((0, 4, 4096, 0x3FFFC)):
         base = bases[20 + i]
-        out.append(PercpuAlloc(SITES[2], False, False, 4, 4, base, off, base + off - shift, 0, 0))
+        ptr = (base + off + DEFAULT_PER_CPU_DELTA) & (1 << 64) - 1
+        assert base_of(ptr - off) == base
+        out.append(PercpuAlloc(SITES[2], False, False, 4, 4, base, off, ptr, 0, 0))
     return out
 
 
@@ -151,6 +161,7 @@ def normalized(s: Snapshot) -> Snapshot:
         profiler_percpu_bytes=None,
         ages=None,
         breakdown=None,
+        chunk_map=None,
     )
 
 
@@ -224,6 +235,14 @@ def test_bpf_equals_reference_aggregator(kernel, seed: int) -> None:
         memcg_extension=version == "6.18",
     )
     assert normalized(snap) == normalized(agg.snapshot(ctx))
+    # The chunk map: the traced chunks drawn from the live entries in them.
+    entries = [(p, e.off, e.size) for p, e in agg.live_table().items()]
+    t = agg.tables
+    want_map = traced_chunk_map(
+        t.traced_chunks, t.chunk_shift, entries, None, page_size=PAGE_SIZE, dropped=t.dropped
+    )
+    assert snap.chunk_map == want_map
+    assert sum(c.nr_alloc for c in want_map.chunks) > 4  # chunk_events' and the simulator's
     # The age walk reads the live table back: every entry was made a moment ago, so all
     # bytes are in the youngest band, site by site as the aggregator holds them.
     fold = AgeFold(0.0)
