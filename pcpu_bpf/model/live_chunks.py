@@ -146,7 +146,8 @@ def live_chunk_map(
         return ChunkMap(pictures, note=_with_losses(note, dropped_allocations, untraced_chunks))
     info = stats.info
     matched, notes = match_traced(traced, stats.chunks, info.unit_size)
-    by_entry = {i: c for c, i in matched.items()}
+    by_base = {c.base_addr: c for c in traced}
+    by_entry = {i: by_base[base] for base, i in matched.items()}
     sizes = {CHUNK_FIRST: info.dyn_size, CHUNK_RESERVED: info.reserved_size}
     pictures_list: list[ChunkPicture] = []
     for i, entry in enumerate(stats.chunks):
@@ -172,7 +173,7 @@ def live_chunk_map(
                 note=notes.get(chunk.base_addr, ""),
             )
         )
-    unmatched = [c for c in traced if c.base_addr not in {m.base_addr for m in matched}]
+    unmatched = [c for c in traced if c.base_addr not in matched]
     pictures_list += [
         traced_picture(c, size=info.unit_size, page_size=page_size, stats=None, note=UNMATCHED)
         for c in unmatched
@@ -196,24 +197,24 @@ def live_chunk_map(
 
 def match_traced(
     traced: Sequence[TracedChunk], entries: Sequence[ChunkStats], unit_size: int
-) -> tuple[dict[TracedChunk, int], dict[int, str]]:
-    """Each traced chunk -> the index of its percpu_stats entry, where one has its figures
-    (nr_alloc, free bytes; the boot chunks never match); and a note by base_addr for the
-    chunks whose figures several entries share."""
+) -> tuple[dict[int, int], dict[int, str]]:
+    """Each traced chunk's base_addr -> the index of its percpu_stats entry, where one
+    has its figures (nr_alloc, free bytes; the boot chunks never match); and a note by
+    base_addr for the chunks whose figures several entries share."""
     figures = [
         (e.nr_alloc, e.free_bytes) if e.kind not in (CHUNK_FIRST, CHUNK_RESERVED) else None
         for e in entries
     ]
     shared = Counter(f for f in figures if f is not None)
     taken: set[int] = set()
-    matched: dict[TracedChunk, int] = {}
+    matched: dict[int, int] = {}
     notes: dict[int, str] = {}
     for chunk in traced:
         want = (len(chunk.allocations), unit_size - chunk.used_bytes)
         for i, f in enumerate(figures):
             if f == want and i not in taken:
                 taken.add(i)
-                matched[chunk] = i
+                matched[chunk.base_addr] = i
                 if shared[want] > 1:
                     notes[chunk.base_addr] = AMBIGUOUS.format(n=shared[want])
                 break

@@ -40,8 +40,8 @@ _COLUMNS = (("FREE", 8), ("LARGEST", 8), ("FRAG", 4), ("ALLOCS", 6))
 LABEL_WIDTH = 13
 
 NO_PAGES_LIVE = (
-    "pages not drawn: this source gives no traced allocations per chunk (the live table "
-    "could not be walked); figures are percpu_stats' (LARGEST is the kernel's contig hint)"
+    "pages not drawn: the live table could not be walked (no batch map lookup before "
+    "Linux 5.6); figures are percpu_stats' (LARGEST is the kernel's contig hint)"
 )
 
 
