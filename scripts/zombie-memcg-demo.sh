@@ -3,8 +3,9 @@
 # removed stay dying, and their percpu statistics stay live. Shown with pcpu-bpf's own
 # figures (the daemon's /metrics and pcpu-top), then cleaned up.
 #
-#  1. Finds the memory controller: cgroup v2 (the unified hierarchy) with memory enabled
-#     at its root, else the v1 memory hierarchy.
+#  1. Finds the memory controller: cgroup v2 (the unified hierarchy) where it has the
+#     memory controller (enabled for the root's children if it was not), else the v1
+#     memory hierarchy.
 #  2. Uses the pcpu-bpf daemon answering at --url; if none answers, starts one of its own
 #     (pinned in a directory of its own, detached at the end).
 #  3. Makes a parent cgroup and N memory cgroups in it; in each a process writes a file
@@ -89,8 +90,12 @@ command -v "${BIN}pcpu-bpf" >/dev/null || die "no pcpu-bpf on PATH nor in this c
 # ------------------------------------------------------------ the memory controller
 mount_of() { awk -v t="$1" -v o="$2" '$3 == t && (o == "" || index("," $4 ",", "," o ",")) { print $2; exit }' /proc/self/mounts; }
 V2=$(mount_of cgroup2 "")
-if [ -n "$V2" ] && grep -qw memory "$V2/cgroup.subtree_control" 2>/dev/null; then
+if [ -n "$V2" ] && grep -qw memory "$V2/cgroup.controllers" 2>/dev/null; then
   ROOT=$V2 HIER=unified
+  if ! grep -qw memory "$V2/cgroup.subtree_control"; then
+    echo +memory >"$V2/cgroup.subtree_control"
+    say "enabled the memory controller for the root's children ($V2/cgroup.subtree_control)"
+  fi
 elif [ -n "$(mount_of cgroup memory)" ]; then
   ROOT=$(mount_of cgroup memory) HIER=memory
 else
