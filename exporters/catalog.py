@@ -744,11 +744,10 @@ CATALOG: tuple[Family, ...] = (
         "Cgroups removed but not freed yet (still pinned, e.g. by page cache charged to "
         "a memory cgroup, with their percpu statistics), by hierarchy: unified is cgroup "
         "v2's cgroup.stat nr_dying_descendants, memory the v1 memory controller's count "
-        "minus its directories.",
+        "minus its directories. The simulator's memcg-churn counts its zombies as unified.",
         ("hierarchy",),
         CGROUPS,
         Table(("kernel_stats", "cgroups", "dying"), NAME),
-        _BPF,
     ),
     Family(
         "pcpu_cgroup_memory_percpu_bytes",

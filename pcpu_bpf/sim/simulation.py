@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import random
 
+from pcpu_bpf.kernel.cgroups import UNIFIED
 from pcpu_bpf.kernel.percpu_stats import parse_percpu_stats, render_percpu_stats
 from pcpu_bpf.model.ages import AgeFold
 from pcpu_bpf.model.aggregation import Aggregator
 from pcpu_bpf.model.breakdown import nr_units
 from pcpu_bpf.model.events import ALL_FIELDS, GFP_ATOMIC, GFP_KERNEL, Event
-from pcpu_bpf.model.kernel_stats import KernelStats
+from pcpu_bpf.model.kernel_stats import CgroupStats, KernelStats
 from pcpu_bpf.model.layout import DEFAULT_LIVE_CAPACITY, DEFAULT_SITE_CAPACITY
 from pcpu_bpf.model.snapshot import Snapshot
 from pcpu_bpf.model.symbolizer import Symbolizer
@@ -87,7 +88,8 @@ class Simulation:
                 boot.alloc(req)
             self.profiler_bytes_per_cpu = sum(req.size for req in PROFILER)
             self.tracing = True
-        self._steps = self.scenario.run(Workload(self.allocator, random.Random(seed)))
+        self.workload = Workload(self.allocator, random.Random(seed))
+        self._steps = self.scenario.run(self.workload)
 
     def now(self) -> float:
         """Simulated seconds since the scenario began."""
@@ -124,7 +126,15 @@ class Simulation:
             percpu_stats=parse_percpu_stats(self.percpu_stats_text()),
             meminfo_percpu_bytes=self.allocator.meminfo_percpu_kb() * 1024,
             read_at=timestamp,
+            cgroups=self.cgroup_stats(),
         )
+
+    def cgroup_stats(self) -> CgroupStats | None:
+        """The simulated host's cgroups, a cgroup v2 host's: its dying ones, for the
+        scenarios that make cgroups; None for the others."""
+        if not self.scenario.cgroups:
+            return None
+        return CgroupStats(dying={UNIFIED: self.workload.dying_cgroups})
 
     def snapshot(self, timestamp: float) -> Snapshot:
         """The Snapshot a live backend would give for the same events, with the ages of
