@@ -13,6 +13,11 @@
  * The per-CPU counters: each slot has one writer program, and a program never nests on
  * its own CPU, so plain += is safe there.
  *
+ * Chunks: pcpu_chunks holds the base_addr of each chunk created since tracing began and
+ * not destroyed, 0 in a free slot; arrays hold no percpu memory, and the rare chunk
+ * events can afford a scan. pcpu_chunk_info's shift turns a live entry's ptr - off into
+ * its chunk's base_addr (pcpu.h).
+ *
  * Owners (OWNERS=1): at a call site inside a known helper (pcpu_helpers, filled by the
  * loader from kallsyms), the kernel stack goes into a per-CPU scratch element (a stack
  * that big on the program's own stack would cost a private stack of percpu memory) and
@@ -24,6 +29,8 @@ BPF_TABLE("array", u32, u64, pcpu_site_count, 1);
 BPF_TABLE("percpu_array", u32, struct counters, pcpu_counters, 1);
 BPF_TABLE("array", u32, struct helper_ranges, pcpu_helpers, 1);
 BPF_TABLE("percpu_array", u32, struct owner_stack, pcpu_owner_stack, 1);
+BPF_TABLE("array", u32, u64, pcpu_chunks, CHUNK_CAPACITY);
+BPF_TABLE("array", u32, struct chunk_info, pcpu_chunk_info, 1);
 
 static __always_inline struct counters *counters(void)
 {
@@ -190,6 +197,23 @@ static __always_inline void count_free(struct live_entry *entry)
     __sync_fetch_and_add(&site->freed_extension_bytes, entry->extension);
 }
 
+static __always_inline struct chunk_info *chunk_info(void)
+{
+    u32 zero = 0;
+
+    return pcpu_chunk_info.lookup(&zero);
+}
+
+/* The pointer shift is the same for every allocation: written once, then only read, so
+ * the CPUs share its cache line. */
+static __always_inline void note_chunk_shift(u64 shift)
+{
+    struct chunk_info *info = chunk_info();
+
+    if (info && info->pointer_shift != shift)
+        info->pointer_shift = shift;
+}
+
 int on_alloc(struct bpf_raw_tracepoint_args *ctx)
 {
     struct live_entry *old;
@@ -204,6 +228,8 @@ int on_alloc(struct bpf_raw_tracepoint_args *ctx)
         return 0;
     c->v[SIZES_AT + size_slot(ctx->args[ARG_ALLOC_SIZE])] += 1;
     c->v[SIZES_AT + SIZE_SUM_SLOT] += ctx->args[ARG_ALLOC_SIZE];
+    note_chunk_shift(ctx->args[ARG_ALLOC_BASE_ADDR] + ctx->args[ARG_ALLOC_OFF] -
+                     ctx->args[ARG_ALLOC_PTR]);
 
     /* Nothing is kept in a register across the stack walk (the size is read again, the
      * counters looked up again): each value kept would be a spill, and a stack of 64
@@ -220,7 +246,8 @@ int on_alloc(struct bpf_raw_tracepoint_args *ctx)
         /* Read as u64, never through void *: ptr is void __seg_gs * on 6.18, and LLVM
          * aborts on that address-space cast. */
         u64 ptr = ctx->args[ARG_ALLOC_PTR];
-        struct live_entry entry = {.size = ctx->args[ARG_ALLOC_SIZE], .slot = slot};
+        struct live_entry entry = {
+            .size = ctx->args[ARG_ALLOC_SIZE], .slot = slot, .off = ctx->args[ARG_ALLOC_OFF]};
 
         /* entry.slot doubles as the array key. */
         site = pcpu_sites.lookup(&entry.slot);
@@ -293,20 +320,58 @@ int on_alloc_fail(struct bpf_raw_tracepoint_args *ctx)
     return 0;
 }
 
+/* Remember a new chunk in the first free slot; -1 when every slot is taken. A base of 0
+ * (none) is not remembered. */
+static __always_inline int remember_chunk(u64 base)
+{
+    u32 i, key;
+    u64 *slot;
+
+    for (i = 0; i < CHUNK_CAPACITY; i++) {
+        key = i;
+        slot = pcpu_chunks.lookup(&key);
+        if (!slot)
+            return -1;
+        if (__sync_val_compare_and_swap(slot, 0, base) == 0)
+            return 0;
+    }
+    return -1;
+}
+
 int on_create_chunk(struct bpf_raw_tracepoint_args *ctx)
 {
     struct counters *c = counters();
+    struct chunk_info *info;
 
     if (c)
         c->v[CHUNKS_AT + CHUNK_CREATED] += 1;
+    if (!remember_chunk(ctx->args[ARG_CREATE_CHUNK_BASE_ADDR]))
+        return 0;
+    info = chunk_info();
+    if (info)
+        __sync_fetch_and_add(&info->table_full, 1);
     return 0;
 }
 
+/* Forget a destroyed chunk (one created before tracing began is in no slot). */
 int on_destroy_chunk(struct bpf_raw_tracepoint_args *ctx)
 {
+    u64 base = ctx->args[ARG_DESTROY_CHUNK_BASE_ADDR];
     struct counters *c = counters();
+    u64 *slot;
+    u32 i, key;
 
     if (c)
         c->v[CHUNKS_AT + CHUNK_DESTROYED] += 1;
+    if (!base)
+        return 0;
+    for (i = 0; i < CHUNK_CAPACITY; i++) {
+        key = i;
+        slot = pcpu_chunks.lookup(&key);
+        if (!slot)
+            return 0;
+        if (__sync_val_compare_and_swap(slot, base, 0) == base)
+            return 0;
+    }
     return 0;
 }

@@ -36,13 +36,22 @@ struct site_record {
 
 /* What the live table remembers of an allocation: when it was made (CLOCK_BOOTTIME ns),
  * its size and memcg extension (32 bits hold any real one: pcpu_alloc() refuses more
- * than 32 KiB), and its site's slot. */
+ * than 32 KiB), its site's slot, and its offset in its chunk (below the unit size):
+ * ptr - off is the same for every allocation of one chunk. */
 struct live_entry {
     u64 alloc_ns;
     u32 size;
     u32 extension;
     u32 slot;
-    u32 pad;
+    u32 off;
+};
+
+/* Shared by the CPUs: the pointer shift, base_addr + off - ptr, the same for every
+ * allocation (written once, then only read), and the chunks created that found the chunk
+ * table full (rare: an atomic add). */
+struct chunk_info {
+    u64 pointer_shift;
+    u64 table_full;
 };
 
 /* The known helpers' code, [start, end) each, as the loader found them in kallsyms. */

@@ -524,7 +524,9 @@ CATALOG: tuple[Family, ...] = (
         "pcpu_tracking_dropped_total",
         COUNTER,
         "Allocations not tracked because a table was full; raise --live-capacity or "
-        "--site-capacity if this grows.",
+        "--site-capacity if this grows. chunk_table_full counts chunks created since "
+        "tracing began that the chunk table had no room for (pcpu-top --chunks does not "
+        "draw them).",
         ("reason",),
         TRACING,
         Table(("dropped",), NAME),
@@ -802,11 +804,10 @@ CATALOG: tuple[Family, ...] = (
         "Cgroups removed but not freed yet (still pinned, e.g. by page cache charged to "
         "a memory cgroup, with their percpu statistics), by hierarchy: unified is cgroup "
         "v2's cgroup.stat nr_dying_descendants, memory the v1 memory controller's count "
-        "minus its directories.",
+        "minus its directories. The simulator's memcg-churn counts its zombies as unified.",
         ("hierarchy",),
         CGROUPS,
         Table(("kernel_stats", "cgroups", "dying"), NAME),
-        _BPF,
     ),
     Family(
         "pcpu_cgroup_memory_percpu_bytes",

@@ -24,7 +24,9 @@
 #  4. Boot 2: the unit starts early in boot (DefaultDependencies=no, Before=sysinit.target):
 #     where it lands in boot and what boot pays for it, the share of meminfo Percpu traced
 #     when started early, then stop and `apt purge pcpu-bpf`: no pins, no programs, no file
-#     of the package, no user or group, no unit. Prints `PCPU-GUEST-CHECK: PASS` or
+#     of the package, no user or group, no unit. Before the purge, the zombie memory
+#     cgroup demo (scripts/zombie-memcg-demo.sh, copied from the same commit) runs under
+#     cgroup v2 with the installed package; its figures go into the summary. Prints `PCPU-GUEST-CHECK: PASS` or
 #     `PCPU-GUEST-CHECK: FAIL (...)`, and powers off.
 #  Both boots enable the percpu trace events from early in start_kernel (kernel command
 #  line trace_event=), an independent record of every dynamic percpu allocation since
@@ -609,6 +611,14 @@ if [ "$PHASE" = 2 ]; then
   coverage "started early in boot" "$STATE/metrics-3"
   note "daemon PSS, started early in boot, after a scrape: $(pss "$(prop MainPID)")"
 
+  sec "zombie memory cgroups: scripts/zombie-memcg-demo.sh with the installed package"
+  /usr/local/sbin/zombie-memcg-demo --count 4 --hold 65 2>&1 | tee "$STATE/zombies.txt"
+  rc=${PIPESTATUS[0]}
+  while IFS= read -r line; do note "zombies: $line"; done \
+    < <(sed -n 's/^ZOMBIE-MEMCG: *//p' "$STATE/zombies.txt")
+  [ "$rc" = 0 ] || bad "zombie-memcg-demo exited $rc"
+  grep -q '^== memory cgroups: cgroup v2' "$STATE/zombies.txt" || bad "the demo did not use cgroup v2"
+
   sec "systemctl stop pcpu-bpf; apt purge pcpu-bpf"
   systemctl stop pcpu-bpf
   note "stopped: $(pins) entries pinned, $(programs) programs loaded"
@@ -646,6 +656,9 @@ echo "GUEST: the check has run (phase $PHASE); powering off"
 systemctl poweroff --no-block
 EOF
 chmod 0755 "$TREE/usr/local/sbin/pcpu-guest-check"
+# The zombie memory cgroup demo, from the same commit, run in boot 2.
+git -C "$REPO" show "$SHA:scripts/zombie-memcg-demo.sh" >"$TREE/usr/local/sbin/zombie-memcg-demo"
+chmod 0755 "$TREE/usr/local/sbin/zombie-memcg-demo"
 in_tree "$TREE" systemctl enable pcpu-guest-check >>"$LOGDIR/setup.log" 2>&1 || die "enable pcpu-guest-check"
 
 # 5. Kernel, initrd and the image.

@@ -173,7 +173,7 @@ def test_full_live_table_drops_new_entries_and_keeps_counts() -> None:
 
 def test_full_site_table_drops_the_allocation() -> None:
     snap = aggregate([alloc(1, site=0x1000), alloc(2, site=0x2000), free(2)], site_capacity=1)
-    assert snap.dropped == {"live_table_full": 0, "site_table_full": 1}
+    assert snap.dropped == {"live_table_full": 0, "site_table_full": 1, "chunk_table_full": 0}
     assert list(snap.by_call_site) == ["mm_init"]
     assert snap.untracked_frees == 1
 
@@ -181,5 +181,5 @@ def test_full_site_table_drops_the_allocation() -> None:
 def test_known_series_exist_before_any_event() -> None:
     snap = aggregate([])
     assert set(snap.failures) == {(a, r) for a in (False, True) for r in (False, True)}
-    assert snap.dropped == {"live_table_full": 0, "site_table_full": 0}
+    assert snap.dropped == {"live_table_full": 0, "site_table_full": 0, "chunk_table_full": 0}
     assert snap.size_histogram.count == 0

@@ -18,7 +18,9 @@ import pytest
 from cgroup_v2 import cgroup_id, own_cgroup
 from prog_test_run import run_raw_tp
 
+from pcpu_bpf.backends.bpf import PAGE_SIZE
 from pcpu_bpf.bpf.loader import PROGRAMS
+from pcpu_bpf.bpf.maps import read_live_records
 from pcpu_bpf.bpf.tracefs import read_layout
 from pcpu_bpf.model.ages import AgeFold
 from pcpu_bpf.model.aggregation import Aggregator
@@ -32,10 +34,12 @@ from pcpu_bpf.model.events import (
     PercpuDestroyChunk,
     PercpuFree,
 )
+from pcpu_bpf.model.layout import CHUNK_CAPACITY
+from pcpu_bpf.model.live_chunks import traced_chunk_map
 from pcpu_bpf.model.ranking import DEFAULT_MAX_CGROUPS
 from pcpu_bpf.model.snapshot import Snapshot
 from pcpu_bpf.model.tables import SnapshotContext, site_key
-from pcpu_bpf.sim.allocator import Allocator
+from pcpu_bpf.sim.allocator import DEFAULT_PER_CPU_DELTA, Allocator
 from pcpu_bpf.sim.geometry import CONFIG_S
 
 pytestmark = pytest.mark.privileged
@@ -88,6 +92,11 @@ def sim_stream(seed: int, ops: int = 3000, warmup: int = 300) -> list[Event]:
     return events[start:]
 
 
+def base_of(ptr: int) -> int:
+    """The base_addr of a chunk whose offset 0 is ``ptr``, as the simulator makes them."""
+    return (ptr - DEFAULT_PER_CPU_DELTA) & (1 << 64) - 1
+
+
 def edge_events() -> list[Event]:
     """What the simulator never emits: every failure kind, sizes off the bucket range, a
     pointer allocated twice."""
@@ -98,12 +107,31 @@ def edge_events() -> list[Event]:
         for s in (0, 4, 5, 32768, 32769, 1 << 40)
     ]
     for i, size in enumerate((0, 1, 4, 5, 8, 9, 65536, 1 << 33)):
-        out.append(PercpuAlloc(SITES[0], False, True, size, 8, 0, 0, 0x9000 + 8 * i, size * 3, 0))
+        ptr = 0x9000 + 8 * i
+        out.append(PercpuAlloc(SITES[0], False, True, size, 8, base_of(ptr), 0, ptr, size * 3, 0))
     out.append(PercpuFree(0, 0, 0x9000))
     out.append(PercpuFree(0, 0, 0xDEAD0))  # never allocated: untracked
     # The same pointer allocated again without a free between (a free lost to a
     # recursion miss): the live entry is replaced, as the aggregator does.
-    out.append(PercpuAlloc(SITES[1], False, False, 16, 8, 0, 0, 0x9008, 64, 0))
+    out.append(PercpuAlloc(SITES[1], False, False, 16, 8, base_of(0x9008), 0, 0x9008, 64, 0))
+    return out
+
+
+def chunk_events() -> list[Event]:
+    """More chunks than the chunk table holds, some destroyed, one destroyed that it never
+    held, a base of 0; allocations in them give each entry its offset."""
+    bases = [0xFFFFC90000000000 + (i + 1) * 0x40000 for i in range(CHUNK_CAPACITY + 3)]
+    out: list[Event] = [PercpuCreateChunk(0), PercpuDestroyChunk(0)]
+    out += [PercpuCreateChunk(b) for b in bases]  # the last 3 find the table full
+    out += [PercpuDestroyChunk(b) for b in bases[10:20]]
+    out.append(PercpuDestroyChunk(0xFFFFC9FFFFFC0000))  # created before tracing began
+    out += [PercpuCreateChunk(b) for b in bases[:3]]  # again: into the freed slots
+    # The simulator's pointers: base_addr + off + per_cpu_delta, as these.
+    for i, off in enumerate((0, 4, 4096, 0x3FFFC)):
+        base = bases[20 + i]
+        ptr = (base + off + DEFAULT_PER_CPU_DELTA) & (1 << 64) - 1
+        assert base_of(ptr - off) == base
+        out.append(PercpuAlloc(SITES[2], False, False, 4, 4, base, off, ptr, 0, 0))
     return out
 
 
@@ -135,6 +163,7 @@ def normalized(s: Snapshot) -> Snapshot:
         profiler_percpu_bytes=None,
         ages=None,
         breakdown=None,
+        chunk_map=None,
     )
 
 
@@ -171,7 +200,7 @@ def test_bpf_equals_reference_aggregator(kernel, seed: int) -> None:
     edge = edge_events()
     # Edge events first, while the tables have room (a pointer allocated twice replaces
     # its entry); its last one again at the end, when the live table is full.
-    events = edge + sim_stream(seed) + edge[-1:]
+    events = edge + chunk_events() + sim_stream(seed) + edge[-1:]
     if version == "5.15":
         events = [without_new_fields(e) for e in events]
     # The programs key each allocation by the running task's cgroup: this process's.
@@ -192,6 +221,13 @@ def test_bpf_equals_reference_aggregator(kernel, seed: int) -> None:
     tables = backend.read_tables()
     assert tables == agg.tables
     assert tables.dropped["live_table_full"] > 0
+    assert tables.dropped["chunk_table_full"] >= 3
+    assert len(tables.traced_chunks) > CHUNK_CAPACITY - 10
+    # Entry by entry, offsets included (the chunk of an entry is ptr - off + shift).
+    live = backend.loaded_set.maps["pcpu_live"]
+    got = {p: (n, x, o) for p, _, n, x, _, o in read_live_records(live, LIVE_CAPACITY)}
+    want = {p: (e.size, e.extension, e.off) for p, e in agg.live_table().items()}
+    assert got == want
     # Without call_site every allocation is "unknown": at most 4 site keys, no site drops.
     assert (tables.dropped["site_table_full"] > 0) == (version == "6.18")
     assert tables.untracked_frees > 0
@@ -208,6 +244,14 @@ def test_bpf_equals_reference_aggregator(kernel, seed: int) -> None:
         max_cgroups=DEFAULT_MAX_CGROUPS,
     )
     assert normalized(snap) == normalized(agg.snapshot(ctx))
+    # The chunk map: the traced chunks drawn from the live entries in them.
+    entries = [(p, e.off, e.size) for p, e in agg.live_table().items()]
+    t = agg.tables
+    want_map = traced_chunk_map(
+        t.traced_chunks, t.chunk_shift, entries, None, page_size=PAGE_SIZE, dropped=t.dropped
+    )
+    assert snap.chunk_map == want_map
+    assert sum(c.nr_alloc for c in want_map.chunks) > 4  # chunk_events' and the simulator's
     # The age walk reads the live table back: every entry was made a moment ago, so all
     # bytes are in the youngest band, site by site as the aggregator holds them.
     fold = AgeFold(0.0)

@@ -28,15 +28,16 @@ FREE = re.compile(r"percpu_free_percpu: .*? ptr=(\w+)")
 
 
 @contextmanager
-def percpu_trace(pid: int) -> Iterator[Path]:
-    """A private tracefs instance: allocations made by ``pid``, every free."""
-    inst = TRACEFS / "instances" / f"pcpu_bpf_footprint_{pid}"
+def percpu_trace(pid: int | None) -> Iterator[Path]:
+    """A private tracefs instance: allocations made by ``pid`` (None: by anyone), every free."""
+    inst = TRACEFS / "instances" / f"pcpu_bpf_footprint_{os.getpid()}_{pid or 'all'}"
     inst.mkdir()
     try:
         (inst / "options/hash-ptr").write_text("0")
         (inst / "buffer_size_kb").write_text("4096")
         alloc = inst / "events/percpu/percpu_alloc_percpu"
-        (alloc / "filter").write_text(f"common_pid == {pid}")
+        if pid is not None:
+            (alloc / "filter").write_text(f"common_pid == {pid}")
         (alloc / "enable").write_text("1")
         (inst / "events/percpu/percpu_free_percpu/enable").write_text("1")
         yield inst

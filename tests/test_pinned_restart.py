@@ -96,6 +96,13 @@ def damage(pin_dir: Path) -> str:
     return "link_percpu_free_percpu is missing"
 
 
+def before_chunk_maps(pin_dir: Path) -> str:
+    """A set pinned by a version without the chunk table: its two maps are not there."""
+    for name in ("pcpu_chunks", "pcpu_chunk_info"):
+        (pins.current(pin_dir) / pins.map_pin(name)).unlink()
+    return f"{pins.map_pin('pcpu_chunks')} is missing"
+
+
 def other_version(pin_dir: Path) -> str:
     """The layout record of another version of the programs (same map sizes)."""
     import struct
@@ -118,8 +125,9 @@ def other_version(pin_dir: Path) -> str:
         (("--live-capacity", "4096"), None, "map pcpu_live is hash key 8 value 24 entries 4096"),
         ((), damage, "link_percpu_free_percpu is missing"),
         ((), other_version, "its layout record differs"),
+        ((), before_chunk_maps, f"{pins.map_pin('pcpu_chunks')} is missing"),
     ],
-    ids=["other-sizes", "damaged", "other-version"],
+    ids=["other-sizes", "damaged", "other-version", "before-chunk-maps"],
 )
 def test_a_set_that_does_not_fit_is_replaced(
     pin_dir: Path, first_args: tuple[str, ...], change: object, reason: str

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import pytest
+from daemon_helpers import Samples, parse
+from prometheus_client import CollectorRegistry, generate_latest
 
+from exporters.prometheus import PcpuCollector
 from pcpu_bpf.backends.sim import SimBackend
 from pcpu_bpf.cli import main
 from pcpu_bpf.model.events import GFP_ATOMIC, GFP_KERNEL
@@ -88,6 +92,42 @@ def test_memcg_churn_live_bytes_grow() -> None:
         live.append(sim.snapshot(1.0).totals.live_bytes)
     assert live == sorted(live) and len(set(live)) == len(live), live
     assert live[-1] > 2 * live[0]
+
+
+# The memory cgroups' call sites, as docs/promql.md selects them: older kernels' names (the
+# simulator's) and 6.18's, where mem_cgroup_alloc and its per-node part are inlined.
+MEMCG_SITES = re.compile(
+    "mem_cgroup.*|alloc_mem_cgroup_per_node_info|memcg.*|css_rstat_init|cgroup_rstat_init"
+    "|psi_cgroup_alloc"
+)
+
+
+def by_site(samples: Samples, family: str) -> dict[str, float]:
+    """A per-site family's samples by call site (none of the simulator's is atomic)."""
+    return {dict(labels)["call_site"]: v for (name, labels), v in samples.items() if name == family}
+
+
+def test_memcg_churn_has_the_zombie_shape_of_a_live_host() -> None:
+    """What scripts/zombie-memcg-demo.sh shows on a live host, read from the same series:
+    the dying count grows, the memory cgroups' call sites keep live bytes, and their
+    oldest allocation ages with the run. A zombie keeps all but its percpu_ref."""
+    sim = Simulation("memcg-churn", 0, before_tracing=True)
+    registry = CollectorRegistry()
+    registry.register(PcpuCollector(lambda: sim.snapshot(sim.now())))
+    seen = []
+    for _ in range(3):
+        sim.advance(20_000)  # ten simulated seconds
+        samples = parse(generate_latest(registry).decode())
+        dying = samples["pcpu_cgroup_dying_descendants", frozenset({("hierarchy", "unified")})]
+        live = by_site(samples, "pcpu_live_allocations")
+        # A cgroup half made or half freed between two steps puts it one off.
+        assert abs(live["mem_cgroup_alloc"] - live["percpu_ref_init"] - dying) <= 1
+        memcg = [s for s in live if MEMCG_SITES.fullmatch(s)]
+        live_bytes = by_site(samples, "pcpu_live_bytes")
+        oldest = by_site(samples, "pcpu_live_oldest_age_seconds")
+        seen.append((dying, sum(live_bytes[s] for s in memcg), max(oldest[s] for s in memcg)))
+    for figure in zip(*seen, strict=True):
+        assert list(figure) == sorted(figure) and len(set(figure)) == 3, seen
 
 
 def test_leak_fills_the_live_table_slowly() -> None:

@@ -11,9 +11,10 @@ fix. ``attach=False`` loads without attaching, for BPF_PROG_TEST_RUN.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -33,10 +34,11 @@ from pcpu_bpf.bpf.loader import (
 from pcpu_bpf.bpf.maps import (
     PROGRAMS,
     Capacities,
-    read_live,
+    read_live_records,
     read_live_site,
     read_tables,
     read_tables_and_slots,
+    read_traced_chunks,
 )
 from pcpu_bpf.bpf.pins import LoadedSet
 from pcpu_bpf.bpf.tracefs import read_layout
@@ -46,12 +48,14 @@ from pcpu_bpf.kernel.procfs import kernel_release, read_possible_cpus
 from pcpu_bpf.kernel.shared_read import SharedRead
 from pcpu_bpf.model.ages import AgeFold
 from pcpu_bpf.model.breakdown import Breakdown, nr_units
+from pcpu_bpf.model.chunk_map import ChunkMap
 from pcpu_bpf.model.kernel_stats import KernelStats
 from pcpu_bpf.model.layout import (
     DEFAULT_LIVE_CAPACITY,
     DEFAULT_SITE_CAPACITY,
     MAX_TABLE_CAPACITY,
 )
+from pcpu_bpf.model.live_chunks import traced_chunk_map
 from pcpu_bpf.model.owners import DEFAULT_OWNERS, helper_set
 from pcpu_bpf.model.ranking import DEFAULT_MAX_CGROUPS
 from pcpu_bpf.model.snapshot import (
@@ -261,6 +265,7 @@ class BpfBackend(Backend):
             breakdown=slow.breakdown,
             cgroup_labels=self._cgroup_labels,
             max_cgroups=self._max_cgroups,
+            chunk_map=slow.chunk_map,
         )
         return tables_to_snapshot(tables, self._symbolize, ctx)
 
@@ -281,15 +286,18 @@ class BpfBackend(Backend):
         self._slow.expire()
 
     def _read_slow(self) -> _SlowRead:
-        """The live-table walk, then the site records and the kernel stats of one moment
-        (`_read_settled`), from which the breakdown is computed."""
+        """The live-table walk (ages, and the allocations in the chunks created since
+        tracing began), then the site records and the kernel stats of one moment
+        (`_read_settled`), from which the breakdown and the chunk map are computed."""
         loaded = self._live()
         fold: AgeFold[int] = AgeFold(
             time.clock_gettime_ns(time.CLOCK_BOOTTIME), per_second=1e9, min_age=self._min_age
         )
         walked = True
+        bases, shift, _ = read_traced_chunks(loaded.maps)
+        in_chunks: list[tuple[int, int, int]] = []
         try:
-            fold.add(read_live(loaded.maps["pcpu_live"], self.live_capacity))
+            fold.add(self._walk(loaded, set(bases), shift, in_chunks))
         except OSError as exc:  # no batch lookup (before 5.6): no ages, the rest goes on
             walked = False
             if not self._walk_failed:
@@ -310,7 +318,24 @@ class BpfBackend(Backend):
             violations = tuple(v + note for v in parts.violations)
             parts = replace(parts, violations=violations, settled=False)
         ages = fold.ages(nr_units=units, site_of=names.get) if walked else None
-        return _SlowRead(ks, units, ages, parts, tables)
+        chunks = None
+        if walked:
+            chunks = traced_chunk_map(
+                bases, shift, in_chunks, stats, page_size=PAGE_SIZE, dropped=tables.dropped
+            )
+        return _SlowRead(ks, units, ages, parts, tables, chunks)
+
+    def _walk(
+        self, loaded: LoadedSet, bases: set[int], shift: int, in_chunks: list[tuple[int, int, int]]
+    ) -> Iterator[tuple[int, int, int]]:
+        """(slot, size, alloc_ns) of every live entry, for the ages; the entries (ptr, off,
+        size) in a chunk of ``bases`` go to ``in_chunks`` on the way."""
+        for ptr, alloc_ns, size, _ext, slot, off in read_live_records(
+            loaded.maps["pcpu_live"], self.live_capacity
+        ):
+            if bases and (ptr - off + shift) & _U64 in bases:
+                in_chunks.append((ptr, off, size))
+            yield slot, size, alloc_ns
 
     def _read_settled(
         self, loaded: LoadedSet
@@ -368,6 +393,8 @@ class BpfBackend(Backend):
 # holds the allocator's lock, about 1 ms at 2,000 live allocations, 0.1-0.5 s at 262,144.
 SETTLE_ATTEMPTS = 2
 SETTLE_RETRY_UNDER = 0.05
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+_U64 = (1 << 64) - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,6 +407,7 @@ class _SlowRead:
     ages: LiveAges | None
     breakdown: Breakdown | None
     tables: Tables  # the site records and counters read with the kernel stats
+    chunk_map: ChunkMap | None  # None when the live table could not be walked
 
 
 def _adopt(pin_dir: Path, layout: bytes, capacities: Capacities) -> LoadedSet | None:

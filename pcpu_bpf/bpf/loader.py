@@ -45,10 +45,10 @@ from pcpu_bpf.bpf.tracefs import (
 )
 from pcpu_bpf.errors import BackendUnavailable, ProgramLoadError
 from pcpu_bpf.model.layout import (
+    CHUNK_CAPACITY,
     CHUNK_CREATED,
     CHUNK_DESTROYED,
     COUNTER_OFFSETS,
-    DROP_REASONS,
     FAILURE_ATOMIC_WEIGHT,
     HELPER_RANGES_FORMAT,
     MAX_HELPER_RANGES,
@@ -57,6 +57,7 @@ from pcpu_bpf.model.layout import (
     OWNER_STACK_DEPTH,
     OWNER_STACK_SKIP,
     OWNER_UNRESOLVED_REASONS,
+    PER_CPU_DROPS,
     RECORD_ATOMIC,
     RECORD_HAS_BYTES_ALLOC,
     RECORD_HAS_CALL_SITE,
@@ -141,9 +142,10 @@ def program_defines(
         "CHUNK_CREATED": CHUNK_CREATED,
         "CHUNK_DESTROYED": CHUNK_DESTROYED,
         "NR_COUNTERS": NR_COUNTERS,
+        "CHUNK_CAPACITY": CHUNK_CAPACITY,
     }
     defines |= {f"{group.upper()}_AT": at for group, at in COUNTER_OFFSETS.items()}
-    defines |= {f"DROP_{reason.upper()}": i for i, reason in enumerate(DROP_REASONS)}
+    defines |= {f"DROP_{reason.upper()}": i for i, reason in enumerate(PER_CPU_DROPS)}
     defines |= {f"OWNER_{why.upper()}": i for i, why in enumerate(OWNER_UNRESOLVED_REASONS)}
     for event, prefix in _DEFINE_PREFIX.items():
         names = layout.fields[event]

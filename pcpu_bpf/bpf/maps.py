@@ -7,8 +7,9 @@ Reading never clears or deletes anything: counters stay cumulative. Site records
 monotonic counters that the programs add to atomically; a site's live allocations are
 allocations - dropped - frees, its live bytes requested - dropped - freed bytes (one
 unit's, as the live entries keep them; the Snapshot multiplies by the units). The live
-table is read only for the age walk (`read_live`). The per-CPU counters are summed over
-CPUs modulo 2**64 like the kernel's u64s.
+table is read only by the walk that gives the ages and the allocations in the chunks
+created since tracing began (`read_live_records`; those chunks: `read_traced_chunks`).
+The per-CPU counters are summed over CPUs modulo 2**64 like the kernel's u64s.
 """
 
 from __future__ import annotations
@@ -20,17 +21,19 @@ from dataclasses import dataclass
 from pcpu_bpf.bpf import syscalls
 from pcpu_bpf.errors import ProgramLoadError
 from pcpu_bpf.model.layout import (
+    CHUNK_CAPACITY,
     CHUNK_CREATED,
     CHUNK_DESTROYED,
+    CHUNK_INFO_FORMAT,
     COUNTER_GROUPS,
     COUNTER_OFFSETS,
-    DROP_REASONS,
     HELPER_RANGES_FORMAT,
     LIVE_ENTRY_FORMAT,
     NR_COUNTERS,
     NR_SIZE_SLOTS,
     OWNER_STACK_DEPTH,
     OWNER_UNRESOLVED_REASONS,
+    PER_CPU_DROPS,
     SITE_KEY_FORMAT,
     SITE_RECORD_FORMAT,
     SIZE_SUM_SLOT,
@@ -52,6 +55,8 @@ BPF_MAPS = (
     "pcpu_sites",
     "pcpu_site_count",
     "pcpu_counters",
+    "pcpu_chunks",
+    "pcpu_chunk_info",
     "pcpu_helpers",
     "pcpu_owner_stack",
 )
@@ -60,6 +65,7 @@ META_MAP = "pcpu_meta"
 _MASK = (1 << 64) - 1
 _RECORD = struct.Struct(SITE_RECORD_FORMAT)
 _ENTRY = struct.Struct(LIVE_ENTRY_FORMAT)
+_CHUNK_INFO = struct.Struct(CHUNK_INFO_FORMAT)
 # How many of a record's leading fields are struct site_key's.
 _KEY_FIELDS = len(struct.unpack(SITE_KEY_FORMAT, bytes(struct.calcsize(SITE_KEY_FORMAT))))
 # The layout record beside a set: sha256 of the sources and defines, the CLOCK_REALTIME
@@ -82,10 +88,15 @@ class MapSpec:
     type: int
     key_size: int
     value_size: int
-    capacity: str  # "live", "sites" or "one"
+    capacity: str  # "live", "sites", "chunks" or "one"
 
     def entries(self, capacities: Capacities) -> int:
-        return {"live": capacities.live, "sites": capacities.sites, "one": 1}[self.capacity]
+        return {
+            "live": capacities.live,
+            "sites": capacities.sites,
+            "chunks": CHUNK_CAPACITY,
+            "one": 1,
+        }[self.capacity]
 
 
 MAP_SPECS: dict[str, MapSpec] = {
@@ -96,6 +107,10 @@ MAP_SPECS: dict[str, MapSpec] = {
     "pcpu_sites": MapSpec(syscalls.BPF_MAP_TYPE_ARRAY, 4, _RECORD.size, "sites"),
     "pcpu_site_count": MapSpec(syscalls.BPF_MAP_TYPE_ARRAY, 4, 8, "one"),
     "pcpu_counters": MapSpec(syscalls.BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8 * NR_COUNTERS, "one"),
+    "pcpu_chunks": MapSpec(syscalls.BPF_MAP_TYPE_ARRAY, 4, 8, "chunks"),
+    "pcpu_chunk_info": MapSpec(
+        syscalls.BPF_MAP_TYPE_ARRAY, 4, struct.calcsize(CHUNK_INFO_FORMAT), "one"
+    ),
     "pcpu_helpers": MapSpec(
         syscalls.BPF_MAP_TYPE_ARRAY, 4, struct.calcsize(HELPER_RANGES_FORMAT), "one"
     ),
@@ -198,8 +213,39 @@ def read_live(fd: int, capacity: int) -> Iterator[tuple[int, int, int]]:
     4,096 entries and no Python object per key. Entries freed or added while the walk
     runs may be missed or seen (a hash map has no snapshot)."""
     for blob in syscalls.lookup_batch_values(fd, 8, _ENTRY.size, capacity):
-        for alloc_ns, size, _extension, slot in _ENTRY.iter_unpack(blob):
+        for alloc_ns, size, _extension, slot, _off in _ENTRY.iter_unpack(blob):
             yield slot, size, alloc_ns
+
+
+# One live entry with its key: ptr, alloc_ns, size, extension, slot, off (a plain
+# tuple: a full table's walk makes 262,144 of them).
+LiveRecord = tuple[int, int, int, int, int, int]
+
+
+def read_live_records(fd: int, capacity: int) -> Iterator[LiveRecord]:
+    """Every live entry with its pointer, batch by batch (as `read_live`)."""
+    for keys, values, n in syscalls.lookup_batch_items(fd, 8, _ENTRY.size, capacity):
+        ptrs = struct.unpack(f"<{n}Q", keys[: 8 * n])
+        for ptr, (alloc_ns, size, ext, slot, off) in zip(
+            ptrs, _ENTRY.iter_unpack(values[: _ENTRY.size * n]), strict=True
+        ):
+            yield ptr, alloc_ns, size, ext, slot, off
+
+
+def read_traced_chunks(maps: Mapping[str, int]) -> tuple[list[int], int, int]:
+    """The base_addr of every chunk the chunk table remembers, in slot order, the
+    pointer shift (base_addr = ptr - off + shift) and the chunks it had no room for."""
+    raw = syscalls.lookup_elem(maps["pcpu_chunk_info"], _key(0), _CHUNK_INFO.size)
+    shift, full = _CHUNK_INFO.unpack(raw) if raw else (0, 0)
+    try:
+        values = [v for _, v in syscalls.lookup_batch(maps["pcpu_chunks"], 4, 8, CHUNK_CAPACITY)]
+    except OSError:
+        found = (
+            syscalls.lookup_elem(maps["pcpu_chunks"], _key(i), 8) for i in range(CHUNK_CAPACITY)
+        )
+        values = [v for v in found if v is not None]
+    bases = [struct.unpack("<Q", v)[0] for v in values[:CHUNK_CAPACITY]]
+    return [b for b in bases if b], shift, full
 
 
 def read_live_site(maps: Mapping[str, int], ptr: int) -> SiteAddressKey | None:
@@ -207,7 +253,7 @@ def read_live_site(maps: Mapping[str, int], ptr: int) -> SiteAddressKey | None:
     raw = syscalls.lookup_elem(maps["pcpu_live"], struct.pack("<Q", ptr), _ENTRY.size)
     if raw is None:
         return None
-    slot = _ENTRY.unpack(raw)[-1]
+    _, _, _, slot, _ = _ENTRY.unpack(raw)
     record = syscalls.lookup_elem(maps["pcpu_sites"], _key(slot), _RECORD.size)
     if record is None:
         return None
@@ -235,6 +281,7 @@ def read_tables_and_slots(
     counters = read_counters(maps["pcpu_counters"], nr_cpus)
     sites, slots = read_sites(maps["pcpu_sites"], maps["pcpu_site_count"], site_capacity)
     chunks = _group(counters, "chunks")
+    traced_chunks, shift, chunk_table_full = read_traced_chunks(maps)
     return Tables(
         sites=sites,
         untracked_frees=_group(counters, "untracked_frees")[0],
@@ -243,9 +290,12 @@ def read_tables_and_slots(
         failed_sizes=_histogram(_group(counters, "fail_sizes")),
         chunk_creations=chunks[CHUNK_CREATED],
         chunk_destructions=chunks[CHUNK_DESTROYED],
-        dropped=dict(zip(DROP_REASONS, _group(counters, "drops"), strict=True)),
+        dropped=dict(zip(PER_CPU_DROPS, _group(counters, "drops"), strict=True))
+        | {"chunk_table_full": chunk_table_full},
         owner_unresolved=dict(
             zip(OWNER_UNRESOLVED_REASONS, _group(counters, "owner_unresolved"), strict=True)
         ),
         live_entries=sum(s.live_allocations for s in sites.values()),
+        traced_chunks=traced_chunks,
+        chunk_shift=shift,
     ), slots

@@ -474,6 +474,13 @@ def lookup_batch_values(
         yield values
 
 
+def lookup_batch_items(
+    map_fd: int, key_size: int, value_size: int, max_entries: int, batch: int = 4096
+) -> Iterator[tuple[bytes, bytes, int]]:
+    """(keys, values, count) of each batch, as `lookup_batch_values` with the keys."""
+    yield from _batches(map_fd, key_size, value_size, max_entries, batch)
+
+
 def _batches(
     map_fd: int, key_size: int, value_size: int, max_entries: int, batch: int
 ) -> Iterator[tuple[bytes, bytes, int]]:

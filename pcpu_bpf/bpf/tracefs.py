@@ -21,11 +21,11 @@ MOUNT_FIX = "mount -t tracefs nodev /sys/kernel/tracing"
 
 # Fields the programs cannot do without; every other field is optional.
 REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
-    "percpu_alloc_percpu": ("reserved", "is_atomic", "size", "ptr"),
+    "percpu_alloc_percpu": ("reserved", "is_atomic", "size", "base_addr", "off", "ptr"),
     "percpu_free_percpu": ("ptr",),
     "percpu_alloc_percpu_fail": ("reserved", "is_atomic", "size"),
-    "percpu_create_chunk": (),
-    "percpu_destroy_chunk": (),
+    "percpu_create_chunk": ("base_addr",),
+    "percpu_destroy_chunk": ("base_addr",),
 }
 # Fields the programs read when the kernel has them; without them the output degrades.
 OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {"percpu_alloc_percpu": ("call_site", "bytes_alloc")}

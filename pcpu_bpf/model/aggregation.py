@@ -19,6 +19,7 @@ from pcpu_bpf.model.events import (
     PercpuFree,
 )
 from pcpu_bpf.model.layout import (
+    CHUNK_CAPACITY,
     DEFAULT_LIVE_CAPACITY,
     DEFAULT_SITE_CAPACITY,
     KEPT_MASK,
@@ -60,10 +61,16 @@ class Aggregator:
         self._clock = clock
         self.tables = Tables()
         self._live: dict[int, LiveEntry] = {}
+        # The chunk table's slots, as pcpu_chunks: a base_addr, or 0 when free.
+        self._chunk_slots = [0] * CHUNK_CAPACITY
 
     def live_entries(self) -> Iterable[LiveEntry]:
         """The live table's entries (for the age walk)."""
         return self._live.values()
+
+    def live_table(self) -> dict[int, LiveEntry]:
+        """The live table: percpu pointer -> its entry."""
+        return dict(self._live)
 
     def apply(self, event: Event) -> None:
         """Account one event."""
@@ -77,10 +84,32 @@ class Aggregator:
                 t.failures[failure_index(atomic, reserved)] += 1
                 t.failed_sizes.counts[size_slot(size)] += 1
                 t.failed_sizes.sum += size
-            case PercpuCreateChunk():
+            case PercpuCreateChunk(base_addr=base):
                 t.chunk_creations += 1
-            case PercpuDestroyChunk():
+                self._remember_chunk(base)
+            case PercpuDestroyChunk(base_addr=base):
                 t.chunk_destructions += 1
+                self._forget_chunk(base)
+
+    def _remember_chunk(self, base: int) -> None:
+        # The first free slot; a base of 0 (none) is not remembered.
+        if not base:
+            return
+        slots = self._chunk_slots
+        if 0 not in slots:
+            self.tables.dropped["chunk_table_full"] += 1
+            return
+        slots[slots.index(0)] = base
+        self._chunks_changed()
+
+    def _forget_chunk(self, base: int) -> None:
+        # A chunk created before tracing began is in no slot.
+        if base and base in self._chunk_slots:
+            self._chunk_slots[self._chunk_slots.index(base)] = 0
+            self._chunks_changed()
+
+    def _chunks_changed(self) -> None:
+        self.tables.traced_chunks = [b for b in self._chunk_slots if b]
 
     def _alloc(self, ev: PercpuAlloc) -> None:
         t = self.tables
@@ -96,6 +125,8 @@ class Aggregator:
         size = ev.size & KEPT_MASK
         t.sizes.counts[size_slot(ev.size)] += 1
         t.sizes.sum += ev.size
+        # The same for every allocation (__addr_to_pcpu_ptr()); the last one is kept.
+        t.chunk_shift = (ev.base_addr + ev.off - ev.ptr) & 0xFFFF_FFFF_FFFF_FFFF
         owner = 0
         if self._helper_ranges is not None and call_site:
             owner, unresolved = owner_address(call_site, ev.stack, self._helper_ranges)
@@ -118,7 +149,7 @@ class Aggregator:
         elif len(self._live) >= self._live_capacity:
             t.dropped["live_table_full"] += 1
             return
-        self._live[ev.ptr] = LiveEntry(key, size, extension, self._clock())
+        self._live[ev.ptr] = LiveEntry(key, size, extension, self._clock(), ev.off & KEPT_MASK)
         t.live_entries = len(self._live)
         site.live_allocations += 1
         site.live_bytes += size

@@ -1,8 +1,9 @@
 """The chunks as pictures: each chunk's pages and free space, for pcpu-top --chunks.
 
 A backend that knows a chunk's allocation bitmap draws every page of it (the simulator,
-a replayed recording); one that only has percpu_stats gives the chunk's figures and says
-why its pages are not drawn. A page is unpopulated, empty (populated, nothing in it),
+a replayed recording, the live backend for the chunks created since tracing began:
+live_chunks.py); one that only has percpu_stats gives the chunk's figures and says why
+its pages are not drawn. A page is unpopulated, empty (populated, nothing in it),
 partly used or full; the boot chunk's bytes outside its dynamic area count as used.
 """
 

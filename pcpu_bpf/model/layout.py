@@ -14,8 +14,12 @@ NR_SIZE_SLOTS = len(SIZE_BUCKETS) + 1
 # A histogram map holds its buckets, then the sum of the sizes in this slot.
 SIZE_SUM_SLOT = NR_SIZE_SLOTS
 
-# Reasons a tracking table refused an entry, in the order of their counter slots.
-DROP_REASONS: tuple[str, ...] = ("live_table_full", "site_table_full")
+# Reasons a tracking table refused an entry: an allocation (live, site: per-CPU counter
+# slots, in this order), or a chunk created since tracing began (chunk: counted in
+# struct chunk_info, shared by the CPUs, since it is rare and must not grow the per-CPU
+# counters).
+DROP_REASONS: tuple[str, ...] = ("live_table_full", "site_table_full", "chunk_table_full")
+PER_CPU_DROPS = DROP_REASONS[:2]
 
 # Default capacities of the live-allocation table and the site table. A site is a call
 # site, as seen from one cgroup, with one owner: a few times the call sites.
@@ -26,6 +30,10 @@ DEFAULT_SITE_CAPACITY = 16_384
 # more than U32_MAX / sizeof(struct bucket) (16 bytes) of them. Within it, the
 # preallocated entries must also fit in memory (the kernel answers ENOMEM otherwise).
 MAX_TABLE_CAPACITY = 1 << 27
+# Chunks created since tracing began and not destroyed that the chunk table remembers
+# (percpu_create_chunk's base_addr; a host has tens of chunks). An array, scanned on
+# those rare events, so it holds no percpu memory, unlike a hash map.
+CHUNK_CAPACITY = 256
 
 # Owners (pcpu_bpf/model/owners.py): at a call site inside a known helper, the programs
 # take the kernel stack (bpf_get_stack, into a per-CPU scratch element) and key the site
@@ -56,7 +64,7 @@ COUNTER_GROUPS: tuple[tuple[str, int], ...] = (
     ("fail_sizes", SIZE_SUM_SLOT + 1),
     ("failures", NR_FAILURE_CLASSES),
     ("chunks", max(CHUNK_CREATED, CHUNK_DESTROYED) + 1),
-    ("drops", len(DROP_REASONS)),
+    ("drops", len(PER_CPU_DROPS)),
     ("untracked_frees", 1),
     ("owner_unresolved", len(OWNER_UNRESOLVED_REASONS)),
 )
@@ -88,8 +96,14 @@ SITE_KEY_FORMAT = "<QQQBB6x"
 SITE_RECORD_FORMAT = SITE_KEY_FORMAT + "3Q8x5Q24x"
 # struct helper_ranges, the one element of pcpu_helpers: how many, the starts, the ends.
 HELPER_RANGES_FORMAT = f"<Q{MAX_HELPER_RANGES}Q{MAX_HELPER_RANGES}Q"
-# struct live_entry: alloc_ns (CLOCK_BOOTTIME), size, extension, slot.
-LIVE_ENTRY_FORMAT = "<QIII4x"
+# struct live_entry: alloc_ns (CLOCK_BOOTTIME), size, extension, slot, and the offset
+# of the allocation in its chunk (off: below the unit size, 32 bits hold it). The
+# chunk's base_addr is then ptr - off + the pointer shift, the same for every chunk.
+LIVE_ENTRY_FORMAT = "<QIIII"
+# struct chunk_info: the pointer shift, base_addr + off - ptr of the last traced
+# allocation (the same for every chunk: __addr_to_pcpu_ptr() subtracts pcpu_base_addr
+# and adds __per_cpu_start alike, mm/percpu.c), and the chunks the table had no room for.
+CHUNK_INFO_FORMAT = "<QQ"
 # A live entry keeps an allocation's size and memcg extension in 32 bits: pcpu_alloc()
 # refuses requests above 32 KiB (PCPU_MIN_UNIT_SIZE) before any tracepoint, so a real
 # size never needs more. The site records add what the entry keeps, so a record's

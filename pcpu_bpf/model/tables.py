@@ -66,6 +66,7 @@ class LiveEntry:
     size: int  # one unit's copy, as kept (KEPT_MASK)
     extension: int  # bytes_alloc - size x possible CPUs, as kept
     alloc_time: float  # on the backend's clock
+    off: int = 0  # the allocation's offset in its chunk, as kept (KEPT_MASK)
 
 
 @dataclass(slots=True)
@@ -95,6 +96,10 @@ class Tables:
         default_factory=lambda: dict.fromkeys(OWNER_UNRESOLVED_REASONS, 0)
     )
     live_entries: int = 0
+    # base_addr of each chunk created since tracing began and not destroyed, in the chunk
+    # table's slot order; and base_addr + off - ptr of the last traced allocation.
+    traced_chunks: list[int] = field(default_factory=list)
+    chunk_shift: int = 0
 
 
 @dataclass(frozen=True, slots=True)

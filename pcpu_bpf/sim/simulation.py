@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import random
 
+from pcpu_bpf.kernel.cgroups import UNIFIED
 from pcpu_bpf.kernel.percpu_stats import parse_percpu_stats, render_percpu_stats
 from pcpu_bpf.model.ages import AgeFold
 from pcpu_bpf.model.aggregation import Aggregator
@@ -17,7 +18,7 @@ from pcpu_bpf.model.events import (
     Event,
     PercpuAlloc,
 )
-from pcpu_bpf.model.kernel_stats import KernelStats
+from pcpu_bpf.model.kernel_stats import CgroupStats, KernelStats
 from pcpu_bpf.model.layout import DEFAULT_LIVE_CAPACITY, DEFAULT_SITE_CAPACITY
 from pcpu_bpf.model.snapshot import Snapshot
 from pcpu_bpf.model.symbolizer import Symbolizer
@@ -137,7 +138,15 @@ class Simulation:
             percpu_stats=parse_percpu_stats(self.percpu_stats_text()),
             meminfo_percpu_bytes=self.allocator.meminfo_percpu_kb() * 1024,
             read_at=timestamp,
+            cgroups=self.cgroup_stats(),
         )
+
+    def cgroup_stats(self) -> CgroupStats | None:
+        """The simulated host's cgroups, a cgroup v2 host's: its dying ones, for the
+        scenarios that make cgroups; None for the others."""
+        if not self.scenario.cgroups:
+            return None
+        return CgroupStats(dying={UNIFIED: self.workload.dying_cgroups})
 
     def snapshot(self, timestamp: float) -> Snapshot:
         """The Snapshot a live backend would give for the same events, with the ages of

@@ -40,8 +40,8 @@ _COLUMNS = (("FREE", 8), ("LARGEST", 8), ("FRAG", 4), ("ALLOCS", 6))
 LABEL_WIDTH = 13
 
 NO_PAGES_LIVE = (
-    "pages not drawn: the live backend keeps no allocation map per chunk; figures are "
-    "percpu_stats' (LARGEST is the kernel's contig hint)"
+    "pages not drawn: the live table could not be walked (no batch map lookup before "
+    "Linux 5.6); figures are percpu_stats' (LARGEST is the kernel's contig hint)"
 )
 
 
@@ -120,7 +120,8 @@ def chunk_lines(m: ChunkMap, *, glyphs: dict[str, str] = ASCII_GLYPHS) -> list[s
             )
         lines.append(line[:WIDTH])
     notes = dict.fromkeys(c.note for c in m.chunks if c.note and c.pages)
-    lines.extend(fit_line(f"* {n}") for n in notes)
+    for n in notes:
+        lines.extend(_wrap(f"* {n}"))
     if m.note:
         lines.extend(_wrap(m.note))
     if not m.chunks:
