@@ -121,9 +121,9 @@ static __always_inline int in_helper(u64 addr)
 
 /* The owner of an allocation at call_site: 0 when the call site is no helper; else the
  * first frame above the call site's own that is no helper, or 0 with the reason counted.
- * Few values live at once: every one more is a spill, and a stack of 64 bytes or more
- * costs the program a private stack of percpu memory. bpf_get_stack zeroes the frames
- * it did not fill. */
+ * Few values live at once: every one more is a spill, and a stack past 48 bytes costs
+ * the program a private stack of percpu memory. bpf_get_stack zeroes the frames it did
+ * not fill. */
 static __always_inline u64 owner_of(struct bpf_raw_tracepoint_args *ctx, u64 call_site)
 {
     u32 zero = 0, i, at = OWNER_STACK_DEPTH;
@@ -163,7 +163,7 @@ static __always_inline u64 owner_of(struct bpf_raw_tracepoint_args *ctx, u64 cal
 
 /* The slot of this allocation's site, found or handed out; -1 when the site table is
  * full. The key lives only in here: its stack is reused for the live entry after, and a
- * stack under 64 bytes gets no private stack from the JIT, which would cost percpu
+ * stack of at most 48 bytes gets no private stack from the JIT, which would cost percpu
  * memory (bpf/footprint.py). */
 static __always_inline s64 site_slot(struct bpf_raw_tracepoint_args *ctx, u64 owner)
 {
@@ -205,12 +205,18 @@ static __always_inline struct chunk_info *chunk_info(void)
 }
 
 /* The pointer shift is the same for every allocation: written once, then only read, so
- * the CPUs share its cache line. */
-static __always_inline void note_chunk_shift(u64 shift)
+ * the CPUs share its cache line. The fields are read after the lookup: read before it,
+ * one is spilled across the call, and a stack past 48 bytes costs the program a private
+ * stack of percpu memory. */
+static __always_inline void note_chunk_shift(struct bpf_raw_tracepoint_args *ctx)
 {
     struct chunk_info *info = chunk_info();
+    u64 shift;
 
-    if (info && info->pointer_shift != shift)
+    if (!info)
+        return;
+    shift = ctx->args[ARG_ALLOC_BASE_ADDR] + ctx->args[ARG_ALLOC_OFF] - ctx->args[ARG_ALLOC_PTR];
+    if (info->pointer_shift != shift)
         info->pointer_shift = shift;
 }
 
@@ -228,12 +234,12 @@ int on_alloc(struct bpf_raw_tracepoint_args *ctx)
         return 0;
     c->v[SIZES_AT + size_slot(ctx->args[ARG_ALLOC_SIZE])] += 1;
     c->v[SIZES_AT + SIZE_SUM_SLOT] += ctx->args[ARG_ALLOC_SIZE];
-    note_chunk_shift(ctx->args[ARG_ALLOC_BASE_ADDR] + ctx->args[ARG_ALLOC_OFF] -
-                     ctx->args[ARG_ALLOC_PTR]);
+    note_chunk_shift(ctx);
 
     /* Nothing is kept in a register across the stack walk (the size is read again, the
-     * counters looked up again): each value kept would be a spill, and a stack of 64
-     * bytes or more costs the program a private stack of percpu memory. */
+     * counters looked up again): each value kept would be a spill, and a stack past 48
+     * bytes (the verifier rounds it up to 64) costs the program a private stack of percpu
+     * memory. */
 #if OWNERS && defined(ARG_ALLOC_CALL_SITE)
     owner = owner_of(ctx, ctx->args[ARG_ALLOC_CALL_SITE]);
 #endif

@@ -231,7 +231,7 @@ def test_sigterm_keeps_the_pinned_set_and_detach_removes_it() -> None:
     assert "the set stays pinned" in err
     result = run("detach", "--pin-dir", str(pin_dir))
     assert result.returncode == 0, result.stderr
-    assert "18 pins (5 links, 5 programs, 8 maps)" in result.stdout
+    assert "20 pins (5 links, 5 programs, 10 maps)" in result.stdout
     assert not pin_dir.exists()
     left = ids & loaded_prog_ids()
     assert not left, f"programs still loaded after detach: {sorted(left)}"
