@@ -28,8 +28,11 @@ from pcpu_bpf.backends.remote import RemoteBackend
 from pcpu_bpf.backends.sim import SimBackend
 from pcpu_bpf.cli.top import main
 from pcpu_bpf.errors import BackendUnavailable, PcpuError, ProgramLoadError
-from pcpu_bpf.top.render import WIDTH
+from pcpu_bpf.model.snapshot import SiteKey, SiteRecord, Snapshot
+from pcpu_bpf.top.render import WIDTH, table_lines
 from pcpu_bpf.top.run import CLEAR, HELP_LINE, TopDeps, TopOptions, run_top
+from pcpu_bpf.top.view import build_view, sort_rows
+from pcpu_bpf.units import fit
 
 BANNER = Backend.banner
 
@@ -1003,3 +1006,53 @@ def test_live_in_tmux_shows_one_table_redrawn(args: list[str], source: str, tmp_
         assert not any("Traceback" in line for line in tmux.screen())
     finally:
         tmux.kill()
+
+
+def test_by_cgroup_shows_the_removed_pods_that_still_hold_the_leak(
+    runner: CliRunner, deps: TopDeps
+) -> None:
+    # Twenty simulated seconds of the leak: its pod restarts every eight opens.
+    result = top(runner, deps, "--backend", "sim", "--scenario", "leak", "--by", "cgroup", "20")
+    assert result.exit_code == 0, result.output
+    (table,) = tables(result.stdout)
+    header = next(line for line in table if line.startswith("CGROUP"))
+    assert "ALLOCS/s" in header
+    labels = [line.split("  ")[0].strip() for line in table[table.index(header) + 1 :]]
+    assert "/" in labels
+    # A long path is cut in its middle: the deleted mark stays in sight.
+    assert "/kubepods/l.. (deleted)" in labels and "/kubepods/leaky-pod-2" in labels
+
+
+def test_by_owner_json_names_rows_by_owner(runner: CliRunner, deps: TopDeps) -> None:
+    result = top(
+        runner, deps, "--backend", "sim", "--scenario", "steady", "--by", "owner", "--json"
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["sites"] and all("owner" in s and "call_site" not in s for s in doc["sites"])
+
+
+def test_by_cgroup_takes_no_min_age(runner: CliRunner, deps: TopDeps) -> None:
+    result = top(runner, deps, "--backend", "sim", "--by", "cgroup", "--min-age", "5")
+    assert result.exit_code == 2
+    assert "cgroup" in result.stderr and "Traceback" not in result.output
+
+
+def test_owner_column_beside_the_call_site_when_they_differ() -> None:
+    view = build_view(
+        Snapshot(backend="bpf", kernel="k", timestamp=0.0),
+        Snapshot(
+            backend="bpf",
+            kernel="k",
+            timestamp=1.0,
+            sites={
+                SiteKey("__percpu_counter_init_many", owner="mm_init"): SiteRecord(3, 48, 96),
+                SiteKey("alloc_vfsmnt"): SiteRecord(1, 8, 16),
+            },
+        ),
+    )
+    lines = table_lines(sort_rows(view.rows, "allocs"))
+    assert lines[0].startswith("CALL SITE       OWNER")
+    assert all(len(line) <= WIDTH for line in lines)
+    assert lines[1].startswith(fit("__percpu_counter_init_many", 15) + " mm_init")
+    assert lines[2].startswith("alloc_vfsmnt    " + " " * 16)
