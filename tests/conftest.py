@@ -9,6 +9,7 @@ import os
 import shutil
 from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -88,6 +89,18 @@ def privileged_unavailable() -> str | None:
                 "sysctl -w kernel.kptr_restrict=1"
             )
     return None
+
+
+@pytest.fixture
+def live_backend() -> Generator[Any, None, None]:
+    """The live kernel's backend with its defaults, attached for the test and detached."""
+    from pcpu_bpf.backends.bpf import BpfBackend
+
+    backend = BpfBackend()
+    try:
+        yield backend
+    finally:
+        backend.close()
 
 
 @pytest.fixture

@@ -44,14 +44,8 @@ KEY = SiteKey(SITE, atomic=False, reserved=False)
 
 
 @pytest.fixture
-def backend() -> Iterator[object]:
-    from pcpu_bpf.backends.bpf import BpfBackend
-
-    b = BpfBackend()
-    try:
-        yield b
-    finally:
-        b.close()
+def backend(live_backend: object) -> object:
+    return live_backend
 
 
 def site(s: Snapshot) -> SiteRecord:

@@ -29,14 +29,8 @@ TIMEOUT = 120.0
 
 
 @pytest.fixture
-def backend() -> Iterator[object]:
-    from pcpu_bpf.backends.bpf import BpfBackend
-
-    b = BpfBackend()
-    try:
-        yield b
-    finally:
-        b.close()
+def backend(live_backend: object) -> object:
+    return live_backend
 
 
 @pytest.fixture

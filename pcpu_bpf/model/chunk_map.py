@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pcpu_bpf.model.kernel_stats import CHUNK_FIRST, CHUNK_RESERVED, PercpuStats
+from pcpu_bpf.model.kernel_stats import CHUNK_FIRST, CHUNK_RESERVED, ChunkStats, PercpuStats
 
 PAGE_UNPOPULATED = "u"
 PAGE_EMPTY = "e"
@@ -60,22 +60,24 @@ def page_state(populated: bool, used_bits: int, page_bits: int) -> str:
     return PAGE_FULL if used_bits >= page_bits else PAGE_PARTLY_USED
 
 
-def chunk_map_from_stats(stats: PercpuStats, why: str) -> ChunkMap:
-    """Figures from percpu_stats alone: contig_bytes stands for the largest free run (the
-    kernel's hint, which may be stale), and no page is drawn, for the reason ``why``."""
+def stats_picture(stats: PercpuStats, chunk: ChunkStats, why: str) -> ChunkPicture:
+    """One chunk from its percpu_stats figures alone: contig_bytes stands for the largest
+    free run (the kernel's hint, which may be stale), and no page is drawn, for ``why``."""
     info = stats.info
     sizes = {CHUNK_FIRST: info.dyn_size, CHUNK_RESERVED: info.reserved_size}
+    return ChunkPicture(
+        kind=chunk.kind,
+        size=sizes.get(chunk.kind, info.unit_size),
+        free_bytes=chunk.free_bytes,
+        nr_alloc=chunk.nr_alloc,
+        largest_free=chunk.contig_bytes,
+        note=why,
+    )
+
+
+def chunk_map_from_stats(stats: PercpuStats, why: str) -> ChunkMap:
+    """Every chunk from percpu_stats alone (`stats_picture`)."""
     return ChunkMap(
-        tuple(
-            ChunkPicture(
-                kind=c.kind,
-                size=sizes.get(c.kind, info.unit_size),
-                free_bytes=c.free_bytes,
-                nr_alloc=c.nr_alloc,
-                largest_free=c.contig_bytes,
-                note=why,
-            )
-            for c in stats.chunks
-        ),
+        tuple(stats_picture(stats, c, why) for c in stats.chunks),
         note=why,
     )

@@ -18,7 +18,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from pcpu_bpf.model.chunk_map import ChunkMap, ChunkPicture, page_state
+from pcpu_bpf.model.chunk_map import ChunkMap, ChunkPicture, page_state, stats_picture
 from pcpu_bpf.model.kernel_stats import (
     CHUNK_FIRST,
     CHUNK_NORMAL,
@@ -148,21 +148,11 @@ def live_chunk_map(
     matched, notes = match_traced(traced, stats.chunks, info.unit_size)
     by_base = {c.base_addr: c for c in traced}
     by_entry = {i: by_base[base] for base, i in matched.items()}
-    sizes = {CHUNK_FIRST: info.dyn_size, CHUNK_RESERVED: info.reserved_size}
     pictures_list: list[ChunkPicture] = []
     for i, entry in enumerate(stats.chunks):
         chunk = by_entry.get(i)
         if chunk is None:
-            pictures_list.append(
-                ChunkPicture(
-                    kind=entry.kind,
-                    size=sizes.get(entry.kind, info.unit_size),
-                    free_bytes=entry.free_bytes,
-                    nr_alloc=entry.nr_alloc,
-                    largest_free=entry.contig_bytes,
-                    note=BEFORE_TRACING,
-                )
-            )
+            pictures_list.append(stats_picture(stats, entry, BEFORE_TRACING))
             continue
         pictures_list.append(
             traced_picture(
