@@ -5,7 +5,9 @@ The busiest percpu call sites are plumbing: ``__percpu_counter_init_many`` alloc
 mm_init, xfrm4_net_init, ip6_route_net_init and many more; ``bpf_map_alloc_percpu`` for
 every per-CPU map type. The owner of such an allocation is the first function on its
 stack, walking outwards from the call site, that is not in `DEFAULT_HELPERS` (or the
-names a user adds). For a call site that is no helper, the owner is the call site.
+names a user adds). For a call site that is no helper, the owner is the call site. The
+rule works on addresses (`owner_address`), as the programs do: names become code ranges
+once, where the loader reads kallsyms.
 """
 
 from __future__ import annotations
@@ -51,19 +53,6 @@ DEFAULT_HELPERS: tuple[str, ...] = (
 def helper_set(extra: Iterable[str] = ()) -> frozenset[str]:
     """The default helpers and ``extra`` (names a user adds), as one set."""
     return frozenset(DEFAULT_HELPERS) | frozenset(n.strip() for n in extra if n.strip())
-
-
-def owner_of(call_site: str, callers: Sequence[str], helpers: frozenset[str]) -> str:
-    """The owner of an allocation made at ``call_site`` (a function name), given the
-    functions that called it, innermost first: the call site when it is no helper, else
-    the first caller that is none. When every caller seen is a helper too, the outermost
-    one seen; with no callers at all (no stack), the call site."""
-    if call_site not in helpers:
-        return call_site
-    for name in callers:
-        if name not in helpers:
-            return name
-    return callers[-1] if callers else call_site
 
 
 # Where a helper's code lies: [start, end) address ranges (Symbolizer.ranges).
