@@ -21,7 +21,7 @@ import struct
 import sys
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,12 +147,7 @@ def program_defines(
     defines |= {f"{group.upper()}_AT": at for group, at in COUNTER_OFFSETS.items()}
     defines |= {f"DROP_{reason.upper()}": i for i, reason in enumerate(PER_CPU_DROPS)}
     defines |= {f"OWNER_{why.upper()}": i for i, why in enumerate(OWNER_UNRESOLVED_REASONS)}
-    for event, prefix in _DEFINE_PREFIX.items():
-        names = layout.fields[event]
-        for field in REQUIRED_FIELDS[event] + OPTIONAL_FIELDS.get(event, ()):
-            if field in names:
-                defines[f"{prefix}{field.upper()}"] = names.index(field)
-    return defines
+    return defines | argument_defines(layout, REQUIRED_FIELDS, OPTIONAL_FIELDS)
 
 
 def recorder_defines(layout: TracepointLayout, *, ring_pages: int) -> dict[str, int]:
@@ -168,9 +163,20 @@ def recorder_defines(layout: TracepointLayout, *, ring_pages: int) -> dict[str, 
     }
     # RECORD_KIND_ALLOC, _FREE, _FAIL, _CREATE_CHUNK, _DESTROY_CHUNK: RECORD_KINDS' order
     defines |= {f"RECORD_KIND_{_DEFINE_PREFIX[e][4:-1]}": i for i, e in enumerate(RECORD_KINDS)}
+    return defines | argument_defines(layout, RECORDER_FIELDS, RECORDER_OPTIONAL_FIELDS)
+
+
+def argument_defines(
+    layout: TracepointLayout,
+    wanted: Mapping[str, tuple[str, ...]],
+    optional: Mapping[str, tuple[str, ...]],
+) -> dict[str, int]:
+    """ARG_<EVENT>_<FIELD>: the argument index of each field a program reads, for the
+    fields this kernel's tracepoints have (an optional one it lacks gets no define)."""
+    defines = {}
     for event, prefix in _DEFINE_PREFIX.items():
         names = layout.fields[event]
-        for field in RECORDER_FIELDS[event] + RECORDER_OPTIONAL_FIELDS.get(event, ()):
+        for field in wanted[event] + optional.get(event, ()):
             if field in names:
                 defines[f"{prefix}{field.upper()}"] = names.index(field)
     return defines

@@ -199,5 +199,13 @@ class CgroupPaths:
     def _label(self, cgroup_id: int) -> str:
         known = self._known.get(cgroup_id)
         if known is None:
-            return f"id:{cgroup_id}"
-        return known.path + DELETED if known.deleted else known.path
+            return cgroup_label(cgroup_id, None)
+        return cgroup_label(cgroup_id, known.path, deleted=known.deleted)
+
+
+def cgroup_label(cgroup_id: int, path: str | None, *, deleted: bool = False) -> str:
+    """How a cgroup is named in the figures: its path, " (deleted)" appended once it is
+    removed, or "id:<id>" when its path was never known."""
+    if path is None:
+        return f"id:{cgroup_id}"
+    return path + DELETED if deleted else path

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 K = TypeVar("K")
+V = TypeVar("V")
 
 # The label value of what the N largest leave over. Parentheses never occur in a BPF
 # object name, and a cgroup path starts with "/": it cannot be a real owner's name.
@@ -15,13 +18,15 @@ DEFAULT_MAX_CGROUPS = 20
 
 
 def top_n(
-    values: Mapping[K, int], n: int, other: K, *, weight: Callable[[int], int] = abs
-) -> dict[K, int]:
+    values: Mapping[K, V], n: int, other: K, *, weight: Callable[[V], int] | None = None
+) -> dict[K, V]:
     """The ``n`` entries of largest weight (ties by key order), plus ``other`` holding the
-    sum of the rest when there is a rest; ``other`` is left out when nothing was folded."""
-    ranked = sorted(values.items(), key=lambda kv: (-weight(kv[1]), str(kv[0])))
+    sum of the rest when there is a rest; ``other`` is left out when nothing was folded.
+    Values are numbers (weighed by their size) or anything that adds up, with ``weight``."""
+    weigh: Callable[[V], int] = weight or abs  # type: ignore[assignment]
+    ranked = sorted(values.items(), key=lambda kv: (-weigh(kv[1]), str(kv[0])))
     out = dict(ranked[:n])
-    rest = ranked[n:]
+    rest = [v for _, v in ranked[n:]]
     if rest:
-        out[other] = out.get(other, 0) + sum(v for _, v in rest)
+        out[other] = functools.reduce(operator.add, rest, *([out[other]] if other in out else []))
     return out

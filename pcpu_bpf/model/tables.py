@@ -21,7 +21,7 @@ from pcpu_bpf.model.layout import (
     OWNER_UNRESOLVED_REASONS,
     failure_index,
 )
-from pcpu_bpf.model.ranking import DEFAULT_MAX_CGROUPS, OTHER
+from pcpu_bpf.model.ranking import DEFAULT_MAX_CGROUPS, OTHER, top_n
 from pcpu_bpf.model.snapshot import (
     UNKNOWN_SITE,
     LiveAges,
@@ -261,8 +261,4 @@ def top_cgroups(
     for cgroup_id, label in labels(by_id).items():
         record = by_id[cgroup_id]
         named[label] = named[label] + record if label in named else record
-    ranked = sorted(named.items(), key=lambda kv: (-kv[1].live_bytes, kv[0]))
-    out = dict(ranked[:n])
-    if len(ranked) > n:
-        out[OTHER] = sum((r for _, r in ranked[n:]), SiteRecord())
-    return out
+    return top_n(named, n, OTHER, weight=lambda r: r.live_bytes)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from pcpu_bpf.errors import ScenarioError
-from pcpu_bpf.kernel.cgroups import DELETED
+from pcpu_bpf.kernel.cgroups import cgroup_label
 from pcpu_bpf.model.events import (
     GFP_ACCOUNT,
     GFP_ATOMIC,
@@ -137,11 +137,7 @@ class SimCgroups:
 
     def labels(self, ids: Iterable[int]) -> dict[int, str]:
         """Each id's path, " (deleted)" once removed; "id:<id>" for one never made."""
-        out = {}
-        for i in ids:
-            path = self._paths.get(i)
-            out[i] = f"id:{i}" if path is None else path + (DELETED if i in self._removed else "")
-        return out
+        return {i: cgroup_label(i, self._paths.get(i), deleted=i in self._removed) for i in ids}
 
 
 class Workload:

@@ -298,33 +298,29 @@ def table_lines(
     layout = layout or Layout()
     cols = columns(detail, min_age=min_age)
     width = site_width(detail)
-    name = layout.label_header
+    site, owner = width, 0
     if any(r.owner is not None and r.owner != r.label for r in rows):
         # Who allocated and for whom, in the room of the call site and the seventh slot.
         cols = tuple(c for c in cols if c.header != DETAIL[detail].header)
-        both = width + DETAIL[detail].width + 1
-        width = (both - 1) // 2
-        name = f"{name:<{width}} {'OWNER':<{both - 1 - width}}"
-        labels = {
-            id(r): f"{fit(r.label, width):<{width}} {_owner(r, both - 1 - width)}" for r in rows
-        }
-        width = both
-    else:
-        labels = {id(r): fit(r.label, width) for r in rows}
-    head = f"{name:<{width}}" + "".join(f" {c.header:>{c.width}}" for c in cols)
-    out = [head]
+        site = (width + DETAIL[detail].width) // 2
+        owner = width + DETAIL[detail].width - site
+        width = site + 1 + owner
+    head = _label_cells(layout.label_header, "OWNER", site, owner)
+    out = [f"{head:<{width}}" + "".join(f" {c.header:>{c.width}}" for c in cols)]
     for r in rows:
         cells = _cells(r, layout, detail)
-        line = f"{labels[id(r)]:<{width}}"
+        shown = "" if r.owner is None or r.owner == r.label else r.owner
+        line = f"{_label_cells(r.label, shown, site, owner):<{width}}"
         line += "".join(f" {fit(cells[c.cell], c.width):>{c.width}}" for c in cols)
         out.append(line)
     return out
 
 
-def _owner(r: Row, width: int) -> str:
-    """A row's owner cell: blank where it is the call site itself."""
-    owner = "" if r.owner is None or r.owner == r.label else r.owner
-    return f"{fit(owner, width):<{width}}"
+def _label_cells(label: str, owner: str, site: int, owner_width: int) -> str:
+    """The row's first cells: its label, and its owner when the table has that column."""
+    if not owner_width:
+        return fit(label, site)
+    return f"{fit(label, site):<{site}} {fit(owner, owner_width):<{owner_width}}"
 
 
 def _bucket_label(i: int) -> str:
