@@ -51,27 +51,46 @@ def netns_churn(n: int) -> list[float]:
     return times
 
 
+Sample = Callable[[], dict[str, tuple[int, int]]]  # event -> (runs, run time ns)
+
+
+def prog_sample(fds: dict[str, int]) -> dict[str, tuple[int, int]]:
+    """Each program's (run_cnt, run_time_ns), by the event it serves."""
+    out = {}
+    for name, fd in fds.items():
+        info = syscalls.prog_info(fd)
+        out[name] = (info.run_cnt, info.run_time_ns)
+    return out
+
+
+def cost_rounds(
+    tools: dict[str, Sample], reps: int, workload: Callable[[], None]
+) -> dict[str, dict[str, list[float]]]:
+    """ns per event of each tool and event, one figure per repetition of ``workload``
+    (which returns once its events are all in)."""
+    costs: dict[str, dict[str, list[float]]] = {}
+    for _ in range(reps):
+        before = {k: s() for k, s in tools.items()}
+        workload()
+        after = {k: s() for k, s in tools.items()}
+        for tool in tools:
+            for ev in ("alloc", "free"):
+                runs = after[tool][ev][0] - before[tool][ev][0]
+                ns = after[tool][ev][1] - before[tool][ev][1]
+                if runs:
+                    costs.setdefault(tool, {}).setdefault(ev, []).append(ns / runs)
+    return costs
+
+
 @contextmanager
-def profiler(
-    live_capacity: int = 262_144, owners: bool = False
-) -> Iterator[Callable[[], dict[str, tuple[int, int]]]]:
+def profiler(live_capacity: int = 262_144, owners: bool = False) -> Iterator[Sample]:
     with BpfBackend(live_capacity=live_capacity, kernel_stats=lambda: None, owners=owners) as b:
-        fds = b.program_fds
-
-        def sample() -> dict[str, tuple[int, int]]:
-            out = {}
-            for name, fn in (("alloc", "on_alloc"), ("free", "on_free")):
-                info = syscalls.prog_info(fds[fn])
-                out[name] = (info.run_cnt, info.run_time_ns)
-            return out
-
-        yield sample
+        fds = {"alloc": b.program_fds["on_alloc"], "free": b.program_fds["on_free"]}
+        yield lambda: prog_sample(fds)
 
 
 @contextmanager
-def other_profiler(
-    bpf_dir: Path, live_capacity: int = 262_144
-) -> Iterator[Callable[[], dict[str, tuple[int, int]]]]:
+def other_profiler(bpf_dir: Path, live_capacity: int = 262_144) -> Iterator[Sample]:
     """Another version of the programs (e.g. main's bpf_programs/, exported to a directory),
     loaded with bcc here and given today's defines: its maps may be laid out otherwise,
     which the loader would refuse, and only its run time is measured."""
@@ -93,16 +112,13 @@ def other_profiler(
     b.attach_raw_tracepoint(tp=b"percpu_free_percpu", fn_name=b"on_free")
     fds = {"alloc": b.funcs[b"on_alloc"].fd, "free": b.funcs[b"on_free"].fd}
     try:
-        yield lambda: {
-            k: (syscalls.prog_info(fd).run_cnt, syscalls.prog_info(fd).run_time_ns)
-            for k, fd in fds.items()
-        }
+        yield lambda: prog_sample(fds)
     finally:
         b.cleanup()
 
 
 @contextmanager
-def noop() -> Iterator[Callable[[], dict[str, tuple[int, int]]]]:
+def noop() -> Iterator[Sample]:
     import bcc
 
     b = bcc.BPF(src_file=str(HERE / "noop.bpf.c").encode())
@@ -110,10 +126,7 @@ def noop() -> Iterator[Callable[[], dict[str, tuple[int, int]]]]:
     b.attach_raw_tracepoint(tp=b"percpu_free_percpu", fn_name=b"noop_free")
     fds = {"alloc": b.funcs[b"noop_alloc"].fd, "free": b.funcs[b"noop_free"].fd}
     try:
-        yield lambda: {
-            k: (syscalls.prog_info(fd).run_cnt, syscalls.prog_info(fd).run_time_ns)
-            for k, fd in fds.items()
-        }
+        yield lambda: prog_sample(fds)
     finally:
         b.cleanup()
 
@@ -124,7 +137,7 @@ def _progs() -> dict[int, dict[str, object]]:
 
 
 @contextmanager
-def bpftrace() -> Iterator[Callable[[], dict[str, tuple[int, int]]]]:
+def bpftrace() -> Iterator[Sample]:
     before = set(_progs())
     proc = subprocess.Popen(
         ["bpftrace", str(HERE / "pcpu_aggregate.bt")],
@@ -184,7 +197,6 @@ def per_event_cost(
     tracepoint run in the order they were attached, and the first pays more (about 1.15x
     in an A/A run here): ``compare_first`` attaches the compared programs first, so two
     runs with either order cancel it."""
-    costs: dict[str, dict[str, list[float]]] = {}
     other = other_profiler(compare, live_capacity) if compare else _null()
     with ExitStack() as stack:
         o = stack.enter_context(other) if compare_first else None
@@ -198,17 +210,12 @@ def per_event_cost(
             tools[COMPARED] = o
         if owners:
             tools[OWNERS] = stack.enter_context(profiler(live_capacity, owners=True))
-        for _ in range(reps):
-            before = {k: s() for k, s in tools.items()}
+
+        def one_round() -> None:
             workload(maps, netns)
             time.sleep(1.5)  # closed maps are freed from a kworker
-            after = {k: s() for k, s in tools.items()}
-            for tool in tools:
-                for ev in ("alloc", "free"):
-                    runs = after[tool][ev][0] - before[tool][ev][0]
-                    ns = after[tool][ev][1] - before[tool][ev][1]
-                    if runs:
-                        costs.setdefault(tool, {}).setdefault(ev, []).append(ns / runs)
+
+        costs = cost_rounds(tools, reps, one_round)
     return {t: {e: statistics.median(v) for e, v in evs.items()} for t, evs in costs.items()}
 
 

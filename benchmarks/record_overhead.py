@@ -22,9 +22,8 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from bpf_overhead import STATS, map_churn, noop, profiler
+from bpf_overhead import STATS, cost_rounds, map_churn, noop, profiler, prog_sample
 
-from pcpu_bpf.bpf import syscalls
 from pcpu_bpf.bpf.recorder import Recorder
 from pcpu_bpf.cli.record import _line
 from pcpu_bpf.kernel.procfs import read_possible_cpus
@@ -46,14 +45,6 @@ class Drainer(threading.Thread):
                 for r in self.recorder.drain():
                     self.written += 1
                     out.write(_line(self.written, r) + "\n")
-
-
-def prog_sample(fds: dict[str, int]) -> dict[str, tuple[int, int]]:
-    out = {}
-    for name, fd in fds.items():
-        info = syscalls.prog_info(fd)
-        out[name] = (info.run_cnt, info.run_time_ns)
-    return out
 
 
 def settle(drainer: Drainer) -> None:
@@ -85,7 +76,6 @@ def main() -> int:
     cpus = read_possible_cpus()
     previous = STATS.read_text().strip()
     STATS.write_text("1")
-    costs: dict[str, list[float]] = {}
     try:
         with ExitStack() as stack:
             if args.recorder_first:
@@ -98,17 +88,13 @@ def main() -> int:
             drainer.start()
             rec_fds = {"alloc": rec.program_fds["rec_alloc"], "free": rec.program_fds["rec_free"]}
             tools = {"pcpu-bpf": p, "do-nothing": n, "recorder": lambda: prog_sample(rec_fds)}
-            for _ in range(args.reps):
-                before = {k: s() for k, s in tools.items()}
+
+            def one_round() -> None:
                 map_churn(args.maps)
                 settle(drainer)
-                after = {k: s() for k, s in tools.items()}
-                for tool in tools:
-                    for ev in ("alloc", "free"):
-                        runs = after[tool][ev][0] - before[tool][ev][0]
-                        ns = after[tool][ev][1] - before[tool][ev][1]
-                        if runs:
-                            costs.setdefault(f"{tool} {ev}", []).append(ns / runs)
+
+            rounds = cost_rounds(tools, args.reps, one_round)
+            costs = {f"{t} {ev}": v for t, evs in rounds.items() for ev, v in evs.items()}
             drainer.stopping.set()
             drainer.join()
             lost = sum(rec.lost())
