@@ -22,6 +22,7 @@ from exporters.catalog import (
     EXPORTER,
     HISTOGRAM,
     HISTOGRAM_BOUNDS,
+    LATER_LABELS,
     Draft,
     Family,
     Histogram,
@@ -67,11 +68,6 @@ def read_exposition(text: str, timestamp: float) -> Snapshot:
         return typing.cast(Snapshot, _build(Snapshot, draft))
     except (TypeError, ValueError) as exc:
         raise PcpuError(f"an incomplete pcpu-bpf exposition: {exc}") from None
-
-
-# Labels an earlier daemon's families lack: they read empty, the key's default (a site
-# without an owner label is owned by its call site).
-LATER_LABELS = frozenset({"owner"})
 
 
 def _load(draft: Draft, name: str, labels: dict[str, str], value: float) -> None:
