@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Sequence
+from typing import Any
 
 from pcpu_bpf.bpf.syscalls import _bpf
 
@@ -58,3 +59,12 @@ def run_raw_tp(prog_fd: int, args: Sequence[int], cpu: int | None = None) -> int
     )
     _bpf(BPF_PROG_TEST_RUN, attr, "BPF_PROG_TEST_RUN")
     return int(attr.retval)
+
+
+def unattached_backend(**options: Any) -> Any:
+    """A live-kernel backend loaded but not attached, for BPF_PROG_TEST_RUN: no kernel
+    statistics read (the programs' own tables are compared), ``options`` as BpfBackend
+    takes them (capacities, tracefs fixture, symbolizer, owners)."""
+    from pcpu_bpf.backends.bpf import BpfBackend
+
+    return BpfBackend(kernel_stats=lambda: None, attach=False, **options)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from cgroup_v2 import cgroup_id, own_cgroup
-from prog_test_run import run_raw_tp
+from prog_test_run import run_raw_tp, unattached_backend
 
 from pcpu_bpf.backends.bpf import PAGE_SIZE
 from pcpu_bpf.bpf.loader import PROGRAMS
@@ -169,16 +169,13 @@ def normalized(s: Snapshot) -> Snapshot:
 
 @pytest.fixture(params=["6.18", "5.15"])
 def kernel(request: pytest.FixtureRequest) -> Iterator[tuple[str, object, object]]:
-    from pcpu_bpf.backends.bpf import BpfBackend
 
     root = FIXTURES / request.param
-    backend = BpfBackend(
+    backend = unattached_backend(
         live_capacity=LIVE_CAPACITY,
         site_capacity=SITE_CAPACITY,
         tracefs_root=root,
         symbolizer=fake_symbolize,
-        kernel_stats=lambda: None,
-        attach=False,
     )
     try:
         yield request.param, backend, read_layout(root)

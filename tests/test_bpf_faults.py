@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from daemon_helpers import Samples, parse
-from prog_test_run import run_raw_tp
+from prog_test_run import run_raw_tp, unattached_backend
 from prometheus_client import CollectorRegistry, generate_latest
 
 from exporters.prometheus import PcpuCollector
@@ -56,15 +56,12 @@ def symbolize(addr: int) -> str:
 
 @pytest.fixture
 def loaded() -> Iterator[tuple[object, TracepointLayout]]:
-    from pcpu_bpf.backends.bpf import BpfBackend
 
-    backend = BpfBackend(
+    backend = unattached_backend(
         live_capacity=LIVE_CAPACITY,
         site_capacity=SITE_CAPACITY,
         tracefs_root=FIXTURE,
         symbolizer=symbolize,
-        kernel_stats=lambda: None,
-        attach=False,
     )
     try:
         yield backend, read_layout(FIXTURE)

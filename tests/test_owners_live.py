@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import bcc
 import pytest
 from cgroup_v2 import cgroup_id, fresh_cgroup, own_cgroup, remove
-from prog_test_run import run_raw_tp
+from prog_test_run import run_raw_tp, unattached_backend
 from waiting import wait_until
 
 from pcpu_bpf.bpf import syscalls
@@ -158,7 +158,6 @@ def test_owner_and_cgroup_paths_equal_the_reference(symbols, helper_frames: int)
     the second frame is owned by the third; with all of them, by nobody (only helpers);
     a call site inside a helper but not on the stack is unresolved either way, and one in
     no helper owns itself."""
-    from pcpu_bpf.backends.bpf import BpfBackend
 
     frames = run_frames()
     assert len(frames) >= 4, [symbols.resolve(ip) for ip in frames]
@@ -168,14 +167,8 @@ def test_owner_and_cgroup_paths_equal_the_reference(symbols, helper_frames: int)
     ranges = symbols.ranges(helpers)
     home = cgroup_id(own_cgroup())
     layout = read_layout()
-    backend = BpfBackend(
-        live_capacity=64,
-        site_capacity=16,
-        symbolizer=symbols.resolve,
-        kernel_stats=lambda: None,
-        attach=False,
-        owners=True,
-        helpers=extra,
+    backend = unattached_backend(
+        live_capacity=64, site_capacity=16, symbolizer=symbols.resolve, owners=True, helpers=extra
     )
     try:
         events: list[Event] = []
