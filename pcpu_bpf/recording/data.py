@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Protocol
 
-from pcpu_bpf.model.events import Event
+from pcpu_bpf.model.events import (
+    Event,
+    PercpuAlloc,
+    PercpuAllocFail,
+    PercpuCreateChunk,
+    PercpuDestroyChunk,
+    PercpuFree,
+)
 
 FORMAT_JSONL = "jsonl"
 FORMAT_TRACEFS = "tracefs"
@@ -22,6 +30,53 @@ GEOMETRY_KEYS: dict[str, type] = {
     "atom_size": int,
     "alloc_size": int,
     "memcg_kmem": bool,
+}
+
+
+class EventFields(Protocol):
+    """One line's fields of an event, by tracepoint field name, read as its format spells
+    them; a missing or bad required field is a RecordingError naming the line."""
+
+    def address(self, key: str) -> int: ...
+
+    def integer(self, key: str) -> int: ...
+
+    def flag(self, key: str) -> bool: ...
+
+    def call_site(self) -> int | None: ...
+
+    def bytes_alloc(self) -> int | None: ...
+
+    def gfp_flags(self) -> int | None: ...
+
+
+def _alloc(f: EventFields) -> Event:
+    return PercpuAlloc(
+        call_site=f.call_site(),
+        reserved=f.flag("reserved"),
+        is_atomic=f.flag("is_atomic"),
+        size=f.integer("size"),
+        align=f.integer("align"),
+        base_addr=f.address("base_addr"),
+        off=f.integer("off"),
+        ptr=f.address("ptr"),
+        bytes_alloc=f.bytes_alloc(),
+        gfp_flags=f.gfp_flags(),
+    )
+
+
+# Each tracepoint's event from a line's fields: what both readers (JSON Lines, tracefs
+# text) build their events with.
+EVENT_BUILDERS: dict[str, Callable[[EventFields], Event]] = {
+    "percpu_alloc_percpu": _alloc,
+    "percpu_free_percpu": lambda f: PercpuFree(
+        f.address("base_addr"), f.integer("off"), f.address("ptr")
+    ),
+    "percpu_alloc_percpu_fail": lambda f: PercpuAllocFail(
+        f.flag("reserved"), f.flag("is_atomic"), f.integer("size"), f.integer("align")
+    ),
+    "percpu_create_chunk": lambda f: PercpuCreateChunk(f.address("base_addr")),
+    "percpu_destroy_chunk": lambda f: PercpuDestroyChunk(f.address("base_addr")),
 }
 
 

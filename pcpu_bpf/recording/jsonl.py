@@ -11,21 +11,19 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pcpu_bpf.errors import RecordingError
 from pcpu_bpf.model.events import (
     TRACEPOINTS,
-    Event,
     PercpuAlloc,
     PercpuAllocFail,
-    PercpuCreateChunk,
-    PercpuDestroyChunk,
     PercpuFree,
 )
 from pcpu_bpf.recording.data import (
+    EVENT_BUILDERS,
     FORMAT_JSONL,
     GEOMETRY_KEYS,
     RecordedEvent,
@@ -174,45 +172,36 @@ class _Line:
         return str(self.obj.get("type"))
 
 
+@dataclass
+class _Fields:
+    """A line's event fields as the shared event builders read them (EventFields)."""
+
+    line: _Line
+
+    def address(self, key: str) -> int:
+        return self.line.required_address(key)
+
+    def integer(self, key: str) -> int:
+        return self.line.required_int(key)
+
+    def flag(self, key: str) -> bool:
+        return self.line.flag(key)
+
+    def call_site(self) -> int | None:
+        return self.line.address("call_site", optional=True)
+
+    def bytes_alloc(self) -> int | None:
+        return self.line.integer("bytes_alloc", optional=True)
+
+    def gfp_flags(self) -> int | None:
+        return self.line.address("gfp_flags", optional=True)
+
+
 def _show(v: Any) -> str:
     text = json.dumps(v) if not isinstance(v, float) or math.isfinite(v) else str(v)
     return text if len(text) <= 30 else text[:30] + "..."
 
 
-def _alloc(x: _Line) -> Event:
-    return PercpuAlloc(
-        call_site=x.address("call_site", optional=True),
-        reserved=x.flag("reserved"),
-        is_atomic=x.flag("is_atomic"),
-        size=x.required_int("size"),
-        align=x.required_int("align"),
-        base_addr=x.required_address("base_addr"),
-        off=x.required_int("off"),
-        ptr=x.required_address("ptr"),
-        bytes_alloc=x.integer("bytes_alloc", optional=True),
-        gfp_flags=x.address("gfp_flags", optional=True),
-    )
-
-
-def _free(x: _Line) -> Event:
-    return PercpuFree(
-        x.required_address("base_addr"), x.required_int("off"), x.required_address("ptr")
-    )
-
-
-def _fail(x: _Line) -> Event:
-    return PercpuAllocFail(
-        x.flag("reserved"), x.flag("is_atomic"), x.required_int("size"), x.required_int("align")
-    )
-
-
-_READERS: dict[str, Callable[[_Line], Event]] = {
-    "percpu_alloc_percpu": _alloc,
-    "percpu_free_percpu": _free,
-    "percpu_alloc_percpu_fail": _fail,
-    "percpu_create_chunk": lambda x: PercpuCreateChunk(x.required_address("base_addr")),
-    "percpu_destroy_chunk": lambda x: PercpuDestroyChunk(x.required_address("base_addr")),
-}
 _TYPE_OF: dict[type, str] = {cls: name for name, cls in TRACEPOINTS.items()}
 
 
@@ -281,10 +270,10 @@ def parse_jsonl(lines: Iterable[str]) -> Recording:
         if kind == "end":
             end = dict(x.obj)
             continue
-        reader = _READERS.get(kind) if isinstance(kind, str) else None
-        if reader is None:
+        build = EVENT_BUILDERS.get(kind) if isinstance(kind, str) else None
+        if build is None:
             raise x.fail(f"unknown line type {_show(kind)}")
-        event = reader(x)
+        event = build(_Fields(x))
         ts = x.integer("ts", optional=True)
         events.append(
             RecordedEvent(

@@ -23,13 +23,14 @@ from collections.abc import Callable, Iterable
 from pcpu_bpf.errors import RecordingError
 from pcpu_bpf.model.events import (
     Event,
-    PercpuAlloc,
-    PercpuAllocFail,
-    PercpuCreateChunk,
-    PercpuDestroyChunk,
-    PercpuFree,
 )
-from pcpu_bpf.recording.data import FORMAT_TRACEFS, RecordedEvent, Recording
+from pcpu_bpf.recording.data import (
+    EVENT_BUILDERS,
+    FORMAT_TRACEFS,
+    EventFields,
+    RecordedEvent,
+    Recording,
+)
 from pcpu_bpf.recording.gfp import parse_gfp
 
 _LINE = re.compile(
@@ -66,7 +67,7 @@ def parse_tracefs_text(lines: Iterable[str]) -> Recording:
         m = _LINE.match(line)
         if m is None:
             raise RecordingError(f"line {number}: not a tracefs trace line: {_cut(line)}")
-        build = _BUILDERS.get(m["name"])
+        build = EVENT_BUILDERS.get(m["name"])
         if build is None:
             skipped += 1
             continue
@@ -142,15 +143,15 @@ class _Fields:
             raise self._bad(key)
         return raw == "1"
 
-    def pointer(self, key: str) -> int:
+    def address(self, key: str) -> int:
         raw = self._raw(key)
         digits = raw[2:] if raw.startswith("0x") else raw
         if not re.fullmatch(r"[0-9a-fA-F]{1,16}", digits):
             raise self._bad(key)
         return int(digits, 16)
 
-    def optional_int(self, key: str) -> int | None:
-        return self.integer(key) if key in self.fields else None
+    def bytes_alloc(self) -> int | None:
+        return self.integer("bytes_alloc") if "bytes_alloc" in self.fields else None
 
     def call_site(self) -> int | None:
         raw = self.fields.get("call_site")
@@ -158,7 +159,7 @@ class _Fields:
             return None  # a symbol: the text is kept beside the event
         return int(raw, 16)
 
-    def gfp(self) -> int | None:
+    def gfp_flags(self) -> int | None:
         if "gfp_flags" not in self.fields:
             return None
         try:
@@ -167,41 +168,7 @@ class _Fields:
             raise self._bad("gfp_flags") from None
 
 
-def _alloc(f: _Fields) -> Event:
-    return PercpuAlloc(
-        call_site=f.call_site(),
-        reserved=f.flag("reserved"),
-        is_atomic=f.flag("is_atomic"),
-        size=f.integer("size"),
-        align=f.integer("align"),
-        base_addr=f.pointer("base_addr"),
-        off=f.integer("off", minimum=0),
-        ptr=f.pointer("ptr"),
-        bytes_alloc=f.optional_int("bytes_alloc"),
-        gfp_flags=f.gfp(),
-    )
-
-
-def _free(f: _Fields) -> Event:
-    return PercpuFree(f.pointer("base_addr"), f.integer("off"), f.pointer("ptr"))
-
-
-def _fail(f: _Fields) -> Event:
-    return PercpuAllocFail(
-        f.flag("reserved"), f.flag("is_atomic"), f.integer("size"), f.integer("align")
-    )
-
-
-_BUILDERS: dict[str, Callable[[_Fields], Event]] = {
-    "percpu_alloc_percpu": _alloc,
-    "percpu_free_percpu": _free,
-    "percpu_alloc_percpu_fail": _fail,
-    "percpu_create_chunk": lambda f: PercpuCreateChunk(f.pointer("base_addr")),
-    "percpu_destroy_chunk": lambda f: PercpuDestroyChunk(f.pointer("base_addr")),
-}
-
-
 def _build(
-    build: Callable[[_Fields], Event], name: str, fields: dict[str, str], number: int
+    build: Callable[[EventFields], Event], name: str, fields: dict[str, str], number: int
 ) -> Event:
     return build(_Fields(name, fields, number))
